@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+import tritonnet as tn
+from tritonnet import runtime
+from tritonnet.kernels.elementwise import add
+
+
+def test_mode_and_device_agree():
+    assert runtime.mode() in ("cuda", "interpreter")
+    assert runtime.device().type == ("cpu" if runtime.mode() == "interpreter" else "cuda")
+    assert "tritonnet on" in runtime.describe()
+
+
+def test_wrong_device_is_a_value_error_naming_the_argument():
+    other = "meta"
+    x = torch.empty(4, device=other)
+    with pytest.raises(ValueError, match="a must be on device"):
+        add(x, x)
+
+
+def test_check_tensor_errors():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        runtime.check_tensor([1.0], "x")
+    with pytest.raises(TypeError, match="x must have dtype"):
+        runtime.check_tensor(torch.zeros(3, dtype=torch.int32, device=runtime.device()), "x")
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        runtime.check_tensor(torch.randn(3, device=runtime.device()), "x", ndim=4)
+
+
+def test_matmul_precision_setting():
+    assert tn.get_float32_matmul_precision() == "highest"
+    with pytest.raises(ValueError, match="precision"):
+        tn.set_float32_matmul_precision("medium")
+    tn.set_float32_matmul_precision("high")
+    try:
+        assert runtime.dot_precision(torch.float32) == "tf32"
+    finally:
+        tn.set_float32_matmul_precision("highest")
+    assert runtime.dot_precision(torch.float32) == "ieee"
+
+
+def test_add_kernel_fully_written_and_exact(seed, device):
+    for n in (1, 1000, 40000):  # 40000 spans several GPU-sized blocks and a partial one
+        a, b = torch.randn(n, device=device), torch.randn(n, device=device)
+        out = add(a, b)
+        assert torch.equal(out, a + b)
+
+
+def test_tape_accumulates_when_a_tensor_feeds_two_ops(seed, device):
+    x = tn.Tensor(torch.randn(5, device=device), requires_grad=True)
+
+    def identity_op(t):
+        return tn.tape.record("identity", t.data, (t,), lambda g: (g,))
+
+    y1, y2 = identity_op(x), identity_op(x)
+    z = tn.tape.record("add", add(y1.data, y2.data), (y1, y2), lambda g: (g, g))
+    g = torch.randn(5, device=device)
+    z.backward(g)
+    assert torch.equal(x.grad, g + g)
+    with pytest.raises(RuntimeError, match="second time"):
+        z.backward(g)
+    with pytest.raises(RuntimeError, match="one-element"):
+        identity_op(x).backward()
+
+
+def test_no_grad_records_nothing(device):
+    x = tn.Tensor(torch.randn(3, device=device), requires_grad=True)
+    with tn.no_grad():
+        y = tn.tape.record("identity", x.data, (x,), lambda g: (g,))
+    assert not y.requires_grad and y._node is None
+    assert x.detach()._node is None and not x.detach().requires_grad

@@ -1,0 +1,8 @@
+"""tritonnet: a small deep-learning framework made of hand-written Triton kernels."""
+from . import runtime  # first: chooses GPU or interpreter before triton is imported
+from .runtime import set_float32_matmul_precision, get_float32_matmul_precision
+from .tape import Tensor, no_grad, is_grad_enabled
+
+__all__ = ["Tensor", "no_grad", "is_grad_enabled", "set_float32_matmul_precision",
+           "get_float32_matmul_precision", "runtime"]
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""Where kernels run: a CUDA GPU when there is one, otherwise Triton's interpreter on the CPU.
+
+Triton decides between compiling and interpreting when a module defining a ``@triton.jit``
+kernel is imported, so this module must be imported before any kernel module (``tritonnet``'s
+``__init__`` does that). A user who sets ``TRITON_INTERPRET`` explicitly keeps their choice.
+
+Everything kernels share at launch time lives here too: argument validation, output allocation
+(optionally poisoned, so tests can prove every element was written) and the one launch path that
+observers (the profiler, the ahead-of-time compile check) hook into.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+_USER_SET_INTERPRET = "TRITON_INTERPRET" in os.environ
+
+import torch  # noqa: E402  (torch does not import triton eagerly)
+
+# Triton 3.9 warns when this is unset; fused multiply-add stays on, as on earlier versions.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+if not _USER_SET_INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
+if "triton" in sys.modules and not _USER_SET_INTERPRET:  # pragma: no cover - import-order guard
+    import warnings
+
+    warnings.warn("triton was imported before tritonnet.runtime; the interpreter switch may not apply")
+
+INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE: torch.device = torch.device("cpu" if INTERPRETED else "cuda")
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def device() -> torch.device:
+    """The torch device tritonnet's tensors must live on: ``cuda`` or, under the interpreter, ``cpu``."""
+    return DEVICE
+
+
+def mode() -> str:
+    """``"cuda"`` when kernels are compiled for the GPU, ``"interpreter"`` when Triton interprets them."""
+    return "interpreter" if INTERPRETED else "cuda"
+
+
+def describe() -> str:
+    """One line for logs: mode, device name and versions."""
+    import triton
+
+    name = torch.cuda.get_device_name() if not INTERPRETED else "CPU (Triton interpreter)"
+    return f"tritonnet on {name}: mode={mode()}, torch {torch.__version__}, triton {triton.__version__}"
+
+
+# ----------------------------------------------------------------------------- float32 matmuls
+
+_FLOAT32_MATMUL_PRECISION = "highest"
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """``"highest"``: float32 dots in IEEE fp32 (the default). ``"high"``: allow TF32 tensor cores."""
+    global _FLOAT32_MATMUL_PRECISION
+    if precision not in ("highest", "high"):
+        raise ValueError(f"precision must be 'highest' or 'high', got {precision!r}")
+    _FLOAT32_MATMUL_PRECISION = precision
+
+
+def get_float32_matmul_precision() -> str:
+    return _FLOAT32_MATMUL_PRECISION
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The ``input_precision`` a kernel's ``tl.dot`` should use for operands of ``dtype``."""
+    if dtype == torch.float32 and _FLOAT32_MATMUL_PRECISION == "highest":
+        return "ieee"
+    return "tf32"
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_tensor(t, name: str, *, ndim=None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    """Validate a kernel argument: a torch.Tensor on tritonnet's device with an allowed dtype.
+
+    ``ndim`` is an int or a tuple of allowed ranks. Errors name the argument and what was expected.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != DEVICE.type:
+        raise ValueError(
+            f"{name} must be on device '{DEVICE.type}' (tritonnet runs in {mode()} mode), got '{t.device}'"
+        )
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in ranks:
+            want = " or ".join(f"{r}-D" for r in ranks)
+            raise ValueError(f"{name} must be {want}, got {t.dim()}-D with shape {tuple(t.shape)}")
+    return t
+
+
+# ----------------------------------------------------------------------------- output allocation
+
+_POISON = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs(enabled: bool = True):
+    """Fill every output tritonnet allocates with a poison value (NaN, or the dtype's max for
+    integers) before the kernel runs, so a test comparing with torch sees any element left unwritten."""
+    global _POISON
+    previous, _POISON = _POISON, enabled
+    try:
+        yield
+    finally:
+        _POISON = previous
+
+
+def set_poison_outputs(enabled: bool) -> None:
+    global _POISON
+    _POISON = bool(enabled)
+
+
+def empty(shape, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Allocate a kernel output; poisoned when :func:`poisoned_outputs` is on."""
+    out = torch.empty(shape, dtype=dtype, device=DEVICE if device is None else device)
+    if _POISON:
+        if dtype.is_floating_point:
+            out.fill_(float("nan"))
+        else:
+            out.fill_(torch.iinfo(dtype).max)
+    return out
+
+
+# ----------------------------------------------------------------------------- the launch path
+
+_OBSERVERS: list = []
+
+
+class LaunchInfo:
+    """What a launcher knows about one launch, for observers: the op it serves, the shapes and
+    dtype involved, and an analytic count of floating-point operations and minimum bytes moved."""
+
+    __slots__ = ("op", "shapes", "dtype", "flops", "bytes")
+
+    def __init__(self, op: str, shapes=(), dtype=None, flops: int = 0, bytes: int = 0):
+        self.op, self.shapes, self.dtype, self.flops, self.bytes = op, shapes, dtype, flops, bytes
+
+
+def launch(kernel, grid, args, constexprs=None, info: LaunchInfo | None = None):
+    """Launch ``kernel[grid](*args, **constexprs)``, the one path every launcher goes through.
+
+    With no observer this is a plain launch. Observers (``add_observer``) wrap it: each is called
+    as ``observer(kernel, grid, args, constexprs, info, run)`` and must call ``run()`` once.
+    """
+    constexprs = constexprs or {}
+    if not _OBSERVERS:
+        return kernel[grid](*args, **constexprs)
+
+    def run(i=0):
+        if i == len(_OBSERVERS):
+            return kernel[grid](*args, **constexprs)
+        return _OBSERVERS[i](kernel, grid, args, constexprs, info, lambda: run(i + 1))
+
+    return run()
+
+
+def add_observer(observer) -> None:
+    _OBSERVERS.append(observer)
+
+
+def remove_observer(observer) -> None:
+    _OBSERVERS.remove(observer)
+
+
+@contextlib.contextmanager
+def observing(observer):
+    add_observer(observer)
+    try:
+        yield observer
+    finally:
+        remove_observer(observer)

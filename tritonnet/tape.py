@@ -1,0 +1,207 @@
+"""The tape: a Tensor that remembers the op that made it, and reverse-mode backward.
+
+An op is a forward launch plus a backward closure over what it saved. ``record`` wires the
+output to its inputs; ``Tensor.backward`` walks the graph in reverse topological order, hands
+each closure its output's gradient, accumulates what flows into each input, and frees the saved
+tensors as it goes. The tape holds device memory only in torch.Tensors; all arithmetic on it
+(gradient accumulation included) is done by tritonnet kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+
+import torch
+
+from . import runtime
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Ops inside record nothing on the tape."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+class Node:
+    """One recorded op: its inputs, the backward closure, and the tensors the closure holds."""
+
+    __slots__ = ("inputs", "backward_fn", "saved_bytes", "name")
+
+    def __init__(self, name, inputs, backward_fn, saved_bytes):
+        self.name, self.inputs, self.backward_fn, self.saved_bytes = name, inputs, backward_fn, saved_bytes
+
+
+_saved_bytes_live = 0
+
+
+def saved_bytes() -> int:
+    """Bytes currently held for backward by live nodes of the tape (freed ones not counted)."""
+    return _saved_bytes_live
+
+
+class Tensor:
+    """A torch.Tensor (``.data``) with a gradient slot and, if an op made it, a link to that op."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+        if requires_grad and not data.dtype.is_floating_point:
+            raise TypeError(f"only floating-point tensors can require gradients, got {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._node = None
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: self.data.device)
+    ndim = property(lambda self: self.data.dim())
+
+    def dim(self) -> int:
+        return self.data.dim()
+
+    def size(self, dim=None):
+        return self.data.size() if dim is None else self.data.size(dim)
+
+    def numel(self) -> int:
+        return self.data.numel()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = f", grad_fn={self._node.name}" if self._node is not None else ""
+        req = ", requires_grad=True" if self.requires_grad and self._node is None else ""
+        return f"tn.Tensor({self.data!r}{req}{grad})"
+
+    def detach(self) -> "Tensor":
+        """The same storage, cut from the tape."""
+        return Tensor(self.data)
+
+    def numpy(self):
+        return self.data.detach().cpu().numpy()
+
+    def backward(self, grad=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf that requires grad.
+
+        ``grad`` defaults to 1 for a one-element tensor; any other shape needs it explicitly.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad and has no grad_fn")
+        if grad is None:
+            if self.data.numel() != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for one-element outputs; got shape "
+                    f"{tuple(self.data.shape)}, pass grad= explicitly"
+                )
+            grad = runtime.empty(self.data.shape, self.data.dtype, self.data.device)
+            grad.fill_(1.0)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            if not isinstance(grad, torch.Tensor) or grad.shape != self.data.shape:
+                raise ValueError(
+                    f"grad must be a tensor of shape {tuple(self.data.shape)}, got "
+                    f"{tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__}"
+                )
+        _backward(self, grad)
+
+
+def _accumulate(existing, grad):
+    if existing is None:
+        return grad
+    from .kernels.elementwise import add
+
+    return add(existing, grad)
+
+
+def _topological_order(root: Tensor) -> list:
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:  # iterative DFS: deep nets must not hit Python's recursion limit
+        t, expanded = stack.pop()
+        node = t._node
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if node is not None:
+            for inp in node.inputs:
+                if inp is not None and inp.requires_grad and id(inp) not in seen:
+                    stack.append((inp, False))
+    return order[::-1]
+
+
+def _backward(root: Tensor, grad: torch.Tensor) -> None:
+    global _saved_bytes_live
+    grads = {id(root): grad}
+    for t in _topological_order(root):
+        g = grads.pop(id(t), None)
+        node = t._node
+        if node is None:
+            if g is not None:
+                t.grad = _accumulate(t.grad, g)
+            continue
+        if g is None:
+            continue
+        if node.backward_fn is None:
+            raise RuntimeError(
+                f"trying to backward through the graph a second time: the tensors {node.name} saved "
+                "were freed after the first backward"
+            )
+        input_grads = node.backward_fn(g)
+        node.backward_fn = None  # frees what the closure saved
+        _saved_bytes_live -= node.saved_bytes
+        for inp, ig in zip(node.inputs, input_grads):
+            if inp is not None and inp.requires_grad and ig is not None:
+                grads[id(inp)] = _accumulate(grads.get(id(inp)), ig)
+
+
+def _release(node: Node) -> None:
+    global _saved_bytes_live
+    if node.backward_fn is not None:
+        _saved_bytes_live -= node.saved_bytes
+
+
+def as_tensor(x, name: str = "input") -> Tensor:
+    """Accept a tn.Tensor or a plain torch.Tensor (a constant) as an op's argument."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, torch.Tensor):
+        return Tensor(x)
+    raise TypeError(f"{name} must be a tn.Tensor or torch.Tensor, got {type(x).__name__}")
+
+
+def record(name: str, output: torch.Tensor, inputs, backward_fn, saved=()) -> Tensor:
+    """Wrap ``output`` as a Tensor; if any input needs a gradient, remember how to get it.
+
+    ``backward_fn(grad_output) -> tuple`` returns one gradient (or None) per input. ``saved``
+    lists the torch.Tensors the closure keeps alive, so the tape can report saved-for-backward bytes.
+    """
+    global _saved_bytes_live
+    out = Tensor(output)
+    if is_grad_enabled() and any(i is not None and i.requires_grad for i in inputs):
+        nbytes = sum(s.numel() * s.element_size() for s in saved if s is not None)
+        out.requires_grad = True
+        out._node = Node(name, tuple(inputs), backward_fn, nbytes)
+        _saved_bytes_live += nbytes
+        weakref.finalize(out, _release, out._node)
+    return out
