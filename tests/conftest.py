@@ -4,6 +4,8 @@
 - Every output a launcher allocates is filled with NaN (or the integer max) before its kernel
   runs, so a comparison with torch catches any element left unwritten.
 - Every launch's specialisation is recorded; tests/test_zz_aot.py compiles them all for sm_90.
+- Under the interpreter, every masked load/store/atomic is checked to stay inside the launch's
+  tensor arguments (tests/bounds.py): the interpreter itself would not notice.
 """
 import os
 import random
@@ -13,10 +15,14 @@ import pytest
 import tritonnet  # noqa: F401  (sets TRITON_INTERPRET before anything imports triton)
 from tritonnet import runtime
 
+import bounds
 from aot import SpecRecorder
 
 RECORDER = SpecRecorder()
 runtime.add_observer(RECORDER)
+if runtime.INTERPRETED:
+    bounds.install()
+    runtime.add_observer(bounds.observer)
 runtime.set_poison_outputs(True)
 
 

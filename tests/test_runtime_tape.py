@@ -70,3 +70,18 @@ def test_no_grad_records_nothing(device):
         y = tn.tape.record("identity", x.data, (x,), lambda g: (g,))
     assert not y.requires_grad and y._node is None
     assert x.detach()._node is None and not x.detach().requires_grad
+
+
+@pytest.mark.skipif(not runtime.INTERPRETED, reason="the checker wraps the interpreter's memory ops")
+def test_bounds_checker_catches_an_unmasked_overrun(device):
+    """The interpreter does not catch out-of-bounds accesses; the suite's checker must."""
+    a = torch.randn(10, device=device)
+    b = torch.randn(10, device=device)
+    out = torch.empty(10, device=device)
+    from tritonnet.kernels.elementwise import add_kernel
+
+    # n=10 but a block of 16 with n passed as 16: the mask no longer protects the last 6 elements.
+    with pytest.raises(Exception, match="outside every tensor argument"):
+        runtime.launch(add_kernel, (1,), (a, b, out, 16), {"BLOCK": 16})
+    runtime.launch(add_kernel, (1,), (a, b, out, 10), {"BLOCK": 16})
+    assert torch.equal(out, a + b)
