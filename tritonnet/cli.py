@@ -8,6 +8,8 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "train": ("tritonnet.train", "train a small CNN (default: digits, built in) and save a checkpoint"),
+    "eval": ("tritonnet.evaluate", "report the test accuracy of a checkpoint written by `tritonnet train`"),
 }
 
 

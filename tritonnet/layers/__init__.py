@@ -1,4 +1,5 @@
 """Layers: hold parameters and call ``tritonnet.functional``."""
 from .module import Module, Sequential, parameter
+from .convert import from_torch  # noqa: E402  (TRAIN: torch nn.Sequential -> tritonnet model)
 
-__all__ = ["Module", "Sequential", "parameter"]
+__all__ = ["Module", "Sequential", "parameter", "from_torch"]
