@@ -3,3 +3,6 @@ from .module import Module, Sequential, parameter
 from .convert import from_torch  # noqa: E402  (TRAIN: torch nn.Sequential -> tritonnet model)
 
 __all__ = ["Module", "Sequential", "parameter", "from_torch"]
+
+from .pool import MaxPool2d  # noqa: E402  (POOL)
+__all__ += ["MaxPool2d"]

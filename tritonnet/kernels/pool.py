@@ -1,0 +1,538 @@
+"""Max pool 2-D: forward with a compact argmax, backward as a gather (default) or an atomic scatter.
+
+The forward kernel writes, for every output window, the maximum and the position of the winner
+*inside the window*, ``kh * KW + kw``: one byte per output whenever the window has at most 256
+positions (torch keeps an int64 flat index per output, eight bytes). That byte is all backward
+needs; the input itself is never kept.
+
+Semantics are torch's (``aten::max_pool2d_with_indices`` on CPU and CUDA):
+
+- windows are scanned row by row; a value replaces the running maximum when it is greater, or
+  when it is NaN. So ties keep the first maximum, and a window holding NaN reports its *last*
+  NaN (torch's ``(val > maxval) || isnan(val)``).
+- a window whose valid values are all ``-inf`` reports its first valid position.
+- padding is never a candidate (it is not ``-inf``, it is absent).
+- output size and ``ceil_mode`` follow ``pooling_output_shape``: with ``ceil_mode`` the last
+  window must start inside the input or the left padding.
+
+Layout: every kernel treats the input as rows of one plane: row ``r`` of the forward grid is
+output row ``oh`` of plane ``p = n * C + c`` (``r = p * OH + oh``), so a program covers a
+``[BLOCK_R, BLOCK_W]`` tile that may span several planes, and the only integer divisions are one
+per row and one per column, never one per element.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def max_pool2d_forward_kernel(
+    x_ptr, out_ptr, argmax_ptr,
+    R, C, H, W, OH, OW,
+    stride_n, stride_c, stride_h, stride_w,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, PAIR_W: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Max and compact argmax of every window.
+
+    x:      [N, C, H, W], any strides (``stride_*`` in elements), float32/float16/bfloat16.
+    out:    [N, C, OH, OW] contiguous, x's dtype.          R = N * C * OH rows of OW outputs.
+    argmax: [N, C, OH, OW] contiguous, uint8/int16/int32: ``kh * KW + kw`` of the winner.
+    Program (i, j) covers output rows [i*BLOCK_R, ...) and columns [j*BLOCK_W, ...).
+    PAIR_W (KW == 2, SW == 2, DW == 1): each kernel row is read as one contiguous run of
+    2*BLOCK_W input columns and split into the two window columns (vectorised loads).
+    Values are compared in float32 (exact for every input dtype; bf16 arithmetic is broken in the
+    interpreter).
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < R
+    col_ok = ow < OW
+    plane = rows // OH
+    oh = rows - plane * OH
+    n = plane // C
+    c = plane - n * C
+    plane_base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+
+    best = tl.full([BLOCK_R, BLOCK_W], float("-inf"), tl.float32)
+    best_k = tl.full([BLOCK_R, BLOCK_W], -1, tl.int32)
+    if PAIR_W:
+        # Input columns 2*ow - PW + {0, 1} for the tile's outputs, as one contiguous run.
+        iw_run = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W) - PW
+        run_ok = (iw_run >= 0) & (iw_run < W) & (iw_run < 2 * OW - PW)
+    for kh in range(KH):
+        ih = ih0 + kh * DH
+        h_ok = row_ok & (ih >= 0) & (ih < H)
+        row_base = plane_base + ih.to(tl.int64) * stride_h
+        if PAIR_W:
+            m2 = h_ok[:, None] & run_ok[None, :]
+            v2 = tl.load(x_ptr + row_base[:, None] + iw_run.to(tl.int64)[None, :] * stride_w,
+                         mask=m2, other=float("-inf")).to(tl.float32)
+            v_left, v_right = tl.split(tl.reshape(v2, [BLOCK_R, BLOCK_W, 2]))
+            m_left, m_right = tl.split(tl.reshape(m2, [BLOCK_R, BLOCK_W, 2]))
+            take = m_left & ((v_left > best) | (v_left != v_left) | (best_k < 0))
+            best = tl.where(take, v_left, best)
+            best_k = tl.where(take, kh * 2, best_k)
+            take = m_right & ((v_right > best) | (v_right != v_right) | (best_k < 0))
+            best = tl.where(take, v_right, best)
+            best_k = tl.where(take, kh * 2 + 1, best_k)
+        else:
+            for kw in range(KW):
+                iw = iw0 + kw * DW
+                m = h_ok[:, None] & (col_ok & (iw >= 0) & (iw < W))[None, :]
+                v = tl.load(x_ptr + row_base[:, None] + iw.to(tl.int64)[None, :] * stride_w,
+                            mask=m, other=float("-inf")).to(tl.float32)
+                # NaN replaces whatever is there (torch: val > maxval || isnan(val)); the first
+                # valid position is taken unconditionally so an all -inf window has an index.
+                take = m & ((v > best) | (v != v) | (best_k < 0))
+                best = tl.where(take, v, best)
+                best_k = tl.where(take, kh * KW + kw, best_k)
+
+    out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(argmax_ptr + out_offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------- backward: gather
+
+
+@triton.jit
+def max_pool2d_backward_gather_kernel(
+    grad_out_ptr, argmax_ptr, grad_in_ptr,
+    R, H, W, OH, OW,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """grad_in[p, ih, iw] = sum of grad_out over the windows that cover (ih, iw) and chose it.
+
+    grad_out: [N, C, OH, OW] contiguous, float.   argmax: [N, C, OH, OW] contiguous (compact).
+    grad_in:  [N, C, H, W] contiguous, grad_out's dtype; R = N * C * H rows of W elements.
+    Each input element is written exactly once (zero when nothing chose it): no zero-fill pass,
+    no atomics. Window (oh, ow) covers (ih, iw) at kernel position (kh, kw) exactly when
+    ih = oh*SH - PH + kh*DH, so for each (kh, kw) there is at most one candidate window, found by
+    one division per row and one per column. Candidates are summed in float32 in ascending
+    (oh, ow) order, the order torch's CPU and CUDA kernels use, so results are reproducible.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < R
+    col_ok = iw < W
+    plane = rows // H
+    ih = rows - plane * H
+    out_plane = plane.to(tl.int64) * OH * OW
+
+    acc = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
+    for i in range(KH):
+        kh = KH - 1 - i  # descending kh is ascending oh
+        t = ih + PH - kh * DH
+        oh = t // SH  # t < 0 truncates toward zero; rejected by t >= 0 below
+        h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH)
+        out_row = out_plane + oh.to(tl.int64) * OW
+        for j in range(KW):
+            kw = KW - 1 - j
+            u = iw + PW - kw * DW
+            ow = u // SW
+            w_ok = col_ok & (u >= 0) & (ow * SW == u) & (ow < OW)
+            m = h_ok[:, None] & w_ok[None, :]
+            offsets = out_row[:, None] + ow[None, :]
+            chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
+            hit = m & (chosen == kh * KW + kw)
+            acc += tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+
+    in_offsets = rows.to(tl.int64)[:, None] * W + iw[None, :]
+    tl.store(grad_in_ptr + in_offsets, acc.to(grad_in_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+# ----------------------------------------------------------------------------- backward: scatter
+
+
+@triton.jit
+def max_pool2d_backward_scatter_kernel(
+    grad_out_ptr, argmax_ptr, grad_in_ptr,
+    R, H, W, OH, OW,
+    SH, SW, PH, PW, DH, DW,
+    KW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """grad_in[winner of (p, oh, ow)] += grad_out[p, oh, ow], with float32 atomics.
+
+    grad_out, argmax: [N, C, OH, OW] contiguous; R = N * C * OH rows of OW outputs.
+    grad_in: [N, C, H, W] contiguous float32, zeroed by the caller. Summation order across
+    overlapping windows depends on scheduling: not reproducible bit for bit (kept for comparison).
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < R
+    col_ok = ow < OW
+    plane = rows // OH
+    oh = rows - plane * OH
+    mask = row_ok[:, None] & col_ok[None, :]
+    out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
+    k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
+    g = tl.load(grad_out_ptr + out_offsets, mask=mask, other=0.0).to(tl.float32)
+    kh = k // KW
+    kw = k - kh * KW
+    ih = (oh * SH - PH)[:, None] + kh * DH
+    iw = (ow * SW - PW)[None, :] + kw * DW
+    in_offsets = (plane.to(tl.int64) * H * W)[:, None] + ih.to(tl.int64) * W + iw
+    tl.atomic_add(grad_in_ptr + in_offsets, g, mask=mask)
+
+
+@triton.jit
+def cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    """dst[i] = src[i] converted to dst's dtype; both contiguous with n elements."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask).to(dst_ptr.dtype.element_ty),
+             mask=mask)
+
+
+# ----------------------------------------------------------------------------- torch's indices
+
+
+@triton.jit
+def max_pool2d_indices_kernel(
+    argmax_ptr, indices_ptr,
+    R, W, OH, OW,
+    SH, SW, PH, PW, DH, DW,
+    KW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """indices[p, oh, ow] = ih * W + iw of the winner: torch's int64 flat index within its plane.
+
+    argmax: [N, C, OH, OW] contiguous (compact ``kh * KW + kw``); indices: same shape, int64.
+    R = N * C * OH rows of OW outputs.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < R
+    col_ok = ow < OW
+    oh = rows % OH
+    mask = row_ok[:, None] & col_ok[None, :]
+    out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
+    k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
+    kh = k // KW
+    kw = k - kh * KW
+    ih = (oh * SH - PH)[:, None] + kh * DH
+    iw = (ow * SW - PW)[None, :] + kw * DW
+    tl.store(indices_ptr + out_offsets, ih.to(tl.int64) * W + iw, mask=mask)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _pair(value, name: str) -> tuple:
+    """An int, or a tuple/list of one or two ints (as torch accepts), as a pair of ints."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if len(items) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return (int(items[0]), int(items[-1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's pooling_output_shape: floor (or ceil) division, then ceil_mode's last-window rule."""
+    numerator = size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = numerator // s + 1  # Python's // rounds toward -inf, like torch's div_rtn
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1  # the last window must start inside the input or the left padding
+    return out
+
+
+def _first_all_padding_window(size: int, out: int, k: int, s: int, p: int, d: int):
+    """The first output position whose window holds no input element (dilation can step over the
+    whole input from the left padding), or None."""
+    for o in range(out):
+        start = o * s - p
+        if start >= size:
+            return o
+        if start < 0:
+            j = (-start + d - 1) // d  # the first window position at or after 0
+            if j >= k or start + j * d >= size:
+                return o
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolGeometry:
+    """Everything the kernels need about one max pool: shapes, window, and the argmax dtype."""
+
+    batched: bool                 # False for a CHW input (treated as N = 1)
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    ceil_mode: bool
+    out_h: int
+    out_w: int
+
+    @property
+    def window(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def argmax_dtype(self) -> torch.dtype:
+        """The narrowest integer type that holds ``kh * KW + kw``."""
+        if self.window <= 256:
+            return torch.uint8
+        return torch.int16 if self.window <= 2**15 else torch.int32
+
+    @property
+    def input_shape(self) -> tuple:
+        full = (self.n, self.c, self.h, self.w)
+        return full if self.batched else full[1:]
+
+    @property
+    def output_shape(self) -> tuple:
+        full = (self.n, self.c, self.out_h, self.out_w)
+        return full if self.batched else full[1:]
+
+    def window_args(self) -> tuple:
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        return (sh, sw, ph, pw, dh, dw)
+
+
+def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Validate the window arguments alone; return (kernel, stride, padding, dilation) as pairs."""
+    kernel = _pair(kernel_size, "kernel_size")
+    # torch: stride None (or empty) means stride = kernel_size
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+        else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    for name, value, low in (("kernel_size", kernel, 1), ("stride", stride, 1), ("padding", padding, 0),
+                             ("dilation", dilation, 1)):
+        if min(value) < low:
+            raise ValueError(f"{name} must be >= {low} in both dimensions, got {value}")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding must be at most half of kernel_size, got padding={padding} "
+                         f"for kernel_size={kernel}")
+    return kernel, stride, padding, dilation
+
+
+def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                  ) -> PoolGeometry:
+    """Validate max_pool2d's arguments against an input shape (N, C, H, W) or (C, H, W).
+
+    Raises TypeError for arguments of the wrong type and ValueError for bad values, naming the
+    argument: non-positive kernel_size/stride/dilation, negative padding, padding above half the
+    kernel (torch's rule), a window larger than the padded input, an output of size <= 0, and a
+    window that (through dilation) would contain only padding.
+    """
+    kernel, stride, padding, dilation = check_window(kernel_size, stride, padding, dilation, ceil_mode)
+    shape = tuple(input_shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"input must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {shape}")
+    batched = len(shape) == 4
+    n, c, h, w = shape if batched else (1,) + shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"input must have non-zero channels, height and width, got shape {shape}")
+    out = []
+    for axis, size in (("height", h), ("width", w)):
+        i = 0 if axis == "height" else 1
+        k, s, p, d = kernel[i], stride[i], padding[i], dilation[i]
+        extent = d * (k - 1) + 1
+        if extent > size + 2 * p:
+            raise ValueError(f"kernel_size {kernel} (with dilation {dilation}: {extent} in {axis}) is "
+                             f"larger than the padded input {axis} {size} + 2*{p}")
+        o = _output_size(size, k, s, p, d, ceil_mode)
+        if o <= 0:
+            raise ValueError(f"output {axis} would be {o} for input {axis} {size}: kernel_size, stride, "
+                             f"padding or dilation too large")
+        bad = _first_all_padding_window(size, o, k, s, p, d)
+        if bad is not None:
+            raise ValueError(f"dilation {dilation} with padding {padding} makes window {bad} along {axis} "
+                             f"hold only padding (input {axis} {size}); torch returns -inf and an "
+                             f"out-of-range index there")
+        out.append(o)
+    return PoolGeometry(batched, n, c, h, w, kernel, stride, padding, dilation, ceil_mode, out[0], out[1])
+
+
+# ----------------------------------------------------------------------------- tiles
+
+_INT32_MAX = 2**31 - 1
+
+
+def _tiles(rows: int, cols: int, max_w: int, tile: int):
+    """(BLOCK_R, BLOCK_W) powers of two covering ``cols`` up to ``max_w`` and ``tile`` elements."""
+    block_w = min(triton.next_power_of_2(cols), max_w)
+    block_r = max(1, min(tile // block_w, triton.next_power_of_2(rows)))
+    return block_r, block_w
+
+
+# Under the interpreter a program costs ~1 ms whatever its size: few, large tiles. On the GPU a
+# tile of ~1-2K elements per 4 warps keeps every SM busy with enough loads in flight.
+_FORWARD_TILE = 16384 if runtime.INTERPRETED else 1024
+_GATHER_TILE = 16384 if runtime.INTERPRETED else 1024
+_MAX_W = 256 if runtime.INTERPRETED else 64
+_CAST_BLOCK = 16384 if runtime.INTERPRETED else 1024
+
+
+def _check_rows(rows: int, name: str):
+    if rows > _INT32_MAX:
+        raise ValueError(f"{name} has too many rows (N*C*H = {rows}) for 32-bit row indices")
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                       *, tile=None):
+    """Max pool ``x`` ([N, C, H, W] or [C, H, W]). Returns ``(out, argmax, geometry)``.
+
+    ``out`` has x's dtype; ``argmax`` holds ``kh * KW + kw`` of each window's winner in
+    ``geometry.argmax_dtype`` (uint8 up to 256 window positions). Non-contiguous ``x`` is read
+    through its strides (no copy: a copy would cost more memory traffic than the pool itself).
+    ``tile=(BLOCK_R, BLOCK_W)`` overrides the tile (tests force GPU-sized tiles with it).
+    """
+    runtime.check_tensor(x, "input", ndim=(3, 4))
+    geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out = runtime.empty(geo.output_shape, x.dtype, x.device)
+    argmax = runtime.empty(geo.output_shape, geo.argmax_dtype, x.device)
+    if geo.n == 0:
+        return out, argmax, geo
+    x4 = x if geo.batched else x.unsqueeze(0)
+    rows = geo.n * geo.c * geo.out_h
+    _check_rows(rows, "input")
+    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo.kernel, geo.stride, geo.padding, geo.dilation
+    pair_w = int(kw == 2 and sw == 2 and dw == 1)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    n_out = rows * geo.out_w
+    es = x.element_size()
+    runtime.launch(
+        max_pool2d_forward_kernel, grid,
+        (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
+         *geo.window_args()),
+        {"KH": kh, "KW": kw, "PAIR_W": pair_w, "BLOCK_R": block_r, "BLOCK_W": block_w},
+        runtime.LaunchInfo("max_pool2d_forward", (tuple(x.shape), tuple(out.shape)), x.dtype,
+                           flops=n_out * geo.window,
+                           bytes=min_forward_bytes(geo, es)))
+    return out, argmax, geo
+
+
+def min_forward_bytes(geo: PoolGeometry, element_size: int) -> int:
+    """Read every input element that some window covers once (bounded by the whole input), write
+    the output and the compact argmax."""
+    n_out = geo.n * geo.c * geo.out_h * geo.out_w
+    covered = geo.n * geo.c * _covered(geo.h, geo.out_h, 0, geo) * _covered(geo.w, geo.out_w, 1, geo)
+    return covered * element_size + n_out * (element_size + geo.argmax_dtype.itemsize)
+
+
+def _covered(size, out, axis, geo):
+    k, s, p, d = geo.kernel[axis], geo.stride[axis], geo.padding[axis], geo.dilation[axis]
+    hit = set()
+    for o in range(out):
+        for j in range(k):
+            i = o * s - p + j * d
+            if 0 <= i < size:
+                hit.add(i)
+    return len(hit)
+
+
+def min_backward_bytes(geo: PoolGeometry, element_size: int) -> int:
+    """Read grad_out and the compact argmax once, write grad_in once."""
+    n_out = geo.n * geo.c * geo.out_h * geo.out_w
+    return n_out * (element_size + geo.argmax_dtype.itemsize) + geo.n * geo.c * geo.h * geo.w * element_size
+
+
+def _check_backward_args(grad_out, argmax, geo):
+    if not isinstance(geo, PoolGeometry):
+        raise TypeError(f"geometry must be a PoolGeometry (from max_pool2d_forward), got {type(geo).__name__}")
+    runtime.check_tensor(grad_out, "grad_output")
+    runtime.check_tensor(argmax, "argmax", dtypes=(geo.argmax_dtype,))
+    if tuple(grad_out.shape) != geo.output_shape:
+        raise ValueError(f"grad_output must have the pool's output shape {geo.output_shape}, "
+                         f"got {tuple(grad_out.shape)}")
+    if tuple(argmax.shape) != geo.output_shape or not argmax.is_contiguous():
+        raise ValueError(f"argmax must be the contiguous {geo.output_shape} tensor max_pool2d_forward "
+                         f"returned, got shape {tuple(argmax.shape)}")
+
+
+def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool = True, *, tile=None):
+    """Gradient of the input of a max pool from its output gradient and compact argmax.
+
+    ``deterministic=True`` (default): the gather kernel, one write per input element, bitwise
+    reproducible. ``False``: atomic float32 scatter into a zeroed buffer (plus a cast for
+    float16/bfloat16; float32 atomics also sidestep the interpreter's broken bf16 atomics).
+    Returns a contiguous tensor of the input's shape and grad_out's dtype.
+    """
+    _check_backward_args(grad_out, argmax, geo)
+    grad_out = grad_out.contiguous()
+    shape = geo.input_shape
+    if geo.n == 0:
+        return runtime.empty(shape, grad_out.dtype, grad_out.device)
+    es = grad_out.element_size()
+    info = runtime.LaunchInfo("max_pool2d_backward", (tuple(grad_out.shape), shape), grad_out.dtype,
+                              flops=geo.n * geo.c * geo.out_h * geo.out_w,
+                              bytes=min_backward_bytes(geo, es))
+    (kh, kw) = geo.kernel
+    if deterministic:
+        grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
+        rows = geo.n * geo.c * geo.h
+        _check_rows(rows, "grad_input")
+        block_r, block_w = tile or _tiles(rows, geo.w, _MAX_W, _GATHER_TILE)
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.w, block_w))
+        runtime.launch(max_pool2d_backward_gather_kernel, grid,
+                       (grad_out, argmax, grad_in, rows, geo.h, geo.w, geo.out_h, geo.out_w,
+                        *geo.window_args()),
+                       {"KH": kh, "KW": kw, "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+        return grad_in
+
+    # A zero-filled float32 accumulator: the scatter adds into it (a memset, not arithmetic).
+    acc = torch.zeros(shape, dtype=torch.float32, device=grad_out.device)
+    rows = geo.n * geo.c * geo.out_h
+    _check_rows(rows, "grad_output")
+    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    runtime.launch(max_pool2d_backward_scatter_kernel, grid,
+                   (grad_out, argmax, acc, rows, geo.h, geo.w, geo.out_h, geo.out_w, *geo.window_args()),
+                   {"KW": kw, "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+    if grad_out.dtype == torch.float32:
+        return acc
+    grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
+    n = acc.numel()
+    runtime.launch(cast_kernel, (triton.cdiv(n, _CAST_BLOCK),), (acc, grad_in, n), {"BLOCK": _CAST_BLOCK},
+                   runtime.LaunchInfo("cast", (shape,), grad_out.dtype, flops=0, bytes=n * (4 + es)))
+    return grad_in
+
+
+def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
+    """torch's int64 indices (``ih * W + iw`` within each plane) from the compact argmax."""
+    if not isinstance(geo, PoolGeometry):
+        raise TypeError(f"geometry must be a PoolGeometry (from max_pool2d_forward), got {type(geo).__name__}")
+    runtime.check_tensor(argmax, "argmax", dtypes=(geo.argmax_dtype,))
+    if tuple(argmax.shape) != geo.output_shape or not argmax.is_contiguous():
+        raise ValueError(f"argmax must be the contiguous {geo.output_shape} tensor max_pool2d_forward "
+                         f"returned, got shape {tuple(argmax.shape)}")
+    indices = runtime.empty(geo.output_shape, torch.int64, argmax.device)
+    if geo.n == 0:
+        return indices
+    rows = geo.n * geo.c * geo.out_h
+    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    n_out = rows * geo.out_w
+    runtime.launch(max_pool2d_indices_kernel, grid,
+                   (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.window_args()),
+                   {"KW": geo.kernel[1], "BLOCK_R": block_r, "BLOCK_W": block_w},
+                   runtime.LaunchInfo("max_pool2d_indices", (tuple(argmax.shape),), torch.int64,
+                                      flops=0, bytes=n_out * (argmax.element_size() + 8)))
+    return indices
