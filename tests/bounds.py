@@ -73,7 +73,7 @@ def observer(kernel, grid, args, constexprs, info, run):
 
     global _ranges, _kernel_name
     ranges = []
-    for a in list(args) + list(constexprs.values()):
+    for a in list(args) + list(constexprs.values()) + list(getattr(info, "tensors", ())):
         if isinstance(a, torch.Tensor):
             s = a.untyped_storage()
             ranges.append((s.data_ptr(), s.data_ptr() + s.nbytes()))

@@ -140,12 +140,15 @@ _OBSERVERS: list = []
 
 class LaunchInfo:
     """What a launcher knows about one launch, for observers: the op it serves, the shapes and
-    dtype involved, and an analytic count of floating-point operations and minimum bytes moved."""
+    dtype involved, and an analytic count of floating-point operations and minimum bytes moved.
+    ``tensors``: tensors the kernel reaches through an address table rather than as arguments
+    (multi-tensor optimizer updates), so observers such as the tests' bounds checker see them."""
 
-    __slots__ = ("op", "shapes", "dtype", "flops", "bytes")
+    __slots__ = ("op", "shapes", "dtype", "flops", "bytes", "tensors")
 
-    def __init__(self, op: str, shapes=(), dtype=None, flops: int = 0, bytes: int = 0):
+    def __init__(self, op: str, shapes=(), dtype=None, flops: int = 0, bytes: int = 0, tensors=()):
         self.op, self.shapes, self.dtype, self.flops, self.bytes = op, shapes, dtype, flops, bytes
+        self.tensors = tuple(tensors)
 
 
 def launch(kernel, grid, args, constexprs=None, info: LaunchInfo | None = None):
