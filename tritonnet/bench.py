@@ -101,3 +101,631 @@ def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=str)
+
+
+# ============================================================================= `tritonnet bench`
+#
+# The op suite and whole training steps, tritonnet against torch eager (cuDNN/cuBLAS) and
+# torch.compile on the same inputs in the same process. Two views of time, both reported: kernel
+# time (``time_op``: CUDA events around each call, L2 cleared in between, p20/p50/p80) and the wall
+# time a user sees per call, Python and launch overhead included (``wall_ms_per_call``). Each op's
+# floor comes from its launches' analytic FLOPs and minimum bytes (recorded by the profiler) against
+# this device's measured peaks. torch.compile's compile time is recorded and runs last, inside a
+# time budget, so a slow compiler costs rows, not the whole run; its failures are recorded too.
+
+IMPLS = ("tritonnet", "torch", "torch.compile")
+ALL_DTYPES = ("fp32", "tf32", "bf16")
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+class Skip(Exception):
+    """An op or step that cannot run here (an op not built yet, a failed capture): recorded, not fatal."""
+
+
+def _functional():
+    from . import functional as F
+
+    return F
+
+
+def _need(module, name):
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise Skip(f"{module.__name__}.{name} is not available yet")
+    return fn
+
+
+def _rand(shape, dtype, seed, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen).to(runtime.device(), dtype)
+    return t.requires_grad_(requires_grad) if requires_grad else t
+
+
+def _labels(n, classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, classes, (n,), generator=gen).to(runtime.device())
+
+
+def _backward_of(out):
+    """The backward closure the tape recorded for ``out`` (re-callable: only ``Tensor.backward``
+    frees it), so a backward kernel can be timed alone, without its forward."""
+    node = getattr(out, "_node", None)
+    if node is None or node.backward_fn is None:
+        raise Skip("the op recorded no backward on the tape")
+    return node.backward_fn
+
+
+def _tn(data, requires_grad=False):
+    from .tape import Tensor
+
+    return Tensor(data.detach(), requires_grad=requires_grad)
+
+
+def _torch_conv_backward(g, x, w, has_bias, padding, mask):
+    return torch.ops.aten.convolution_backward(g, x, w, [w.shape[0]] if has_bias else None, [1, 1],
+                                               [padding, padding], [1, 1], False, [0, 0], 1, mask)
+
+
+def _op_cases(quick: bool):
+    """(name, shape text, builder) for each op; ``builder(impl, dtype, seed)`` returns ``(fn, args)``
+    with ``fn(*args)`` one timed call. Shapes are layers of the benchmarked nets (VGG-style CIFAR
+    net at batch 512, LeNet-5 at batch 256)."""
+    if quick:
+        pool_x, conv_x, conv_w, lenet_x, lenet_w, lin, ce = ((2, 3, 8, 8), (2, 3, 8, 8), (4, 3, 3, 3),
+                                                              (2, 1, 12, 12), (3, 1, 5, 5), (4, 32, 16), (4, 10))
+    else:
+        pool_x, conv_x, conv_w, lenet_x, lenet_w, lin, ce = ((512, 64, 16, 16), (512, 32, 16, 16), (64, 32, 3, 3),
+                                                              (256, 1, 28, 28), (6, 1, 5, 5), (512, 2048, 256),
+                                                              (512, 10))
+    tnn = torch.nn.functional
+    aten = torch.ops.aten
+
+    def pool_fwd(impl, dtype, seed):
+        x = _rand(pool_x, dtype, seed, requires_grad=True)
+        if impl == "tritonnet":
+            return _need(_functional(), "max_pool2d"), (_tn(x, True), 2)
+        return (lambda x: tnn.max_pool2d(x, 2)), (x,)
+
+    def pool_bwd(impl, dtype, seed):
+        x = _rand(pool_x, dtype, seed, requires_grad=True)
+        if impl == "tritonnet":
+            y = _need(_functional(), "max_pool2d")(_tn(x, True), 2)
+            return _backward_of(y), (_rand(tuple(y.shape), dtype, seed + 1),)
+        with torch.no_grad():
+            y, idx = aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+        g = _rand(tuple(y.shape), dtype, seed + 1)
+        return (lambda g, x, idx: aten.max_pool2d_with_indices_backward(g, x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                        False, idx)), (g, x.detach(), idx)
+
+    def conv_inputs(dtype, seed, xs, ws):
+        return _rand(xs, dtype, seed), _rand(ws, dtype, seed + 1) * 0.2, _rand((ws[0],), dtype, seed + 2)
+
+    def conv_fwd(xs, ws, activation):
+        padding = ws[-1] // 2
+
+        def build(impl, dtype, seed):
+            x, w, b = conv_inputs(dtype, seed, xs, ws)
+            if impl == "tritonnet":
+                conv = _need(_functional(), "conv2d")
+                return (lambda x, w, b: conv(x, w, b, padding=padding, activation=activation)), \
+                    (_tn(x, True), _tn(w, True), _tn(b, True))
+            x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+            if activation == "relu":
+                return (lambda x, w, b: torch.relu(tnn.conv2d(x, w, b, padding=padding))), (x, w, b)
+            return (lambda x, w, b: tnn.conv2d(x, w, b, padding=padding)), (x, w, b)
+        return build
+
+    def conv_bwd(which, activation=None):
+        padding = conv_w[-1] // 2
+        need = {"dgrad": (True, False, False), "wgrad": (False, True, True), "all": (True, True, True)}[which]
+
+        def build(impl, dtype, seed):
+            x, w, b = conv_inputs(dtype, seed, conv_x, conv_w)
+            if impl == "tritonnet":
+                conv = _need(_functional(), "conv2d")
+                y = conv(_tn(x, need[0]), _tn(w, need[1]), _tn(b, need[2]), padding=padding, activation=activation)
+                return _backward_of(y), (_rand(tuple(y.shape), dtype, seed + 3),)
+            with torch.no_grad():
+                y = tnn.conv2d(x, w, b, padding=padding)
+                if activation == "relu":
+                    y = torch.relu(y)
+            g = _rand(tuple(y.shape), dtype, seed + 3)
+            if activation == "relu":
+                return (lambda g, y, x, w: _torch_conv_backward(aten.threshold_backward(g, y, 0), x, w, True,
+                                                                padding, list(need))), (g, y, x, w)
+            return (lambda g, x, w: _torch_conv_backward(g, x, w, need[2], padding, list(need))), (g, x, w)
+        return build
+
+    def linear_fwd(impl, dtype, seed):
+        n, k, m = lin
+        x, w, b = _rand((n, k), dtype, seed), _rand((m, k), dtype, seed + 1) * 0.05, _rand((m,), dtype, seed + 2)
+        if impl == "tritonnet":
+            linear = _need(_functional(), "linear")
+            return (lambda x, w, b: linear(x, w, b, activation="relu")), (_tn(x, True), _tn(w, True), _tn(b, True))
+        x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
+        return (lambda x, w, b: torch.relu(tnn.linear(x, w, b))), (x, w, b)
+
+    def linear_bwd(impl, dtype, seed):
+        n, k, m = lin
+        x, w, b = _rand((n, k), dtype, seed), _rand((m, k), dtype, seed + 1) * 0.05, _rand((m,), dtype, seed + 2)
+        g = _rand((n, m), dtype, seed + 3)
+        if impl == "tritonnet":
+            y = _need(_functional(), "linear")(_tn(x, True), _tn(w, True), _tn(b, True))
+            return _backward_of(y), (g,)
+        return (lambda g, x, w: (g @ w, g.t() @ x, g.sum(0))), (g, x, w)
+
+    def cross_entropy(impl, dtype, seed):
+        logits, y = _rand(ce, dtype, seed, requires_grad=True), _labels(ce[0], ce[1], seed + 1)
+        if impl == "tritonnet":
+            loss_fn = _need(_functional(), "cross_entropy")
+
+            def fwd_bwd(logits, y):
+                loss = loss_fn(logits, y)
+                return _backward_of(loss)(torch.ones((), dtype=dtype, device=runtime.device()))
+            return fwd_bwd, (_tn(logits, True), y)
+
+        def torch_fwd_bwd(logits, y):
+            return torch.autograd.grad(tnn.cross_entropy(logits, y), logits)
+        return torch_fwd_bwd, (logits, y)
+
+    shape = lambda s: "x".join(map(str, s))  # noqa: E731
+    conv_shape = f"{shape(conv_x)} * {shape(conv_w)}"
+    lenet_shape = f"{shape(lenet_x)} * {shape(lenet_w)}"
+    return [
+        ("max_pool2d fwd", f"{shape(pool_x)} k2", pool_fwd),
+        ("max_pool2d bwd", f"{shape(pool_x)} k2", pool_bwd),
+        ("conv2d fwd", conv_shape, conv_fwd(conv_x, conv_w, None)),
+        ("conv2d fwd +bias+relu", conv_shape, conv_fwd(conv_x, conv_w, "relu")),
+        ("conv2d fwd +bias+relu (LeNet conv1)", lenet_shape, conv_fwd(lenet_x, lenet_w, "relu")),
+        ("conv2d dgrad", conv_shape, conv_bwd("dgrad")),
+        ("conv2d wgrad (+bias grad)", conv_shape, conv_bwd("wgrad")),
+        ("conv2d bwd relu-fused (dgrad+wgrad)", conv_shape, conv_bwd("all", "relu")),
+        ("linear fwd +bias+relu", f"{lin[0]}x{lin[1]} -> {lin[2]}", linear_fwd),
+        ("linear bwd", f"{lin[0]}x{lin[1]} -> {lin[2]}", linear_bwd),
+        ("cross_entropy fwd+bwd", shape(ce), cross_entropy),
+    ]
+
+
+class _Budget:
+    def __init__(self, seconds):
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    def left(self):
+        return self.seconds - self.elapsed()
+
+
+def _error(exc) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+
+
+def _time_call(fn, args_sets, quick):
+    """Kernel-time quantiles and user-visible wall time for ``fn(*args)`` rotating over ``args_sets``."""
+    from .workloads import wall_ms_per_call
+
+    state = {"i": 0}
+
+    def rotating():
+        args = args_sets[state["i"] % len(args_sets)]
+        state["i"] += 1
+        return fn(*args)
+
+    t = time.perf_counter()
+    rotating()  # first call: JIT compiles (and torch.compile's whole compile) land here
+    if not runtime.INTERPRETED:
+        torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - t
+    q = time_op(fn, args_sets, warmup_ms=10, rep_ms=40 if not quick else 10)
+    wall = wall_ms_per_call(rotating, reps=2 if runtime.INTERPRETED else 30, warmup=0 if runtime.INTERPRETED else 3)
+    return {**q, "wall_ms": wall, "first_call_s": first_call_s}
+
+
+def _floor_of(fn, args, peaks):
+    """Launch count, FLOPs, bytes and the roofline floor of one tritonnet call, from its launches."""
+    from .profile import Profiler, roofline_ms
+
+    with Profiler(peaks=peaks) as prof:
+        fn(*args)
+    floor = 0.0
+    for launch in prof.launches:
+        floor += roofline_ms(launch.flops, launch.bytes, launch.dtype, launch.precision, peaks) or 0.0
+    return {"launches": len(prof.launches), "flops": sum(l.flops for l in prof.launches),
+            "bytes": sum(l.bytes for l in prof.launches), "floor_ms": floor if peaks else None,
+            "kernels": sorted({l.kernel for l in prof.launches})}
+
+
+def _run_op(row, builder, impl, quick, peaks):
+    from .workloads import DTYPES, precision
+
+    dtype_name = row["dtype"]
+    try:
+        with precision(dtype_name):
+            sets = []
+            for s in range(2 if quick else 3):
+                fn, args = builder("tritonnet" if impl == "tritonnet" else "torch", DTYPES[dtype_name], 100 * s)
+                sets.append(args)
+            if impl == "torch.compile":
+                fn = torch.compile(fn)
+            result = _time_call(fn, sets, quick)
+            if impl == "tritonnet":
+                row.update(_floor_of(fn, sets[0], peaks))
+        row["impls"][impl] = result
+    except Skip as exc:
+        row["impls"][impl] = {"skipped": str(exc)}
+    except Exception as exc:  # one broken op (or compiler) must not sink the suite
+        row["impls"][impl] = {"error": _error(exc)}
+
+
+def _run_step(row, impl, quick, budget, cuda_graph):
+    from .profile import Profiler
+    from .workloads import build_step, precision, wall_ms_per_call
+
+    try:
+        t = time.perf_counter()
+        step = build_step(row["model"], row["batch"], row["dtype"], impl="torch.compile" if impl == "torch.compile"
+                          else ("torch" if impl == "torch" else "tritonnet"),
+                          cuda_graph=(impl == "tritonnet+graph"), n_batches=2 if quick else 4)
+        if impl == "tritonnet+graph" and step.graph is None:
+            row["impls"][impl] = {"skipped": f"CUDA graph: {step.graph_error}"}
+            return
+        step()
+        if not runtime.INTERPRETED:
+            torch.cuda.synchronize()
+        first_call_s = time.perf_counter() - t
+        q = time_op(step, warmup_ms=20, rep_ms=100 if not quick else 10)
+        wall = wall_ms_per_call(step, reps=2 if runtime.INTERPRETED else 30, warmup=0 if runtime.INTERPRETED else 3)
+        result = {**q, "wall_ms": wall, "first_call_s": first_call_s}
+        loss = step()
+        result["loss"] = float(loss.data if hasattr(loss, "_node") else loss.detach())
+        if impl == "tritonnet":  # where a step's time goes: GPU time inside kernels vs. the rest
+            with Profiler(peaks=None) as prof:
+                step()
+            result["launches"] = len(prof.launches)
+            result["kernel_sum_ms"] = sum(l.ms for l in prof.launches)
+        row["impls"][impl] = result
+    except Skip as exc:
+        row["impls"][impl] = {"skipped": str(exc)}
+    except Exception as exc:
+        row["impls"][impl] = {"error": _error(exc)}
+
+
+def _ratios(row):
+    impls = row["impls"]
+
+    def ms(name, key):
+        r = impls.get(name) or {}
+        return r.get(key)
+
+    key = "wall_ms" if row["kind"] == "step" else "p50"
+    ours = [v for v in (ms("tritonnet", key), ms("tritonnet+graph", key)) if v]
+    best = min(ours) if ours else None
+    row["tritonnet_best_ms"] = best
+    for other, name in (("torch", "x_vs_torch"), ("torch.compile", "x_vs_compile")):
+        theirs = ms(other, key)
+        row[name] = theirs / best if best and theirs else None
+    if row["kind"] == "op" and row.get("floor_ms") and ms("tritonnet", "p50"):
+        row["pct_of_floor"] = 100.0 * row["floor_ms"] / ms("tritonnet", "p50")
+
+
+TARGETS = {"lenet": 1.5, "vgg": 1.0}  # required step speed-up over torch eager (issue 5)
+
+
+def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=True, ops=True, steps=True,
+              budget_s=None, progress=print, on_phase=None):
+    """Run the benchmark; return the results dict (see ``write_outputs``)."""
+    from .workloads import MODELS, default_batch
+
+    dtypes = list(dtypes or (("fp32",) if quick else ALL_DTYPES))
+    models = list(models or (("lenet",) if quick else ("lenet", "vgg")))
+    budget = _Budget(budget_s if budget_s is not None else (60 if quick else 170))
+    peaks = None
+    if not runtime.INTERPRETED:
+        from .profile import device_peaks
+
+        peaks = device_peaks()
+    results = {"environment": environment(), "quick": quick, "meaningful": timing_is_meaningful(), "peaks": peaks,
+               "budget_s": budget.seconds, "rows": [], "notes": []}
+    if not timing_is_meaningful():
+        results["notes"].append("Triton interpreter on a CPU: these timings mean nothing about GPU performance; "
+                                "this run only proves the benchmark works end to end.")
+    if quick:
+        results["notes"].append("--quick: tiny shapes and few repetitions.")
+    rows = results["rows"]
+    op_rows = []
+    if ops:
+        for name, shape, builder in _op_cases(quick):
+            for dtype_name in dtypes:
+                row = {"kind": "op", "name": name, "shape": shape, "dtype": dtype_name, "impls": {}}
+                op_rows.append((row, builder))
+                rows.append(row)
+    step_rows = []
+    if steps:
+        for model in models:
+            batch = 2 if quick and runtime.INTERPRETED else default_batch(model)
+            for dtype_name in dtypes:
+                row = {"kind": "step", "name": f"train step {model}", "model": model, "batch": batch,
+                       "shape": f"batch {batch} x {'x'.join(map(str, MODELS[model][1]))}", "dtype": dtype_name,
+                       "impls": {}}
+                step_rows.append(row)
+                rows.append(row)
+
+    def over_budget(row, impl):
+        if budget.left() > 0:
+            return False
+        row["impls"][impl] = {"skipped": f"time budget of {budget.seconds:.0f} s spent"}
+        return True
+
+    # Cheap and most important first: the steps, then the ops, each against torch eager; then
+    # torch.compile, whose compile time is the unpredictable part, steps before ops.
+    step_impls = ["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch"]
+    for row in step_rows:
+        for impl in step_impls:
+            if not over_budget(row, impl):
+                progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} {impl}")
+                _run_step(row, impl, quick, budget, cuda_graph)
+    if on_phase:
+        on_phase(results)
+    for row, builder in op_rows:
+        for impl in ("tritonnet", "torch"):
+            if not over_budget(row, impl):
+                progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} {impl}")
+                _run_op(row, builder, impl, quick, peaks)
+    if on_phase:
+        on_phase(results)
+    compile_skip = None if compile else "disabled (--no-compile)"
+    if compile and quick:
+        compile_skip = "skipped in --quick (compiling takes longer than the whole smoke run)"
+    for row in step_rows:
+        if compile_skip:
+            row["impls"]["torch.compile"] = {"skipped": compile_skip}
+        elif not over_budget(row, "torch.compile"):
+            progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} torch.compile")
+            _run_step(row, "torch.compile", quick, budget, cuda_graph)
+    for row, builder in op_rows:
+        if compile_skip:
+            row["impls"]["torch.compile"] = {"skipped": compile_skip}
+        elif not over_budget(row, "torch.compile"):
+            progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} torch.compile")
+            _run_op(row, builder, "torch.compile", quick, peaks)
+    for row in rows:
+        _ratios(row)
+    results["targets"] = []
+    for row in step_rows:
+        need = TARGETS.get(row["model"])
+        if need is not None:
+            got = row.get("x_vs_torch")
+            results["targets"].append({"model": row["model"], "dtype": row["dtype"], "required_x_vs_torch": need,
+                                       "x_vs_torch": got, "x_vs_compile": row.get("x_vs_compile"),
+                                       "met": bool(got is not None and got >= need)})
+    results["elapsed_s"] = budget.elapsed()
+    return results
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _ms(r, key="p50"):
+    if not r:
+        return "–"
+    if "skipped" in r:
+        return "skipped"
+    if "error" in r:
+        return "error"
+    v = r.get(key)
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _pct(v):
+    return "–" if v is None else f"{v:.0f}%"
+
+
+def _x(v):
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def markdown(results) -> str:
+    """The results as markdown: environment, step table, op table, targets, skips and errors."""
+    env = results["environment"]
+    lines = [f"**{env['device']}** · torch {env['torch']} · triton {env['triton']} · commit `{env['commit']}` · "
+             f"{env['date']}", ""]
+    for note in results.get("notes", []):
+        lines += [f"> {note}", ""]
+    steps = [r for r in results["rows"] if r["kind"] == "step"]
+    if steps:
+        lines += ["Training step (forward, cross-entropy, backward, SGD momentum), wall time per step as a user "
+                  "sees it (ms; Python and launch overhead included). Speed-up = torch time / best tritonnet time.",
+                  "",
+                  "| model | input | dtype | tritonnet CUDA graph | tritonnet eager | torch eager | torch.compile "
+                  "| vs eager | vs compile | tritonnet GPU time p50 (p20–p80) | in kernels | launches |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in steps:
+            i = r["impls"]
+            tn = i.get("tritonnet") or {}
+            ks = tn.get("kernel_sum_ms")
+            band = f"{tn['p50']:.3f} ({tn['p20']:.3f}–{tn['p80']:.3f})" if "p50" in tn else "–"
+            lines.append(f"| {r['model']} | {r['shape']} | {r['dtype']} | {_ms(i.get('tritonnet+graph'), 'wall_ms')} "
+                         f"| {_ms(tn, 'wall_ms')} | {_ms(i.get('torch'), 'wall_ms')} "
+                         f"| {_ms(i.get('torch.compile'), 'wall_ms')} | {_x(r.get('x_vs_torch'))} "
+                         f"| {_x(r.get('x_vs_compile'))} | {band} | {'–' if ks is None else f'{ks:.3f}'} "
+                         f"| {tn.get('launches', '–')} |")
+        lines.append("")
+    ops = [r for r in results["rows"] if r["kind"] == "op"]
+    if ops:
+        lines += ["Ops, kernel time p50 (ms; CUDA events, L2 cleared between calls, inputs rotated). Floor = "
+                  "analytic FLOPs and minimum bytes against this card's measured matmul peak and copy bandwidth.",
+                  "",
+                  "| op | shape | dtype | tritonnet | torch eager | torch.compile | vs eager | vs compile "
+                  "| floor | % of floor | launches |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ops:
+            i = r["impls"]
+            floor = r.get("floor_ms")
+            lines.append(f"| {r['name']} | {r['shape']} | {r['dtype']} | {_ms(i.get('tritonnet'))} "
+                         f"| {_ms(i.get('torch'))} | {_ms(i.get('torch.compile'))} | {_x(r.get('x_vs_torch'))} "
+                         f"| {_x(r.get('x_vs_compile'))} | {'–' if floor is None else f'{floor:.4f}'} "
+                         f"| {_pct(r.get('pct_of_floor'))} "
+                         f"| {r.get('launches', '–')} |")
+        lines.append("")
+    if results.get("targets"):
+        lines += ["Targets (training step vs torch eager): " + "; ".join(
+            f"{t['model']} {t['dtype']} {_x(t['x_vs_torch'])} (need {t['required_x_vs_torch']:.1f}x: "
+            f"{'met' if t['met'] else 'missed'})" for t in results["targets"]), ""]
+    problems = [f"- {r['name']} {r['dtype']} {impl}: {v.get('skipped') or v.get('error')}"
+                for r in results["rows"] for impl, v in r["impls"].items() if "skipped" in v or "error" in v]
+    if problems:
+        lines += ["<details><summary>Skipped or failed</summary>", "", *problems, "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def chart(results, path: str) -> None:
+    """A bar chart of speed-ups (torch time / tritonnet time) vs torch eager and torch.compile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("x_vs_torch") or r.get("x_vs_compile")]
+    labels = [f"{'step ' + r['model'] if r['kind'] == 'step' else r['name']} [{r['dtype']}]" for r in rows]
+    height = max(2.5, 0.32 * len(rows) + 1.5)
+    fig, ax = plt.subplots(figsize=(10, height))
+    ys = list(range(len(rows)))
+    ax.barh([y - 0.2 for y in ys], [r.get("x_vs_torch") or 0 for r in rows], height=0.4, label="vs torch eager (cuDNN)")
+    ax.barh([y + 0.2 for y in ys], [r.get("x_vs_compile") or 0 for r in rows], height=0.4, label="vs torch.compile")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up of tritonnet (>1: tritonnet faster)")
+    env = results["environment"]
+    title = f"tritonnet vs torch on {env['device']} (commit {env['commit']})"
+    if not results.get("meaningful", True):
+        title += "\nTriton interpreter: timings mean nothing"
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(results, out_dir: str) -> dict:
+    """``bench.json``, ``bench.md`` and ``bench.png`` in ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "bench.json"), "md": os.path.join(out_dir, "bench.md"),
+             "png": os.path.join(out_dir, "bench.png")}
+    write_json(paths["json"], results)
+    with open(paths["md"], "w") as f:
+        f.write(markdown(results))
+    chart(results, paths["png"])
+    return paths
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def update_readme(results_dir: str, readme: str | None = None, force: bool = False) -> str:
+    """Copy ``bench.json``/``bench.md``/``bench.png`` from ``results_dir`` into
+    ``benchmarks/results/<card>/`` next to the README and rewrite the README's Results section
+    (between ``<!-- results:start -->`` and ``<!-- results:end -->``) from them. Refuses an
+    interpreter run unless ``force``. Returns the README path."""
+    import re
+    import shutil
+
+    with open(os.path.join(results_dir, "bench.json")) as f:
+        results = json.load(f)
+    if not results.get("meaningful") and not force:
+        raise ValueError(f"{results_dir}/bench.json is from the Triton interpreter; its timings mean nothing "
+                         "(pass --force to use it anyway)")
+    readme = readme or os.path.join(_repo_root(), "README.md")
+    root = os.path.dirname(os.path.abspath(readme))
+    env = results["environment"]
+    card = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower() or "device"
+    dest = os.path.join(root, "benchmarks", "results", card)
+    os.makedirs(dest, exist_ok=True)
+    for name in ("bench.json", "bench.md", "bench.png"):
+        src = os.path.join(results_dir, name)
+        if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(dest, name)):
+            shutil.copyfile(src, os.path.join(dest, name))
+    if not os.path.exists(os.path.join(dest, "bench.png")):
+        chart(results, os.path.join(dest, "bench.png"))
+    rel = os.path.relpath(dest, root).replace(os.sep, "/")
+    section = "\n".join([
+        README_START,
+        f"Generated by `tritonnet bench --update-readme {rel}` from `{rel}/bench.json`; "
+        "do not edit by hand (rerun `tritonnet bench --out DIR` on a GPU, then this command).",
+        "",
+        f"![tritonnet speed-up over torch]({rel}/bench.png)",
+        "",
+        markdown(results).rstrip(),
+        README_END,
+    ])
+    with open(readme) as f:
+        text = f.read()
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        tail = rest.split(README_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Results\n\n" + section + "\n"
+    with open(readme, "w") as f:
+        f.write(text)
+    return readme
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default=".", help="directory for bench.json, bench.md, bench.png")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (what CI runs under the interpreter)")
+    parser.add_argument("--dtypes", default=None, help="comma-separated from fp32,tf32,bf16 (default: all; fp32 "
+                        "with --quick)")
+    parser.add_argument("--models", default=None, help="comma-separated from lenet,vgg (default both; lenet with "
+                        "--quick)")
+    parser.add_argument("--only", choices=["ops", "steps"], default=None, help="run only the op suite or the steps")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="do not time the CUDA-graphed step")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget; what is left when it runs out is recorded as skipped "
+                        "(default 170 s, 60 s with --quick)")
+    parser.add_argument("--update-readme", metavar="RESULTS_DIR", default=None,
+                        help="instead of benchmarking: rewrite README.md's Results section from RESULTS_DIR/bench.json "
+                        "(+ bench.png), copying them under benchmarks/results/<card>/")
+    parser.add_argument("--readme", default=None, help="README to update (default: the repository's)")
+    parser.add_argument("--force", action="store_true", help="let --update-readme use an interpreter run")
+
+
+def main(args) -> int:
+    from .workloads import resolve
+
+    if args.update_readme:
+        path = update_readme(args.update_readme, args.readme, force=args.force)
+        print(f"updated {path}")
+        return 0
+    print(runtime.describe())
+    if not timing_is_meaningful():
+        print("NOTE: Triton interpreter on the CPU: the timings below mean nothing about GPU performance.")
+    split = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
+    dtypes = split(args.dtypes)
+    for d in dtypes or ():
+        if d not in ALL_DTYPES:
+            raise SystemExit(f"--dtypes: {d!r} is not one of {', '.join(ALL_DTYPES)}")
+    models = [resolve(m) for m in split(args.models) or ()] or None
+    results = run_suite(quick=args.quick, dtypes=dtypes, models=models, cuda_graph=not args.no_cuda_graph,
+                        compile=not args.no_compile, ops=args.only != "steps", steps=args.only != "ops",
+                        budget_s=args.budget_s, on_phase=lambda r: write_json(os.path.join(args.out, "bench.json"), r))
+    paths = write_outputs(results, args.out)
+    print(markdown(results))
+    print("wrote " + ", ".join(paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="python -m tritonnet.bench", description="tritonnet vs torch")
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

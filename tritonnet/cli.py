@@ -10,6 +10,8 @@ import sys
 COMMANDS = {
     "train": ("tritonnet.train", "train a small CNN (default: digits, built in) and save a checkpoint"),
     "eval": ("tritonnet.evaluate", "report the test accuracy of a checkpoint written by `tritonnet train`"),
+    "bench": ("tritonnet.bench", "time ops and training steps against torch eager (cuDNN) and torch.compile"),
+    "profile": ("tritonnet.profile", "profile every kernel launch of a few training steps (table, trace, CSV)"),
 }
 
 

@@ -1,0 +1,244 @@
+"""Training steps to profile and benchmark: one model, one batch size, one precision, built three
+ways on the same initial weights and the same data (tritonnet, torch eager, torch.compile), and
+for tritonnet optionally captured once as a CUDA graph and replayed.
+
+A step is forward, cross-entropy, backward and an SGD (momentum 0.9) update. Each step object is a
+zero-argument callable that takes the next of a few pre-made batches (rotated, so no cache holds
+one batch for everyone) and returns the loss.
+
+Why CUDA graphs: the networks here are small, so a step is a few dozen short kernels and the GPU
+waits on Python and the launch path between them. Capturing forward, backward and the optimizer
+once and replaying the graph removes that. What capture requires, and how it is met here:
+- static inputs: the step reads its batch from two buffers allocated once (``static_x``,
+  ``static_y``); a replay is preceded by copying the next batch into them;
+- outputs, activations and gradients allocated during capture come from the graph's private pool
+  and are rewritten in place by every replay (``p.grad`` keeps pointing at them);
+- parameters and optimizer state must be updated in place: checked before capture (a storage
+  that moved would make every replay start again from the captured weights);
+- nothing in the step may synchronise with the host; a capture that fails is recorded in
+  ``graph_error`` and the step stays eager.
+Under the interpreter there are no graphs (``graph_error`` says so).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from . import runtime
+
+MODELS = {
+    # name: (models.py name, input shape without batch, default batch on a GPU)
+    "lenet": ("lenet5", (1, 28, 28), 256),
+    "vgg": ("cifar_cnn", (3, 32, 32), 512),
+    "digits": ("digits_cnn", (1, 8, 8), 64),
+}
+ALIASES = {"lenet5": "lenet", "cifar_cnn": "vgg", "cifar": "vgg", "digits_cnn": "digits"}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NUM_CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+
+
+def resolve(model: str) -> str:
+    name = ALIASES.get(model, model)
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(sorted(MODELS))}, got {model!r}")
+    return name
+
+
+def default_batch(model: str, quick: bool = False) -> int:
+    return 4 if quick else MODELS[resolve(model)][2]
+
+
+@contextlib.contextmanager
+def precision(dtype_name: str):
+    """tritonnet's and torch's float32 matmul/conv settings for ``fp32`` (IEEE) or ``tf32``.
+
+    torch lets cuDNN use TF32 for float32 convolutions by default; for a fair "fp32" row both
+    sides are held to IEEE fp32, and for "tf32" both may use TF32.
+    """
+    tf32 = dtype_name == "tf32"
+    saved = (runtime.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    runtime.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        runtime.set_float32_matmul_precision(saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+
+
+def make_batches(model: str, batch: int, dtype_name: str, count: int = 4, seed: int = 0):
+    """``count`` random (input, label) batches for ``model`` on tritonnet's device."""
+    shape = MODELS[resolve(model)][1]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        x = torch.randn((batch, *shape), generator=gen).to(runtime.device(), DTYPES[dtype_name])
+        y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(runtime.device())
+        out.append((x, y))
+    return out
+
+
+def torch_model(model: str, dtype_name: str, seed: int = 0):
+    """The torch twin of ``model``, initialised from ``seed``, on the device in the step's dtype."""
+    from . import models
+
+    torch.manual_seed(seed)
+    net = models.create_torch(MODELS[resolve(model)][0])
+    return net.to(device=runtime.device(), dtype=DTYPES[dtype_name])
+
+
+def tritonnet_model(model: str, dtype_name: str, seed: int = 0):
+    """The tritonnet model with exactly the torch twin's initial weights (same ``seed``)."""
+    from .layers.convert import build, spec_from_torch
+
+    reference = torch_model(model, dtype_name, seed)
+    net = build(spec_from_torch(reference))
+    for p in net.parameters():
+        p.data = p.data.to(device=runtime.device(), dtype=DTYPES[dtype_name])
+    net.load_state_dict(reference.state_dict())
+    return net
+
+
+class TritonnetStep:
+    """One tritonnet training step; ``cuda_graph=True`` captures it once and replays it."""
+
+    impl = "tritonnet"
+
+    def __init__(self, net, optimizer, batches, dtype_name: str, cuda_graph: bool = False):
+        self.net, self.optimizer, self.batches, self.dtype_name = net, optimizer, batches, dtype_name
+        self.calls = 0
+        self.graph = None
+        self.graph_error = None
+        self.static_x = self.static_y = self.static_loss = None
+        if cuda_graph:
+            self._capture()
+        elif not runtime.INTERPRETED:
+            self.graph_error = "disabled"
+        else:
+            self.graph_error = "Triton interpreter (no CUDA)"
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def eager_step(self, x, y):
+        from . import functional as F
+        from .tape import Tensor
+
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.net(Tensor(x)), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _capture(self):
+        if runtime.INTERPRETED:
+            self.graph_error = "Triton interpreter (no CUDA)"
+            return
+        x0, y0 = self.batches[0]
+        self.static_x, self.static_y = x0.clone(), y0.clone()
+        params = self.net.parameters()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with precision(self.dtype_name), torch.cuda.stream(side):
+            before = [p.data.data_ptr() for p in params]
+            for _ in range(3):  # compiles, autotunes and creates optimizer state outside the capture
+                self.eager_step(self.static_x, self.static_y)
+            moved = [i for i, p in enumerate(params) if p.data.data_ptr() != before[i]]
+        torch.cuda.current_stream().wait_stream(side)
+        if moved:
+            self.graph_error = "the optimizer replaces parameter storage instead of updating it in place"
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with precision(self.dtype_name), torch.cuda.graph(graph):
+                self.static_loss = self.eager_step(self.static_x, self.static_y)
+        except Exception as exc:  # e.g. an op that synchronises with the host
+            self.graph_error = f"capture failed: {type(exc).__name__}: {str(exc)[:300]}"
+            torch.cuda.synchronize()
+            return
+        self.graph = graph
+
+    def __call__(self):
+        x, y = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        if self.graph is not None:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return self.static_loss
+        with precision(self.dtype_name):
+            return self.eager_step(x, y)
+
+
+class TorchStep:
+    """The same step in torch: eager (cuDNN, ``cudnn.benchmark`` on) or through ``torch.compile``
+    (forward and backward compiled by AOTAutograd, the optimizer left eager)."""
+
+    graph = None
+    graph_error = "not applicable"
+    graphed = False
+
+    def __init__(self, net, batches, dtype_name: str, compiled: bool = False):
+        self.impl = "torch.compile" if compiled else "torch"
+        self.net, self.batches, self.dtype_name = net, batches, dtype_name
+        self.forward = torch.compile(net) if compiled else net
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+        self.calls = 0
+
+    def __call__(self):
+        x, y = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        with precision(self.dtype_name):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(self.forward(x), y)
+            loss.backward()
+            self.optimizer.step()
+        return loss
+
+
+def build_step(model: str, batch: int, dtype_name: str = "fp32", impl: str = "tritonnet",
+               cuda_graph: bool | None = None, n_batches: int = 4, seed: int = 0):
+    """A training step of ``model`` at ``batch`` in ``dtype_name`` (fp32, tf32, bf16, fp16).
+
+    ``impl``: ``"tritonnet"``, ``"torch"`` or ``"torch.compile"``. ``cuda_graph`` (tritonnet only):
+    None means on when a GPU is present. Same ``seed`` -> same initial weights and batches for all.
+    """
+    model = resolve(model)
+    if dtype_name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
+    batches = make_batches(model, batch, dtype_name, n_batches, seed)
+    if impl == "tritonnet":
+        from . import optim
+
+        net = tritonnet_model(model, dtype_name, seed)
+        opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+        if cuda_graph is None:
+            cuda_graph = not runtime.INTERPRETED
+        return TritonnetStep(net, opt, batches, dtype_name, cuda_graph=cuda_graph)
+    if impl in ("torch", "torch.compile"):
+        return TorchStep(torch_model(model, dtype_name, seed), batches, dtype_name, compiled=impl == "torch.compile")
+    raise ValueError(f"impl must be 'tritonnet', 'torch' or 'torch.compile', got {impl!r}")
+
+
+def synchronize() -> None:
+    if not runtime.INTERPRETED:
+        torch.cuda.synchronize()
+
+
+def wall_ms_per_call(fn, reps: int = 20, warmup: int = 2) -> float:
+    """What a user sees: milliseconds per call of ``fn`` over ``reps`` back-to-back calls, Python
+    and launch overhead included, the device drained at the end."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    synchronize()
+    return (time.perf_counter() - start) * 1e3 / reps
