@@ -39,3 +39,142 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if return_indices:
         return result, _Tensor(_pool_kernels.max_pool2d_indices(argmax, geo))
     return result
+
+
+# ----------------------------------------------------------------------------- linear, relu, loss, arithmetic (TRAINKERNELS)
+
+from .kernels import elementwise as _ew  # noqa: E402
+from .kernels import linear as _linear_kernels  # noqa: E402
+from .kernels import loss as _loss_kernels  # noqa: E402
+from .kernels import reduce as _reduce  # noqa: E402
+
+
+def linear(x, weight, bias=None, activation=None):
+    """torch.nn.functional.linear (``x @ weight.T + bias``) on (*, in_features) input, with an
+    optional fused ``activation`` (None or "relu") applied in the same kernel.
+
+    Saves only what the wanted gradients need: the input (for the weight's), the weight (for the
+    input's) and, with ReLU, the output (its sign gates the gradient inside the backward kernels).
+    """
+    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
+    b = as_tensor(bias, "bias") if bias is not None else None
+    if x.ndim < 1:
+        raise ValueError("x must have at least one dimension (in_features)")
+    lead = tuple(x.shape[:-1])
+    x2 = x.data.reshape(-1, x.shape[-1])
+    y = _linear_kernels.linear_forward(x2, w.data, None if b is None else b.data, activation)
+    need_x, need_w = x.requires_grad, w.requires_grad
+    need_b = b is not None and b.requires_grad
+    y_saved = y if activation == "relu" else None
+
+    def backward(grad):
+        gx, gw, gb = _linear_kernels.linear_backward(
+            grad.reshape(-1, grad.shape[-1]), x2, w.data, y_saved, need_input=need_x, need_weight=need_w,
+            need_bias=need_b)
+        return (None if gx is None else gx.reshape(x.shape)), gw, gb
+
+    saved = (x2 if (need_w or need_b) else None, w.data if need_x else None, y_saved)
+    return record("linear", y.reshape(lead + (w.shape[0],)), (x, w, b), backward, saved=saved)
+
+
+def relu(x):
+    """max(x, 0) elementwise; backward gates the gradient by the saved output's sign."""
+    x = as_tensor(x, "x")
+    y = _ew.relu(x.data)
+    return record("relu", y, (x,), lambda grad: (_ew.relu_backward(grad, y),), saved=(y,))
+
+
+def flatten(x, start_dim=1, end_dim=-1):
+    """torch.flatten: dimensions start_dim..end_dim merged into one (a view when x is contiguous)."""
+    x = as_tensor(x, "x")
+    nd = max(x.ndim, 1)
+    s, e = start_dim + nd if start_dim < 0 else start_dim, end_dim + nd if end_dim < 0 else end_dim
+    if not (0 <= s < nd and 0 <= e < nd and s <= e):
+        raise ValueError(f"start_dim={start_dim} and end_dim={end_dim} are not valid for a {x.ndim}-D tensor")
+    shape = tuple(x.shape)
+    numel = 1
+    for d in shape[s:e + 1]:
+        numel *= d
+    return reshape(x, shape[:s] + (numel,) + shape[e + 1:])
+
+
+def reshape(x, *shape):
+    """x with a new shape holding the same elements (a view when x is contiguous)."""
+    x = as_tensor(x, "x")
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    original = x.shape
+    return record("reshape", x.data.reshape(shape), (x,), lambda grad: (grad.reshape(original),))
+
+
+def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
+    """torch.nn.functional.cross_entropy for logits (B, C) and class indices target (B,).
+
+    One kernel computes the loss and, when logits need a gradient, d(loss)/d(logits) in the same
+    pass; backward only multiplies that saved gradient by the upstream scalar. Labels outside
+    [0, C) raise ValueError.
+    """
+    z = as_tensor(logits, "logits")
+    t = target.data if isinstance(target, _TapeTensor) else target
+    want_grad = z.requires_grad and _tape_grad_enabled()
+    loss, grad_logits = _loss_kernels.cross_entropy(z.data, t, reduction, label_smoothing, need_grad=want_grad)
+
+    def backward(grad):
+        return (_ew.scale_by_scalar(grad_logits, grad),)
+
+    return record("cross_entropy", loss, (z,), backward, saved=(grad_logits,))
+
+
+def _scalar(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python int or float, got {type(value).__name__}")
+    return float(value)
+
+
+def add(a, b):
+    """a + b for two tensors of one shape and dtype, or a tensor and a Python number."""
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        a = as_tensor(a, "a")
+        return record("add_scalar", _ew.axpby(a.data, gamma=_scalar(b, "b")), (a,), lambda grad: (grad,))
+    a, b = as_tensor(a, "a"), as_tensor(b, "b")
+    return record("add", _ew.add(a.data, b.data), (a, b), lambda grad: (grad, grad))
+
+
+def sub(a, b):
+    """a - b for two tensors of one shape and dtype, or a tensor and a Python number."""
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        return add(a, -_scalar(b, "b"))
+    a, b = as_tensor(a, "a"), as_tensor(b, "b")
+    return record("sub", _ew.axpby(a.data, b.data, 1.0, -1.0), (a, b),
+                  lambda grad: (grad, _ew.axpby(grad, alpha=-1.0)))
+
+
+def mul_scalar(x, scalar):
+    """x * scalar for a Python number scalar."""
+    x, s = as_tensor(x, "x"), _scalar(scalar, "scalar")
+    return record("mul_scalar", _ew.axpby(x.data, alpha=s), (x,), lambda grad: (_ew.axpby(grad, alpha=s),))
+
+
+def neg(x):
+    """-x."""
+    return mul_scalar(x, -1.0)
+
+
+def sum_all(x):
+    """The sum of all elements as a 0-d tensor (fp32 accumulation, fixed order)."""
+    x = as_tensor(x, "x")
+    shape, dtype = x.shape, x.dtype
+    return record("sum", _reduce.sum_all(x.data), (x,),
+                  lambda grad: (_ew.scale_by_scalar(None, grad, 1.0, shape=shape, dtype=dtype),))
+
+
+def mean_all(x):
+    """The mean of all elements as a 0-d tensor (fp32 accumulation, fixed order)."""
+    x = as_tensor(x, "x")
+    shape, dtype, n = x.shape, x.dtype, x.numel()
+    return record("mean", _reduce.mean_all(x.data), (x,),
+                  lambda grad: (_ew.scale_by_scalar(None, grad, 1.0 / max(n, 1), shape=shape, dtype=dtype),))
+
+
+from .tape import Tensor as _TapeTensor  # noqa: E402
+from .tape import is_grad_enabled as _tape_grad_enabled  # noqa: E402

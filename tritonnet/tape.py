@@ -97,6 +97,91 @@ class Tensor:
     def numpy(self):
         return self.data.detach().cpu().numpy()
 
+    # Arithmetic a training loop needs, as tritonnet kernels recorded on the tape. functional
+    # imports the tape, so it is imported lazily here.
+
+    def item(self):
+        """The value of a one-element tensor as a Python number (a device-to-host read)."""
+        if self.data.numel() != 1:
+            raise ValueError(f"item() needs a one-element tensor, got shape {tuple(self.data.shape)}")
+        return self.data.item()
+
+    def __add__(self, other):
+        from . import functional as F
+
+        if not isinstance(other, (Tensor, torch.Tensor, int, float)) or isinstance(other, bool):
+            return NotImplemented
+        return F.add(self, other)
+
+    def __radd__(self, other):  # 0 + t (Python's sum() starts from 0) and torch.Tensor + t
+        return self.__add__(other)
+
+    def __sub__(self, other):
+        from . import functional as F
+
+        if not isinstance(other, (Tensor, torch.Tensor, int, float)) or isinstance(other, bool):
+            return NotImplemented
+        return F.sub(self, other)
+
+    def __rsub__(self, other):
+        from . import functional as F
+
+        if not isinstance(other, (Tensor, torch.Tensor, int, float)) or isinstance(other, bool):
+            return NotImplemented
+        if isinstance(other, (int, float)):
+            return F.add(F.neg(self), other)
+        return F.sub(other, self)
+
+    def __mul__(self, other):
+        from . import functional as F
+
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented  # only scalar products: no elementwise tensor product is needed
+        return F.mul_scalar(self, other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented
+        return self.__mul__(1.0 / other)
+
+    def __neg__(self):
+        from . import functional as F
+
+        return F.neg(self)
+
+    def sum(self):
+        """The sum of all elements (a 0-d tensor)."""
+        from . import functional as F
+
+        return F.sum_all(self)
+
+    def mean(self):
+        """The mean of all elements (a 0-d tensor)."""
+        from . import functional as F
+
+        return F.mean_all(self)
+
+    def reshape(self, *shape):
+        from . import functional as F
+
+        return F.reshape(self, *shape)
+
+    def view(self, *shape):
+        """Like reshape, but only for layouts a view can express (torch's rule)."""
+        from . import functional as F
+
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        self.data.view(shape)  # raises torch's error when no view is possible
+        return F.reshape(self, shape)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        from . import functional as F
+
+        return F.flatten(self, start_dim, end_dim)
+
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf that requires grad.
 

@@ -6,3 +6,7 @@ __all__ = ["Module", "Sequential", "parameter", "from_torch"]
 
 from .pool import MaxPool2d  # noqa: E402  (POOL)
 __all__ += ["MaxPool2d"]
+
+from .linear import Linear  # noqa: E402  (TRAINKERNELS)
+from .activation import ReLU, Flatten  # noqa: E402  (TRAINKERNELS)
+__all__ += ["Linear", "ReLU", "Flatten"]

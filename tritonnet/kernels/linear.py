@@ -1,0 +1,211 @@
+"""Linear layers as one matmul kernel: forward with fused bias and ReLU, and both backward products.
+
+One kernel computes ``C = act(A' @ B + bias)`` where every operand is addressed through strides,
+so the three products of a linear layer are the same kernel with different views:
+
+- forward        ``y  = relu(x @ W^T + b)``      A = x (M, K),     B = W^T (K, N)
+- input grad     ``dx = g' @ W``                 A = g' (M, N),    B = W (N, K)
+- weight grad    ``dW = g'^T @ x``, ``db = sum_rows g'``   A = g'^T (N, M), B = x (M, K)
+
+where ``g' = g * (y > 0)`` is the output gradient masked by the ReLU derivative, applied as the A
+operand is loaded (the "gate") rather than materialised. The bias gradient is the row sum of the
+weight-grad product's A operand, accumulated by the programs of the first column of tiles, so it
+costs no extra pass over g. No split-K and no atomics: results are reproducible bit for bit.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+
+
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, rowsum_ptr, M, N, K,
+                  stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gm, stride_gk,
+                  HAS_BIAS: tl.constexpr, RELU: tl.constexpr, HAS_GATE: tl.constexpr,
+                  HAS_ROWSUM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C[m, n] = act(sum_k A'[m, k] * B[k, n] + bias[n]) with fp32 accumulation.
+
+    a: (M, K) via (stride_am, stride_ak); b: (K, N) via (stride_bk, stride_bn); c: (M, N) via
+    (stride_cm, stride_cn), written in its own dtype; bias: (N,) contiguous (HAS_BIAS);
+    gate: (M, K) via (stride_gm, stride_gk), A' = A where gate > 0 else 0 (HAS_GATE; else A' = A);
+    rowsum: (M,) contiguous, receives sum_k A'[m, k] (HAS_ROWSUM, written by programs with
+    program_id(1) == 0). RELU: act = max(., 0), else identity. UPCAST: operands converted to fp32
+    before tl.dot (bf16 under the interpreter). Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)).
+    """
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    in_m = offs_m < M
+    in_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    rowsum = tl.zeros((BLOCK_M,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        in_k = kk < K
+        a_mask = in_m[:, None] & in_k[None, :]
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak, mask=a_mask, other=0.0)
+        if HAS_GATE:
+            gate = tl.load(gate_ptr + offs_m[:, None] * stride_gm + kk[None, :] * stride_gk, mask=a_mask,
+                           other=0.0)
+            # torch's ReLU backward zeroes the gradient where the output is <= 0 (NaN passes).
+            a = tl.where(gate <= 0, tl.zeros_like(a), a)
+        if HAS_ROWSUM:
+            rowsum += tl.sum(a.to(tl.float32), axis=1)
+        b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                    mask=in_k[:, None] & in_n[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, tl.zeros_like(acc), acc)
+    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=in_m[:, None] & in_n[None, :])
+    if HAS_ROWSUM:
+        if pid_n == 0:
+            tl.store(rowsum_ptr + offs_m, rowsum.to(rowsum_ptr.dtype.element_ty), mask=in_m)
+
+
+# GPU tile configurations the tuner chooses from: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+GPU_CONFIGS = (
+    (32, 32, 64, 4, 3),
+    (64, 64, 32, 4, 3),
+    (128, 64, 32, 4, 3),
+    (128, 128, 32, 8, 3),
+)
+_TUNED: dict = {}
+
+
+def _clamp_pow2(n, lo, hi):
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _interpreter_blocks(M, N, K):
+    # One program costs ~1 ms under the interpreter: cover the problem with as few as possible.
+    return _clamp_pow2(M, 16, 128), _clamp_pow2(N, 16, 128), _clamp_pow2(K, 16, 64)
+
+
+def _tuned_config(key, run):
+    """Pick the fastest GPU config for this key once (timing trials), then reuse it."""
+    config = _TUNED.get(key)
+    if config is None:
+        import triton.testing
+
+        best = None
+        for cfg in GPU_CONFIGS:
+            # Trials launch directly, not through runtime.launch: they are tuning, not user work.
+            try:
+                ms = triton.testing.do_bench(lambda: run(cfg, direct=True), warmup=2, rep=8)
+            except Exception:  # a config the card cannot run (e.g. out of shared memory) is skipped
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, cfg)
+        config = _TUNED[key] = best[1] if best else GPU_CONFIGS[0]
+    return config
+
+
+def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, blocks=None):
+    """``act(A' @ B + bias)`` for 2-D views a (M, K) and b (K, N) of one float dtype.
+
+    ``gate`` (M, K): A' = a where gate > 0 else 0. ``rowsum``: also return sum_k A'[:, k] (M,).
+    ``blocks``: force (BLOCK_M, BLOCK_N, BLOCK_K[, num_warps, num_stages]), as tests do to run
+    GPU-sized tiles under the interpreter. Returns c (M, N), or (c, rowsum) with ``rowsum``.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    dtype = a.dtype
+    c = runtime.empty((M, N), dtype) if out is None else out
+    rs = runtime.empty((M,), dtype) if rowsum else None
+    if M == 0 or N == 0:
+        return (c, rs) if rowsum else c
+    if gate is not None and gate.shape != a.shape:
+        raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
+    precision = runtime.dot_precision(dtype)
+    # The interpreter computes bf16 wrongly: load bf16, compute in fp32 there.
+    upcast = runtime.INTERPRETED and dtype == torch.bfloat16
+    g = gate if gate is not None else a
+    flags = {"HAS_BIAS": bias is not None, "RELU": bool(relu), "HAS_GATE": gate is not None,
+             "HAS_ROWSUM": bool(rowsum), "PRECISION": precision, "UPCAST": upcast}
+    args = (a, b, c, bias if bias is not None else c, g, rs if rs is not None else c, M, N, K,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+            g.stride(0), g.stride(1))
+    size = a.element_size()
+    info = runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
+                              bytes=size * (M * K * (2 if gate is not None else 1) + K * N + M * N
+                                            + (N if bias is not None else 0) + (M if rowsum else 0)))
+
+    def run(cfg, direct=False):
+        bm, bn, bk = cfg[:3]
+        constexprs = dict(flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        if len(cfg) > 3:
+            constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
+        grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+        if direct:
+            return matmul_kernel[grid](*args, **constexprs)
+        return runtime.launch(matmul_kernel, grid, args, constexprs, info)
+
+    if blocks is not None:
+        cfg = tuple(blocks)
+    elif runtime.INTERPRETED:
+        cfg = _interpreter_blocks(M, N, K)
+    else:
+        key = (M, N, K, dtype, tuple(sorted(flags.items())), a.stride(), b.stride(), g.stride())
+        cfg = _tuned_config(key, run)
+    run(cfg)
+    return (c, rs) if rowsum else c
+
+
+def _check_linear(x, weight, bias):
+    runtime.check_tensor(x, "x", ndim=2)
+    runtime.check_tensor(weight, "weight", ndim=2)
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but weight expects in_features={weight.shape[1]} "
+                         f"(weight shape {tuple(weight.shape)})")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if bias is not None:
+        runtime.check_tensor(bias, "bias", ndim=1)
+        if bias.shape[0] != weight.shape[0] or bias.dtype != x.dtype:
+            raise ValueError(f"bias must be ({weight.shape[0]},) of dtype {x.dtype}, "
+                             f"got {tuple(bias.shape)} {bias.dtype}")
+
+
+def linear_forward(x, weight, bias=None, activation=None, *, blocks=None):
+    """y = act(x @ weight^T + bias): x (M, K), weight (N, K), bias (N,) -> y (M, N) in x's dtype."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    _check_linear(x, weight, bias)
+    return matmul(x, weight.t(), bias=bias.contiguous() if bias is not None else None,
+                  relu=activation == "relu", blocks=blocks)
+
+
+def linear_backward(grad, x, weight, y=None, *, need_input=True, need_weight=True, need_bias=False,
+                    blocks=None):
+    """Gradients of y = act(x @ weight^T + bias) from grad = dL/dy (M, N).
+
+    ``y``: the saved output when act is ReLU (its derivative gates grad), else None.
+    Returns (grad_x or None, grad_weight or None, grad_bias or None).
+    """
+    runtime.check_tensor(grad, "grad", ndim=2)
+    _check_linear(x, weight, None)
+    M, N = grad.shape
+    if M != x.shape[0] or N != weight.shape[0] or grad.dtype != x.dtype:
+        raise ValueError(f"grad must be ({x.shape[0]}, {weight.shape[0]}) of dtype {x.dtype}, "
+                         f"got {tuple(grad.shape)} {grad.dtype}")
+    if y is not None and y.shape != grad.shape:
+        raise ValueError(f"y must have grad's shape {tuple(grad.shape)}, got {tuple(y.shape)}")
+    grad_x = grad_w = grad_b = None
+    if need_input:
+        grad_x = matmul(grad, weight, gate=y, blocks=blocks)
+    if need_weight or need_bias:
+        grad_w, grad_b = matmul(grad.t(), x, gate=None if y is None else y.t(), rowsum=True, blocks=blocks) \
+            if need_bias else (matmul(grad.t(), x, gate=None if y is None else y.t(), blocks=blocks), None)
+        if not need_weight:
+            grad_w = None
+    return grad_x, grad_w, grad_b

@@ -1,0 +1,137 @@
+"""Softmax cross-entropy in one pass: per-row loss and the logits' gradient together.
+
+Forward computes, per row, the log-sum-exp with a running maximum (stable for any logit size),
+the loss with label smoothing, and -- when a gradient is wanted -- ``softmax - smoothed one-hot``
+already scaled for the reduction, so backward is one multiply by the upstream scalar. Rows are
+reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
+``[0, C)`` are never used as addresses: they are counted, and the launcher raises ValueError.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+
+_INF: tl.constexpr = float("inf")
+
+
+@triton.jit
+def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr, B, C,
+                         stride_lb, stride_gb, grad_scale, smoothing,
+                         WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per row b of logits (B, C) (row stride stride_lb, unit column stride) with class target[b]
+    (B,) int32/int64:
+
+    row_loss[b] (B,) fp32 = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]
+    grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
+        grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
+    bad[b] (B,) int32 = 1 if target[b] is outside [0, C) (its loss and gradient are then 0).
+    Grid: (cdiv(B, BLOCK_B),); each program loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    in_b = rows < B
+    target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
+    bad = in_b & ((target < 0) | (target >= C))
+    row_max = tl.full((BLOCK_B,), -_INF, tl.float32)
+    sum_exp = tl.zeros((BLOCK_B,), tl.float32)
+    sum_x = tl.zeros((BLOCK_B,), tl.float32)
+    x_target = tl.zeros((BLOCK_B,), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        in_c = cols < C
+        x = tl.load(logits_ptr + rows[:, None] * stride_lb + cols[None, :],
+                    mask=in_b[:, None] & in_c[None, :], other=0.0).to(tl.float32)
+        x = tl.where(in_c[None, :], x, -_INF)  # padded columns add exp(-inf) = 0
+        new_max = tl.maximum(row_max, tl.max(x, axis=1))
+        sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
+        row_max = new_max
+        sum_x += tl.sum(tl.where(in_c[None, :], x, 0.0), axis=1)
+        x_target += tl.sum(tl.where(cols[None, :] == target[:, None], x, 0.0), axis=1)
+    lse = row_max + tl.log(sum_exp)
+    loss = lse - (1.0 - smoothing) * x_target - smoothing / C * sum_x
+    tl.store(row_loss_ptr + rows, tl.where(bad, 0.0, loss).to(row_loss_ptr.dtype.element_ty), mask=in_b)
+    tl.store(bad_ptr + rows, bad.to(tl.int32), mask=in_b)
+    if WRITE_GRAD:
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            in_c = cols < C
+            mask = in_b[:, None] & in_c[None, :]
+            x = tl.load(logits_ptr + rows[:, None] * stride_lb + cols[None, :], mask=mask, other=0.0)
+            p = tl.exp(x.to(tl.float32) - lse[:, None])
+            g = p - smoothing / C - tl.where(cols[None, :] == target[:, None], 1.0 - smoothing, 0.0)
+            g = tl.where(bad[:, None], 0.0, g * grad_scale)
+            tl.store(grad_ptr + rows[:, None] * stride_gb + cols[None, :], g.to(grad_ptr.dtype.element_ty),
+                     mask=mask)
+
+
+@triton.jit
+def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale, BLOCK: tl.constexpr):
+    """loss[0] = scale * sum(row_loss) (fp32 sum, stored in loss's dtype); bad_count[0] = sum(bad).
+
+    row_loss: (B,) fp32; bad: (B,) int32; one program, rows summed in a fixed order.
+    """
+    acc = tl.zeros((BLOCK,), tl.float32)
+    count = tl.zeros((BLOCK,), tl.int32)
+    for start in range(0, B, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < B
+        acc += tl.load(row_loss_ptr + offsets, mask=mask, other=0.0)
+        count += tl.load(bad_ptr + offsets, mask=mask, other=0)
+    tl.store(loss_ptr, (tl.sum(acc, axis=0) * scale).to(loss_ptr.dtype.element_ty))
+    tl.store(bad_count_ptr, tl.sum(count, axis=0))
+
+
+def _blocks(B, C):
+    block_c = min(triton.next_power_of_2(max(C, 1)), 4096 if runtime.INTERPRETED else 1024)
+    if runtime.INTERPRETED:  # ~1 ms per program: whole batches per program
+        block_b = min(triton.next_power_of_2(max(B, 1)), max(1, 65536 // block_c))
+    else:
+        block_b = max(1, min(64, 4096 // block_c))
+    return block_b, block_c
+
+
+def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0,
+                  need_grad: bool = True, blocks=None):
+    """Softmax cross-entropy of logits (B, C) against class indices target (B,).
+
+    Returns ``(loss, grad)``: loss is a 0-d tensor in logits' dtype; grad (B, C) is d(loss)/d(logits)
+    for the chosen reduction (None without ``need_grad``). Raises ValueError for labels outside
+    [0, C) -- this reads one int back from the device, a sync the loss's ``item()`` pays anyway.
+    """
+    runtime.check_tensor(logits, "logits", ndim=2)
+    runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    B, C = logits.shape
+    if target.shape[0] != B:
+        raise ValueError(f"target must have one label per row of logits ({B}), got shape {tuple(target.shape)}")
+    if B == 0 or C == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {tuple(logits.shape)}")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    target = target.contiguous()
+    row_loss = runtime.empty((B,), torch.float32)
+    bad = runtime.empty((B,), torch.int32)
+    grad = runtime.empty((B, C), logits.dtype) if need_grad else row_loss
+    scale = 1.0 / B if reduction == "mean" else 1.0
+    block_b, block_c = blocks if blocks is not None else _blocks(B, C)
+    size = logits.element_size()
+    runtime.launch(cross_entropy_kernel, (triton.cdiv(B, block_b),),
+                   (logits, target, row_loss, grad, bad, B, C, logits.stride(0), grad.stride(0) if need_grad else 0,
+                    float(scale), float(label_smoothing)),
+                   {"WRITE_GRAD": bool(need_grad), "BLOCK_B": block_b, "BLOCK_C": block_c},
+                   runtime.LaunchInfo("cross_entropy", ((B, C),), logits.dtype,
+                                      flops=(10 if need_grad else 6) * B * C,
+                                      bytes=B * C * size * (2 if need_grad else 1) + B * (target.element_size() + 8)))
+    loss = runtime.empty((), logits.dtype)
+    bad_count = runtime.empty((), torch.int32)
+    block = min(triton.next_power_of_2(B), 16384 if runtime.INTERPRETED else 1024)
+    runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)), {"BLOCK": block},
+                   runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
+    n_bad = int(bad_count.item())
+    if n_bad:
+        raise ValueError(f"target has {n_bad} label(s) outside [0, {C}) (C = {C} classes from logits' "
+                         "second dimension)")
+    return loss, (grad if need_grad else None)
