@@ -1,0 +1,118 @@
+"""`tritonnet bench`: the quick smoke run end to end, the README section it regenerates, recorded
+torch.compile failures, and that tritonnet and torch time the same training step."""
+import json
+
+import pytest
+import torch
+
+from tritonnet import bench, runtime
+from tritonnet.workloads import build_step
+
+
+def test_bench_quick_writes_json_markdown_and_png(tmp_path, capsys):
+    from tritonnet.cli import main
+
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "bench.json").read_text())
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    md = (tmp_path / "bench.md").read_text()
+    env = results["environment"]
+    assert env["commit"] and env["torch"] == torch.__version__ and env["device"]
+    if runtime.INTERPRETED:
+        assert "mean nothing" in out and not results["meaningful"] and "mean nothing" in md
+    kinds = {r["kind"] for r in results["rows"]}
+    assert kinds == {"op", "step"}
+    ops = {r["name"].split()[0] for r in results["rows"] if r["kind"] == "op"}
+    assert {"max_pool2d", "conv2d", "linear", "cross_entropy"} <= ops
+    for row in results["rows"]:
+        for impl in ("tritonnet", "torch"):
+            timing = row["impls"][impl]
+            assert "p50" in timing and "wall_ms" in timing, (row["name"], impl, timing)
+            assert 0 < timing["p20"] <= timing["p50"] <= timing["p80"]
+        assert row["x_vs_torch"] > 0
+        assert "skipped" in row["impls"]["torch.compile"]  # --quick leaves the compiler out, and says so
+        if row["kind"] == "op":
+            assert row["launches"] >= 1 and row["flops"] > 0 and row["bytes"] > 0
+    step = next(r for r in results["rows"] if r["kind"] == "step")
+    assert step["impls"]["tritonnet"]["launches"] > 5
+    assert abs(step["impls"]["tritonnet"]["loss"] - step["impls"]["torch"]["loss"]) < 1e-3
+    if runtime.INTERPRETED:
+        assert "interpreter" in step["impls"]["tritonnet+graph"]["skipped"]
+
+
+def _fake_results(meaningful=True):
+    return {
+        "environment": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11", "triton": "3.6", "commit": "abc1234",
+                        "date": "2026-11-27", "mode": "cuda"},
+        "meaningful": meaningful, "quick": False, "notes": [],
+        "rows": [
+            {"kind": "step", "name": "train step lenet", "model": "lenet", "batch": 256, "shape": "batch 256 x 1x28x28",
+             "dtype": "fp32", "x_vs_torch": 2.0, "x_vs_compile": 1.5,
+             "impls": {"tritonnet": {"p20": 1, "p50": 1.1, "p80": 1.2, "wall_ms": 1.3, "kernel_sum_ms": 0.5,
+                                     "launches": 30},
+                       "tritonnet+graph": {"p20": 0.5, "p50": 0.5, "p80": 0.6, "wall_ms": 0.6},
+                       "torch": {"p20": 1, "p50": 1.1, "p80": 1.2, "wall_ms": 1.2},
+                       "torch.compile": {"error": "RuntimeError: no compiler"}}},
+            {"kind": "op", "name": "conv2d fwd", "shape": "s", "dtype": "bf16", "x_vs_torch": 0.8, "x_vs_compile": None,
+             "floor_ms": 0.01, "pct_of_floor": 50.0, "launches": 1,
+             "impls": {"tritonnet": {"p20": 0.02, "p50": 0.02, "p80": 0.03, "wall_ms": 0.05},
+                       "torch": {"p20": 0.016, "p50": 0.016, "p80": 0.02, "wall_ms": 0.04},
+                       "torch.compile": {"skipped": "time budget of 170 s spent"}}},
+        ],
+        "targets": [{"model": "lenet", "dtype": "fp32", "required_x_vs_torch": 1.5, "x_vs_torch": 2.0,
+                     "x_vs_compile": 1.5, "met": True}],
+    }
+
+
+def test_update_readme_rewrites_only_the_results_section(tmp_path):
+    results_dir = tmp_path / "run"
+    bench.write_outputs(_fake_results(), str(results_dir))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# project\n\nintro\n\n## Results\n\n{bench.README_START}\nold table\n{bench.README_END}\n\n"
+                      "## After\n\nkept\n")
+    bench.update_readme(str(results_dir), str(readme))
+    first = readme.read_text()
+    assert "old table" not in first and first.startswith("# project\n\nintro") and first.endswith("## After\n\nkept\n")
+    assert first.count(bench.README_START) == 1 and first.count(bench.README_END) == 1
+    assert "NVIDIA H100 80GB HBM3" in first and "abc1234" in first and "2.00x" in first
+    assert "benchmarks/results/nvidia-h100-80gb-hbm3/bench.png" in first
+    for name in ("bench.json", "bench.md", "bench.png"):
+        assert (tmp_path / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3" / name).exists()
+    bench.update_readme(str(results_dir), str(readme))
+    assert readme.read_text() == first  # regenerating is idempotent
+
+    bench.write_outputs(_fake_results(meaningful=False), str(results_dir))
+    with pytest.raises(ValueError, match="interpreter"):
+        bench.update_readme(str(results_dir), str(readme))
+
+
+def test_torch_compile_failure_is_recorded_not_fatal(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("inductor exploded")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    name, shape, builder = next(c for c in bench._op_cases(quick=True) if c[0] == "linear fwd +bias+relu")
+    row = {"kind": "op", "name": name, "shape": shape, "dtype": "fp32", "impls": {}}
+    bench._run_op(row, builder, "torch.compile", quick=True, peaks=None)
+    assert row["impls"]["torch.compile"] == {"error": "RuntimeError: inductor exploded"}
+
+
+def test_missing_op_is_skipped_with_a_reason(monkeypatch):
+    import tritonnet.functional as F
+
+    monkeypatch.delattr(F, "cross_entropy")
+    name, shape, builder = next(c for c in bench._op_cases(quick=True) if c[0].startswith("cross_entropy"))
+    row = {"kind": "op", "name": name, "shape": shape, "dtype": "fp32", "impls": {}}
+    bench._run_op(row, builder, "tritonnet", quick=True, peaks=None)
+    assert "cross_entropy is not available" in row["impls"]["tritonnet"]["skipped"]
+
+
+def test_tritonnet_and_torch_steps_do_the_same_work(seed):
+    ours = build_step("digits", 3, "fp32", impl="tritonnet", cuda_graph=False, n_batches=2)
+    theirs = build_step("digits", 3, "fp32", impl="torch", n_batches=2)
+    for _ in range(3):  # same weights, same batches, same SGD-with-momentum updates
+        a, b = ours(), theirs()
+        assert abs(float(a.data) - float(b.detach())) < 1e-4
+    assert ours.graph is None and ours.graph_error

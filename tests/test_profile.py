@@ -1,0 +1,170 @@
+"""The profiler: what it records per launch, how it aggregates, its FLOP/byte models against hand
+counts, its roofline arithmetic, the peaks cache, the trace/CSV files, and that it costs nothing off."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import tritonnet as tn
+import tritonnet.functional as F
+from tritonnet import runtime
+from tritonnet.kernels.elementwise import add
+from tritonnet.profile import Profiler, device_peaks, roofline_ms
+
+PEAKS = {"copy_gbs": 1000.0, "matmul_tflops": {"fp32": 50.0, "tf32": 400.0, "fp16": 800.0, "bf16": 800.0}}
+
+
+def _only(prof, op):
+    rows = [r for r in prof.summary() if r["op"] == op]
+    assert len(rows) == 1, [r["op"] for r in prof.summary()]
+    return rows[0]
+
+
+def test_records_names_and_aggregates_repeated_launches(seed, device):
+    a, b = torch.randn(300, device=device), torch.randn(300, device=device)
+    c = torch.randn(7, 5, device=device)
+    with tn.profile() as prof:
+        for _ in range(3):
+            add(a, b)
+        add(c, c)
+    assert len(prof.launches) == 4
+    assert all(launch.ms > 0 for launch in prof.launches)
+    rows = prof.summary()
+    assert [(r["kernel"], r["op"], r["count"]) for r in rows if r["shapes"] == ((300,),)] == [("add_kernel", "add", 3)]
+    small = [r for r in rows if r["shapes"] == ((7, 5),)]
+    assert len(small) == 1 and small[0]["count"] == 1 and small[0]["dtype"] == "float32"
+    big = [r for r in rows if r["count"] == 3][0]
+    assert math.isclose(big["total_ms"], sum(launch.ms for launch in prof.launches[:3]))
+    assert math.isclose(big["mean_ms"], big["total_ms"] / 3)
+    assert big["flops"] == 300 and big["bytes"] == 3 * 300 * 4  # hand count: one add, two reads, one write
+    assert rows == sorted(rows, key=lambda r: r["total_ms"], reverse=True)
+    assert isinstance(big["grid"], tuple) and len(big["grid"]) == 1 and big["grid"][0] >= 1
+    assert prof.time_source.startswith("wall clock")  # labelled: the interpreter, not a GPU
+    assert prof.region_ms >= sum(launch.ms for launch in prof.launches)
+
+
+def test_flop_and_byte_models_match_hand_counts(seed, device):
+    N, C, H, W, K, OC = 2, 3, 7, 9, 3, 5
+    x = torch.randn(N, C, H, W, device=device)
+    w = torch.randn(OC, C, K, K, device=device)
+    pool_in = tn.Tensor(torch.randn(2, 3, 9, 10, device=device), requires_grad=True)  # row 8: in no window
+    lin_x, lin_w = torch.randn(5, 7, device=device), torch.randn(3, 7, device=device)
+    with tn.profile(peaks=None) as prof:
+        F.conv2d(x, w, padding=1)
+        F.max_pool2d(pool_in, 2)
+        F.linear(lin_x, lin_w)
+    conv = _only(prof, "conv2d_fwd")
+    outputs = N * OC * H * W  # padding 1 keeps 7x9
+    assert conv["flops"] == 2 * outputs * C * K * K  # one multiply and one add per tap
+    assert conv["bytes"] == (x.numel() + w.numel() + outputs) * 4  # read x and w once, write y once
+    pool = _only(prof, "max_pool2d_forward")
+    windows = 2 * 3 * 4 * 5
+    assert pool["flops"] == windows * 4  # one comparison per element of each 2x2 window
+    # read each covered input element once (rows 0-7), write the values and a one-byte winner
+    # offset per window (its position within the 2x2 window)
+    assert pool["bytes"] == 2 * 3 * 8 * 10 * 4 + windows * 4 + windows * 1
+    linear = _only(prof, "linear")
+    assert linear["flops"] == 2 * 5 * 3 * 7
+    assert linear["bytes"] == (5 * 7 + 3 * 7 + 5 * 3) * 4
+
+
+def test_roofline_against_given_peaks(seed, device):
+    a = torch.randn(1000, device=device)
+    with Profiler(peaks=PEAKS) as prof:
+        add(a, a)
+    row = prof.summary()[0]
+    floor = 3 * 1000 * 4 / (1000.0 * 1e9) * 1e3  # memory bound: bytes / copy bandwidth, in ms
+    assert math.isclose(row["roofline_ms"], floor)
+    assert math.isclose(row["roofline_pct"], 100 * floor / row["mean_ms"])
+    assert math.isclose(row["gbs"], 12000 / (row["mean_ms"] * 1e-3) / 1e9)
+    # compute bound: FLOPs / the matmul peak of the dtype and precision in force
+    assert math.isclose(roofline_ms(1e12, 1, torch.float32, "highest", PEAKS), 1e3 / 50)
+    assert math.isclose(roofline_ms(1e12, 1, torch.float32, "high", PEAKS), 1e3 / 400)
+    assert math.isclose(roofline_ms(1e12, 1, torch.bfloat16, "highest", PEAKS), 1e3 / 800)
+    assert roofline_ms(1e12, 1, torch.float32, "highest", None) is None
+
+
+def test_peaks_are_measured_once_per_device_and_cached(tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("tritonnet.profile")  # tn.profile is the function; this is the module
+    if runtime.INTERPRETED:
+        assert device_peaks() is None  # no roofline for a CPU interpreting Triton
+    calls = []
+    monkeypatch.setenv("TRITONNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(module, "device_name", lambda: "Fake GPU 80GB")
+    monkeypatch.setattr(module, "measure_peaks", lambda: calls.append(1) or dict(PEAKS))
+    assert module.device_peaks() == PEAKS and module.device_peaks() == PEAKS
+    assert len(calls) == 1
+    cached = json.loads((tmp_path / "peaks.json").read_text())
+    assert cached["Fake GPU 80GB"]["copy_gbs"] == 1000.0
+    module.device_peaks(refresh=True)
+    assert len(calls) == 2
+
+
+def test_trace_csv_and_table_files(seed, device, tmp_path):
+    a = torch.randn(64, device=device)
+    with tn.profile(out=str(tmp_path), name="unit") as prof:
+        add(a, a)
+        add(a, a)
+    trace = json.loads((tmp_path / "unit_trace.json").read_text())
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(events) == 2
+    for e in events:
+        assert e["name"] == "add_kernel" and isinstance(e["pid"], int) and isinstance(e["tid"], int)
+        assert isinstance(e["ts"], (int, float)) and isinstance(e["dur"], (int, float)) and e["dur"] > 0
+    assert events[1]["ts"] >= events[0]["ts"] + events[0]["dur"] - 1e-6  # microseconds, in launch order
+    assert all(e["ph"] in ("X", "M") for e in trace["traceEvents"])
+    with open(tmp_path / "unit.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["kernel"] == "add_kernel" and rows[0]["count"] == "2"
+    assert rows[0]["time_source"].startswith("wall clock")
+    table = (tmp_path / "unit.txt").read_text()
+    assert "add_kernel" in table and "wall clock" in table
+    assert len(prof.launches) == 2
+
+
+def test_profiling_off_adds_no_observer_and_launch_is_direct(monkeypatch):
+    before = list(runtime._OBSERVERS)
+    prof = tn.profile()
+    assert runtime._OBSERVERS == before  # creating one installs nothing
+    with prof:
+        assert len(runtime._OBSERVERS) == len(before) + 1
+    assert runtime._OBSERVERS == before
+    with pytest.raises(ValueError):
+        with tn.profile():
+            raise ValueError("boom")
+    assert runtime._OBSERVERS == before  # removed on errors too
+
+    calls = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((grid, args, kw)) or "ran"
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [])  # the hot path as a user runs it
+    assert runtime.launch(FakeKernel(), (1,), (2, 3), {"BLOCK": 4}) == "ran"
+    assert calls == [((1,), (2, 3), {"BLOCK": 4})]
+
+
+def test_profile_command_on_a_training_step(tmp_path, capsys):
+    from tritonnet.cli import main
+
+    assert main(["profile", "--model", "digits", "--batch-size", "2", "--steps", "2", "--warmup", "0",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wall clock" in out and "launches per step" in out
+    traces = list(tmp_path.glob("*trace*.json"))
+    assert len(traces) == 1
+    trace = json.loads(traces[0].read_text())
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    ops = {e["args"]["op"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert any("conv" in op for op in ops) and any("pool" in op for op in ops)
+    assert any("cross_entropy" in op for op in ops) and any("sgd" in op for op in ops)
+    assert len(names) >= 5
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert all(int(r["count"]) % 2 == 0 for r in rows)  # two identical steps: every row seen twice
