@@ -215,17 +215,25 @@ def load_cifar10(directory: str) -> Dataset:
 DATASETS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR")
 
 
-def load(spec: str) -> Dataset:
-    """``"digits"``, ``"mnist:DIR"``, ``"fashion-mnist:DIR"`` or ``"cifar10:DIR"``."""
+def parse_spec(spec: str):
+    """``"mnist:DIR"`` -> ``("mnist", "DIR")``; a ValueError for anything but the four forms."""
     kind, _, directory = spec.partition(":")
     if kind == "digits" and not directory:
-        return load_digits()
-    loaders = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
-    if kind not in loaders:
+        return kind, None
+    if kind not in ("mnist", "fashion-mnist", "cifar10"):
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {spec!r}")
     if not directory:
         raise ValueError(f"dataset {kind!r} needs a directory: {kind}:DIR")
-    return loaders[kind](os.path.expanduser(directory))
+    return kind, os.path.expanduser(directory)
+
+
+def load(spec: str) -> Dataset:
+    """``"digits"``, ``"mnist:DIR"``, ``"fashion-mnist:DIR"`` or ``"cifar10:DIR"``."""
+    kind, directory = parse_spec(spec)
+    if kind == "digits":
+        return load_digits()
+    loaders = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+    return loaders[kind](directory)
 
 
 # ----------------------------------------------------------------------------- batching

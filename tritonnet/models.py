@@ -52,6 +52,7 @@ def cifar_cnn_spec(num_classes: int = 10) -> list:
 
 
 SPECS = {"digits_cnn": digits_cnn_spec, "lenet5": lenet5_spec, "cifar_cnn": cifar_cnn_spec}
+INPUT_SHAPES = {"digits_cnn": (1, 8, 8), "lenet5": (1, 28, 28), "cifar_cnn": (3, 32, 32)}  # C, H, W
 # The network each data set trains by default, keyed by the part of --dataset before ':'.
 DEFAULT_FOR_DATASET = {"digits": "digits_cnn", "mnist": "lenet5", "fashion-mnist": "lenet5",
                        "cifar10": "cifar_cnn"}

@@ -53,6 +53,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(DEFAULT_LR)}, got {self.optimizer!r}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+        data.parse_spec(self.dataset)
         if self.model is None:
             self.model = models.for_dataset(self.dataset)
         if self.lr is None:
@@ -280,6 +281,41 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
     return records
+
+
+def saved_for_backward(model_name: str = "lenet5", batch_size: int = 64, seed: int = 0) -> dict:
+    """Bytes held for backward after one forward pass (model + loss) of a training step: the tape's
+    own count versus what torch autograd saves for the same net, weights and batch, measured with
+    ``torch.autograd.graph.saved_tensors_hooks`` and deduplicated by storage."""
+    from . import functional as F
+    from . import tape
+
+    device = runtime.device()
+    torch.manual_seed(seed)
+    model = models.create(model_name)
+    twin = models.create_torch(model_name).to(device)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(batch_size, *models.INPUT_SHAPES[model_name], device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+
+    before = tape.saved_bytes()
+    loss = F.cross_entropy(model(Tensor(x)), y)
+    ours = tape.saved_bytes() - before
+    del loss  # frees the graph
+
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), str(storage.device))] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch_loss = torch.nn.functional.cross_entropy(twin(x), y)
+    del torch_loss
+    theirs = sum(storages.values())
+    return {"model": model_name, "batch_size": batch_size, "tritonnet_saved_bytes": ours,
+            "torch_saved_bytes": theirs, "ratio": ours / theirs if theirs else float("nan")}
 
 
 def process_seconds():
