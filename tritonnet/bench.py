@@ -301,25 +301,45 @@ def _error(exc) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
 
 
-def _time_call(fn, args_sets, quick):
-    """Kernel-time quantiles and user-visible wall time for ``fn(*args)`` rotating over ``args_sets``."""
-    from .workloads import wall_ms_per_call
+def _measure(call, timed=None, timed_args=None, rep_ms=40.0):
+    """Time ``call()`` (which rotates its inputs itself): first-call seconds (JIT compiles, and all
+    of torch.compile's compiling, land there), kernel-time quantiles and user-visible wall time.
 
+    ``timed(*args)`` over ``timed_args`` is what ``time_op`` rotates through (defaults to ``call``).
+    Under the interpreter a couple of calls stand in for the quantiles: the numbers mean nothing
+    there and every call costs the interpreter's time.
+    """
+    from .workloads import synchronize, wall_ms_per_call
+
+    t = time.perf_counter()
+    first = call()
+    synchronize()
+    result = {"first_call_s": time.perf_counter() - t}
+    if runtime.INTERPRETED:
+        samples = []
+        for _ in range(2):
+            t = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - t) * 1e3)
+        samples.sort()
+        result.update(p20=samples[0], p50=sum(samples) / 2, p80=samples[-1], wall_ms=sum(samples) / 2)
+    else:
+        if timed is None:
+            result.update(time_op(call, warmup_ms=10, rep_ms=rep_ms))
+        else:
+            result.update(time_op(timed, timed_args, warmup_ms=10, rep_ms=rep_ms))
+        result["wall_ms"] = wall_ms_per_call(call, reps=30, warmup=3)
+    return result, first
+
+
+def _rotating(fn, args_sets):
     state = {"i": 0}
 
-    def rotating():
+    def call():
         args = args_sets[state["i"] % len(args_sets)]
         state["i"] += 1
         return fn(*args)
-
-    t = time.perf_counter()
-    rotating()  # first call: JIT compiles (and torch.compile's whole compile) land here
-    if not runtime.INTERPRETED:
-        torch.cuda.synchronize()
-    first_call_s = time.perf_counter() - t
-    q = time_op(fn, args_sets, warmup_ms=10, rep_ms=40 if not quick else 10)
-    wall = wall_ms_per_call(rotating, reps=2 if runtime.INTERPRETED else 30, warmup=0 if runtime.INTERPRETED else 3)
-    return {**q, "wall_ms": wall, "first_call_s": first_call_s}
+    return call
 
 
 def _floor_of(fn, args, peaks):
@@ -336,6 +356,17 @@ def _floor_of(fn, args, peaks):
             "kernels": sorted({l.kernel for l in prof.launches})}
 
 
+def compiled(fn):
+    """``torch.compile`` with static shapes (every benchmarked shape is fixed) and room for one
+    compiled graph per shape and dtype of a shared function."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    return torch.compile(fn, dynamic=False)
+
+
 def _run_op(row, builder, impl, quick, peaks):
     from .workloads import DTYPES, precision
 
@@ -347,8 +378,8 @@ def _run_op(row, builder, impl, quick, peaks):
                 fn, args = builder("tritonnet" if impl == "tritonnet" else "torch", DTYPES[dtype_name], 100 * s)
                 sets.append(args)
             if impl == "torch.compile":
-                fn = torch.compile(fn)
-            result = _time_call(fn, sets, quick)
+                fn = compiled(fn)
+            result, _ = _measure(_rotating(fn, sets), fn, sets, rep_ms=10 if quick else 40)
             if impl == "tritonnet":
                 row.update(_floor_of(fn, sets[0], peaks))
         row["impls"][impl] = result
@@ -360,7 +391,7 @@ def _run_op(row, builder, impl, quick, peaks):
 
 def _run_step(row, impl, quick, budget, cuda_graph):
     from .profile import Profiler
-    from .workloads import build_step, precision, wall_ms_per_call
+    from .workloads import build_step
 
     try:
         t = time.perf_counter()
@@ -370,15 +401,12 @@ def _run_step(row, impl, quick, budget, cuda_graph):
         if impl == "tritonnet+graph" and step.graph is None:
             row["impls"][impl] = {"skipped": f"CUDA graph: {step.graph_error}"}
             return
-        step()
-        if not runtime.INTERPRETED:
-            torch.cuda.synchronize()
-        first_call_s = time.perf_counter() - t
-        q = time_op(step, warmup_ms=20, rep_ms=100 if not quick else 10)
-        wall = wall_ms_per_call(step, reps=2 if runtime.INTERPRETED else 30, warmup=0 if runtime.INTERPRETED else 3)
-        result = {**q, "wall_ms": wall, "first_call_s": first_call_s}
-        loss = step()
-        result["loss"] = float(loss.data if hasattr(loss, "_node") else loss.detach())
+        build_s = time.perf_counter() - t
+        result, loss = _measure(step, rep_ms=10 if quick else 100)
+        result["first_call_s"] += build_s
+        # the first step's loss: same weights and batch for tritonnet, torch and torch.compile (a
+        # graphed step's first replay comes after its warm-up steps, so it differs)
+        result["first_loss"] = float(loss.data if hasattr(loss, "_node") else loss.detach())
         if impl == "tritonnet":  # where a step's time goes: GPU time inside kernels vs. the rest
             with Profiler(peaks=None) as prof:
                 step()
@@ -420,7 +448,7 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
     from .workloads import MODELS, default_batch
 
     dtypes = list(dtypes or (("fp32",) if quick else ALL_DTYPES))
-    models = list(models or (("lenet",) if quick else ("lenet", "vgg")))
+    models = list(models or (("digits",) if quick else ("lenet", "vgg")))
     budget = _Budget(budget_s if budget_s is not None else (60 if quick else 170))
     peaks = None
     if not runtime.INTERPRETED:
@@ -459,38 +487,41 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
         row["impls"][impl] = {"skipped": f"time budget of {budget.seconds:.0f} s spent"}
         return True
 
-    # Cheap and most important first: the steps, then the ops, each against torch eager; then
-    # torch.compile, whose compile time is the unpredictable part, steps before ops.
-    step_impls = ["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch"]
-    for row in step_rows:
-        for impl in step_impls:
-            if not over_budget(row, impl):
-                progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} {impl}")
-                _run_step(row, impl, quick, budget, cuda_graph)
-    if on_phase:
-        on_phase(results)
-    for row, builder in op_rows:
-        for impl in ("tritonnet", "torch"):
-            if not over_budget(row, impl):
-                progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} {impl}")
-                _run_op(row, builder, impl, quick, peaks)
-    if on_phase:
-        on_phase(results)
+    # The steps first (the headline), each against torch eager, then torch.compile on them; then the
+    # ops likewise. torch.compile's compile time is the unpredictable part: the budget check before
+    # every measurement turns whatever no longer fits into a recorded skip.
     compile_skip = None if compile else "disabled (--no-compile)"
     if compile and quick:
         compile_skip = "skipped in --quick (compiling takes longer than the whole smoke run)"
-    for row in step_rows:
-        if compile_skip:
-            row["impls"]["torch.compile"] = {"skipped": compile_skip}
-        elif not over_budget(row, "torch.compile"):
-            progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} torch.compile")
-            _run_step(row, "torch.compile", quick, budget, cuda_graph)
-    for row, builder in op_rows:
-        if compile_skip:
-            row["impls"]["torch.compile"] = {"skipped": compile_skip}
-        elif not over_budget(row, "torch.compile"):
-            progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} torch.compile")
-            _run_op(row, builder, "torch.compile", quick, peaks)
+
+    def run_all(items, impls, run):
+        for item in items:
+            row = item[0] if isinstance(item, tuple) else item
+            for impl in impls:
+                if impl == "torch.compile" and compile_skip:
+                    row["impls"][impl] = {"skipped": compile_skip}
+                elif not over_budget(row, impl):
+                    progress(f"[{budget.elapsed():6.1f}s] {row['name']} {row['dtype']} {impl}")
+                    run(item, impl)
+        if on_phase:
+            for row in rows:
+                _ratios(row)
+            on_phase(results)
+
+    saved_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # cuDNN's best algorithm for each shape: the fair opponent
+    try:
+        step_impls = ["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch"]
+        run_step = lambda row, impl: _run_step(row, impl, quick, budget, cuda_graph)  # noqa: E731
+        run_op = lambda item, impl: _run_op(item[0], item[1], impl, quick, peaks)  # noqa: E731
+        # dtype-major, so a budget that runs out costs both models their last precision, not one model all
+        step_order = sorted(step_rows, key=lambda r: dtypes.index(r["dtype"]))
+        run_all(step_order, step_impls, run_step)
+        run_all(step_order, ["torch.compile"], run_step)
+        run_all(op_rows, ["tritonnet", "torch"], run_op)
+        run_all(op_rows, ["torch.compile"], run_op)
+    finally:
+        torch.backends.cudnn.benchmark = saved_benchmark
     for row in rows:
         _ratios(row)
     results["targets"] = []
@@ -693,8 +724,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (what CI runs under the interpreter)")
     parser.add_argument("--dtypes", default=None, help="comma-separated from fp32,tf32,bf16 (default: all; fp32 "
                         "with --quick)")
-    parser.add_argument("--models", default=None, help="comma-separated from lenet,vgg (default both; lenet with "
-                        "--quick)")
+    parser.add_argument("--models", default=None, help="comma-separated from lenet,vgg,digits (default lenet,vgg; "
+                        "digits with --quick)")
     parser.add_argument("--only", choices=["ops", "steps"], default=None, help="run only the op suite or the steps")
     parser.add_argument("--no-cuda-graph", action="store_true", help="do not time the CUDA-graphed step")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")

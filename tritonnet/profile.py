@@ -300,9 +300,10 @@ class Profiler:
                     "GFLOP", "MB", "TFLOP/s", "GB/s", "% roofline"):
             table.add_column(col, justify="left" if col in ("kernel", "op", "shapes", "dtype", "grid") else "right")
         for r in rows[:limit] if limit else rows:
-            table.add_row(r["kernel"], r["op"], _fmt_shapes(r["shapes"]), r["dtype"], str(r["grid"]), str(r["count"]),
+            shapes = _fmt_shapes(r["shapes"])
+            table.add_row(r["kernel"], r["op"], shapes if len(shapes) <= 40 else shapes[:39] + "…", r["dtype"], str(r["grid"]), str(r["count"]),
                           f"{r['total_ms']:.3f}", f"{r['mean_ms']:.4f}", f"{r['share_pct']:.1f}",
-                          f"{r['flops'] / 1e9:.3f}", f"{r['bytes'] / 1e6:.2f}", _fmt(r["tflops"], 2),
+                          f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / 1e6:.3g}", _fmt(r["tflops"], 2),
                           _fmt(r["gbs"], 1), _fmt(r["roofline_pct"], 1))
         return table
 

@@ -187,7 +187,12 @@ class TorchStep:
     def __init__(self, net, batches, dtype_name: str, compiled: bool = False):
         self.impl = "torch.compile" if compiled else "torch"
         self.net, self.batches, self.dtype_name = net, batches, dtype_name
-        self.forward = torch.compile(net) if compiled else net
+        if compiled:
+            from .bench import compiled as compile_fn
+
+            self.forward = compile_fn(net)
+        else:
+            self.forward = net
         self.optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
         self.calls = 0
 
