@@ -41,33 +41,58 @@ def test_records_names_and_aggregates_repeated_launches(seed, device):
     assert big["flops"] == 300 and big["bytes"] == 3 * 300 * 4  # hand count: one add, two reads, one write
     assert rows == sorted(rows, key=lambda r: r["total_ms"], reverse=True)
     assert isinstance(big["grid"], tuple) and len(big["grid"]) == 1 and big["grid"][0] >= 1
-    assert prof.time_source.startswith("wall clock")  # labelled: the interpreter, not a GPU
+    # labelled: the interpreter's wall clock is not GPU time
+    assert prof.time_source.startswith("wall clock" if runtime.INTERPRETED else "CUDA events")
     assert prof.region_ms >= sum(launch.ms for launch in prof.launches)
 
 
 def test_flop_and_byte_models_match_hand_counts(seed, device):
+    """Forward and backward of a conv (+bias+ReLU), a max pool and a linear layer, counted by hand:
+    FLOPs = 2 per multiply-add (+1 per output for a bias add or a ReLU); bytes = each tensor the
+    launch must touch, read or written once."""
+    def param(*shape):
+        return tn.Tensor(torch.randn(*shape, device=device), requires_grad=True)
+
     N, C, H, W, K, OC = 2, 3, 7, 9, 3, 5
-    x = torch.randn(N, C, H, W, device=device)
-    w = torch.randn(OC, C, K, K, device=device)
-    pool_in = tn.Tensor(torch.randn(2, 3, 9, 10, device=device), requires_grad=True)  # row 8: in no window
-    lin_x, lin_w = torch.randn(5, 7, device=device), torch.randn(3, 7, device=device)
+    x, w, b = param(N, C, H, W), param(OC, C, K, K), param(OC)
+    pool_in = param(2, 3, 9, 10)  # row 8 lies in no 2x2 window
+    lin_x, lin_w = param(5, 7), param(3, 7)
     with tn.profile(peaks=None) as prof:
-        F.conv2d(x, w, padding=1)
-        F.max_pool2d(pool_in, 2)
-        F.linear(lin_x, lin_w)
-    conv = _only(prof, "conv2d_fwd")
+        y = F.conv2d(x, w, b, padding=1, activation="relu")
+        y.backward(torch.randn(y.shape, device=device))
+        p = F.max_pool2d(pool_in, 2)
+        p.backward(torch.randn(p.shape, device=device))
+        z = F.linear(lin_x, lin_w)
+        z.backward(torch.randn(z.shape, device=device))
+    f4 = 4  # float32
     outputs = N * OC * H * W  # padding 1 keeps 7x9
-    assert conv["flops"] == 2 * outputs * C * K * K  # one multiply and one add per tap
-    assert conv["bytes"] == (x.numel() + w.numel() + outputs) * 4  # read x and w once, write y once
-    pool = _only(prof, "max_pool2d_forward")
+    macs = outputs * C * K * K
+    conv = _only(prof, "conv2d_fwd_relu")
+    assert conv["flops"] == 2 * macs + outputs + outputs  # taps, bias add, ReLU
+    assert conv["bytes"] == (x.numel() + w.numel() + OC + outputs) * f4  # read x, w, b once; write y once
+    dgrad = _only(prof, "conv2d_dgrad_relu")
+    assert dgrad["flops"] == 2 * macs
+    # read dy and the saved y (its sign is the ReLU's gradient) and w; write dx
+    assert dgrad["bytes"] == (2 * outputs + w.numel() + x.numel()) * f4
+    wgrad = _only(prof, "conv2d_wgrad_relu")
+    assert wgrad["flops"] == 2 * macs + outputs  # + the bias gradient's sum over every output
+    assert wgrad["bytes"] == (2 * outputs + x.numel() + w.numel() + OC) * f4
+
     windows = 2 * 3 * 4 * 5
+    pool = _only(prof, "max_pool2d_forward")
     assert pool["flops"] == windows * 4  # one comparison per element of each 2x2 window
-    # read each covered input element once (rows 0-7), write the values and a one-byte winner
-    # offset per window (its position within the 2x2 window)
-    assert pool["bytes"] == 2 * 3 * 8 * 10 * 4 + windows * 4 + windows * 1
-    linear = _only(prof, "linear")
-    assert linear["flops"] == 2 * 5 * 3 * 7
-    assert linear["bytes"] == (5 * 7 + 3 * 7 + 5 * 3) * 4
+    # read each covered input element once (rows 0-7), write the value and a one-byte winner
+    # offset (its position inside the 2x2 window) per window
+    assert pool["bytes"] == 2 * 3 * 8 * 10 * f4 + windows * f4 + windows * 1
+    pool_bwd = _only(prof, "max_pool2d_backward")
+    assert pool_bwd["flops"] == windows  # one gradient routed per window
+    assert pool_bwd["bytes"] == windows * (f4 + 1) + pool_in.numel() * f4  # read dy + argmax, write all of dx
+
+    linear = [r for r in prof.summary() if r["op"] == "linear"]
+    assert sorted(r["count"] for r in linear) == [1, 1, 1]  # forward, input grad, weight grad
+    assert all(r["flops"] == 2 * 5 * 3 * 7 for r in linear)
+    forward = next(r for r in linear if r["shapes"][0] == (5, 7))
+    assert forward["bytes"] == (5 * 7 + 3 * 7 + 5 * 3) * f4
 
 
 def test_roofline_against_given_peaks(seed, device):
@@ -111,7 +136,7 @@ def test_trace_csv_and_table_files(seed, device, tmp_path):
         add(a, a)
         add(a, a)
     trace = json.loads((tmp_path / "unit_trace.json").read_text())
-    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 0]  # the device track
     assert len(events) == 2
     for e in events:
         assert e["name"] == "add_kernel" and isinstance(e["pid"], int) and isinstance(e["tid"], int)
@@ -121,9 +146,9 @@ def test_trace_csv_and_table_files(seed, device, tmp_path):
     with open(tmp_path / "unit.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["kernel"] == "add_kernel" and rows[0]["count"] == "2"
-    assert rows[0]["time_source"].startswith("wall clock")
+    assert rows[0]["time_source"] == prof.time_source
     table = (tmp_path / "unit.txt").read_text()
-    assert "add_kernel" in table and "wall clock" in table
+    assert "add_kernel" in table and prof.time_source.split()[0] in table
     assert len(prof.launches) == 2
 
 
@@ -156,7 +181,7 @@ def test_profile_command_on_a_training_step(tmp_path, capsys):
     assert main(["profile", "--model", "digits", "--batch-size", "2", "--steps", "2", "--warmup", "0",
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "wall clock" in out and "launches per step" in out
+    assert ("wall clock" if runtime.INTERPRETED else "CUDA events") in out and "launches per step" in out
     traces = list(tmp_path.glob("*trace*.json"))
     assert len(traces) == 1
     trace = json.loads(traces[0].read_text())

@@ -565,10 +565,18 @@ def markdown(results) -> str:
              f"{env['date']}", ""]
     for note in results.get("notes", []):
         lines += [f"> {note}", ""]
+    peaks = results.get("peaks")
+    if peaks:
+        mm = peaks["matmul_tflops"]
+        lines += ["Measured on this card: copy " f"{peaks['copy_gbs']:.0f} GB/s; cuBLAS matmul "
+                  + ", ".join(f"{k} {mm[k]:.0f}" for k in ("fp32", "tf32", "fp16", "bf16") if k in mm)
+                  + " TFLOP/s.", ""]
     steps = [r for r in results["rows"] if r["kind"] == "step"]
     if steps:
-        lines += ["Training step (forward, cross-entropy, backward, SGD momentum), wall time per step as a user "
-                  "sees it (ms; Python and launch overhead included). Speed-up = torch time / best tritonnet time.",
+        lines += ["Training step (forward, cross-entropy, backward, SGD with momentum): wall time per step as a "
+                  "user sees it (ms, Python and launch overhead included, 30 back-to-back steps). Speed-up = torch "
+                  "time / best tritonnet time. GPU time = CUDA events around one step (L2 cleared between steps); "
+                  "in kernels = the sum of tritonnet's kernel durations in one step (the rest is launch gaps).",
                   "",
                   "| model | input | dtype | tritonnet CUDA graph | tritonnet eager | torch eager | torch.compile "
                   "| vs eager | vs compile | tritonnet GPU time p50 (p20–p80) | in kernels | launches |",

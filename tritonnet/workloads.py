@@ -159,8 +159,11 @@ class TritonnetStep:
             with precision(self.dtype_name), torch.cuda.graph(graph):
                 self.static_loss = self.eager_step(self.static_x, self.static_y)
         except Exception as exc:  # e.g. an op that synchronises with the host
-            self.graph_error = f"capture failed: {type(exc).__name__}: {str(exc)[:300]}"
-            torch.cuda.synchronize()
+            self.graph_error = f"capture failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # pragma: no cover - the failed capture's error surfaces here too
+                pass
             return
         self.graph = graph
 
