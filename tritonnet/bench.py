@@ -389,7 +389,7 @@ def _run_op(row, builder, impl, quick, peaks):
         row["impls"][impl] = {"error": _error(exc)}
 
 
-def _run_step(row, impl, quick, budget, cuda_graph):
+def _run_step(row, impl, quick, peaks):
     from .profile import Profiler
     from .workloads import build_step
 
@@ -408,10 +408,13 @@ def _run_step(row, impl, quick, budget, cuda_graph):
         # graphed step's first replay comes after its warm-up steps, so it differs)
         result["first_loss"] = float(loss.data if hasattr(loss, "_node") else loss.detach())
         if impl == "tritonnet":  # where a step's time goes: GPU time inside kernels vs. the rest
-            with Profiler(peaks=None) as prof:
+            with Profiler(peaks=peaks) as prof:
                 step()
             result["launches"] = len(prof.launches)
             result["kernel_sum_ms"] = sum(l.ms for l in prof.launches)
+            result["top_kernels"] = [
+                {k: r[k] for k in ("op", "kernel", "dtype", "count", "total_ms", "roofline_pct")}
+                for r in prof.summary()[:6]]
         row["impls"][impl] = result
     except Skip as exc:
         row["impls"][impl] = {"skipped": str(exc)}
@@ -439,6 +442,7 @@ def _ratios(row):
         row["pct_of_floor"] = 100.0 * row["floor_ms"] / ms("tritonnet", "p50")
 
 
+COMPILE_RESERVE_S = 25.0
 TARGETS = {"lenet": 1.5, "vgg": 1.0}  # required step speed-up over torch eager (issue 5)
 
 
@@ -482,9 +486,10 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
                 rows.append(row)
 
     def over_budget(row, impl):
-        if budget.left() > 0:
+        # a torch.compile run is only started with room left for a typical compile
+        if budget.left() > (COMPILE_RESERVE_S if impl == "torch.compile" and not quick else 0):
             return False
-        row["impls"][impl] = {"skipped": f"time budget of {budget.seconds:.0f} s spent"}
+        row["impls"][impl] = {"skipped": f"outside the {budget.seconds:.0f} s time budget (--budget-s)"}
         return True
 
     # The steps first (the headline), each against torch eager, then torch.compile on them; then the
@@ -512,7 +517,7 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
     torch.backends.cudnn.benchmark = True  # cuDNN's best algorithm for each shape: the fair opponent
     try:
         step_impls = ["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch"]
-        run_step = lambda row, impl: _run_step(row, impl, quick, budget, cuda_graph)  # noqa: E731
+        run_step = lambda row, impl: _run_step(row, impl, quick, peaks)  # noqa: E731
         run_op = lambda item, impl: _run_op(item[0], item[1], impl, quick, peaks)  # noqa: E731
         # dtype-major, so a budget that runs out costs both models their last precision, not one model all
         step_order = sorted(step_rows, key=lambda r: dtypes.index(r["dtype"]))
@@ -613,11 +618,36 @@ def markdown(results) -> str:
         lines += ["Targets (training step vs torch eager): " + "; ".join(
             f"{t['model']} {t['dtype']} {_x(t['x_vs_torch'])} (need {t['required_x_vs_torch']:.1f}x: "
             f"{'met' if t['met'] else 'missed'})" for t in results["targets"]), ""]
+        for t in results["targets"]:
+            if not t["met"]:
+                lines.append(f"- {_where_the_time_goes(results, t['model'], t['dtype'])}")
+        if any(not t["met"] for t in results["targets"]):
+            lines.append("")
     problems = [f"- {r['name']} {r['dtype']} {impl}: {v.get('skipped') or v.get('error')}"
                 for r in results["rows"] for impl, v in r["impls"].items() if "skipped" in v or "error" in v]
     if problems:
         lines += ["<details><summary>Skipped or failed</summary>", "", *problems, "", "</details>", ""]
     return "\n".join(lines)
+
+
+def _where_the_time_goes(results, model, dtype) -> str:
+    """For a step that missed its target: how much of the step is kernels vs. launch gaps, and the
+    kernels that take the most time (from one profiled step)."""
+    row = next((r for r in results["rows"] if r["kind"] == "step" and r["model"] == model and r["dtype"] == dtype), None)
+    tn = (row or {}).get("impls", {}).get("tritonnet") or {}
+    if "kernel_sum_ms" not in tn:
+        return f"{model} {dtype}: no tritonnet timing ({tn.get('skipped') or tn.get('error') or 'not run'})"
+    best = row.get("tritonnet_best_ms") or tn["wall_ms"]
+    share = 100.0 * tn["kernel_sum_ms"] / best if best else 0.0
+    graph = row["impls"].get("tritonnet+graph") or {}
+    top = ", ".join(f"{k['op']} {k['total_ms']:.3f} ms"
+                    + (f" ({k['roofline_pct']:.0f}% of roofline)" if k.get("roofline_pct") is not None else "")
+                    for k in tn.get("top_kernels", [])[:4])
+    text = (f"{model} {dtype}: {tn['launches']} launches, {tn['kernel_sum_ms']:.3f} ms in kernels of a "
+            f"{best:.3f} ms step ({share:.0f}%; the rest is Python and launch gaps)")
+    if "skipped" in graph:
+        text += f"; {graph['skipped']}"
+    return text + (f"; slowest kernels: {top}" if top else "")
 
 
 def chart(results, path: str) -> None:
