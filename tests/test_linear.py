@@ -1,0 +1,155 @@
+"""Linear: the fused matmul kernel forward and backward against torch, the layer, and GPU tiles."""
+import math
+
+import pytest
+import torch
+
+import tritonnet as tn
+import tritonnet.functional as F
+from tritonnet import layers, runtime
+from tritonnet.kernels import linear as K
+
+from aot import compile_specs
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-2, atol=1e-2),
+       torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+def _reference(x, w, b, activation):
+    """float64 torch autograd of the same layer; returns leaves and output."""
+    xr = x.double().requires_grad_()
+    wr = w.double().requires_grad_()
+    br = b.double().requires_grad_() if b is not None else None
+    y = xr @ wr.t() + (br if br is not None else 0)
+    if activation == "relu":
+        y = torch.relu(y)
+    return xr, wr, br, y
+
+
+def _check(batch, fin, fout, dtype, activation, has_bias, device, blocks=None):
+    scale = 1 / math.sqrt(fin)
+    x = torch.randn(batch, fin, device=device).to(dtype)
+    w = (torch.rand(fout, fin, device=device) * 2 - 1).mul(scale).to(dtype)
+    b = torch.randn(fout, device=device).to(dtype) if has_bias else None
+    xt, wt = tn.Tensor(x, requires_grad=True), tn.Tensor(w, requires_grad=True)
+    bt = tn.Tensor(b, requires_grad=True) if has_bias else None
+    if blocks is None:
+        y = F.linear(xt, wt, bt, activation)
+    else:  # the kernels directly, with forced tiles
+        y = tn.Tensor(K.linear_forward(x, w, b, activation, blocks=blocks))
+    xr, wr, br, yr = _reference(x, w, b, activation)
+    g = torch.randn(batch, fout, device=device).to(dtype)
+    yr.backward(g.double())
+    tol = TOL[dtype]
+    assert y.dtype == dtype and y.shape == (batch, fout)
+    torch.testing.assert_close(y.data.double(), yr.detach(), **tol)
+    if activation == "relu":
+        assert (y.data >= 0).all()
+    if blocks is None:
+        y.backward(g)
+        gx, gw, gb = xt.grad, wt.grad, (bt.grad if has_bias else None)
+    else:
+        gx, gw, gb = K.linear_backward(g, x, w, y.data if activation == "relu" else None,
+                                       need_bias=has_bias, blocks=blocks)
+    # The gradient tolerance scales with the reduction length (fp16/bf16 round the output too).
+    torch.testing.assert_close(gx.double(), xr.grad, **tol)
+    torch.testing.assert_close(gw.double(), wr.grad, rtol=tol["rtol"], atol=tol["atol"] * max(1, batch / 10))
+    if has_bias:
+        torch.testing.assert_close(gb.double(), br.grad, rtol=tol["rtol"], atol=tol["atol"] * max(1, batch / 10))
+
+
+def test_linear_forward_backward_matches_torch_fp32(seed, device):
+    # Every flag combination of the kernel: bias and ReLU or not, gated and row-summed backward.
+    for batch, fin, fout, activation, has_bias in [(1, 45, 23, "relu", True), (100, 67, 10, None, True),
+                                                   (100, 400, 120, "relu", False), (3, 5, 1, None, False)]:
+        _check(batch, fin, fout, torch.float32, activation, has_bias, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_linear_forward_backward_matches_torch_half(seed, device, dtype):
+    for batch, fin, fout in [(1, 45, 23), (100, 400, 120)]:
+        _check(batch, fin, fout, dtype, "relu", True, device)
+
+
+def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
+    """GPU tile configurations (launched, so the suite's compile check builds them too): several
+    programs per axis, partial tiles and several K steps exercise the mask and program-id logic."""
+    _check(37, 150, 40, torch.float32, "relu", True, device, blocks=K.GPU_CONFIGS[0])
+    _check(70, 150, 90, torch.float16, "relu", True, device, blocks=K.GPU_CONFIGS[1])
+
+
+def test_relu_gate_follows_torch_at_zero_and_only_needed_grads_computed(seed, device):
+    # x = 0 rows give pre-activation == bias; bias 0 there makes the output exactly 0: no gradient.
+    x = tn.Tensor(torch.zeros(4, 6, device=device))
+    w = tn.Tensor(torch.randn(3, 6, device=device), requires_grad=True)
+    b = tn.Tensor(torch.tensor([0.0, 1.0, -1.0], device=device), requires_grad=True)
+    y = F.linear(x, w, b, activation="relu")
+    y.backward(torch.ones(4, 3, device=device))
+    assert torch.equal(b.grad, torch.tensor([0.0, 4.0, 0.0], device=device))
+    assert torch.equal(w.grad, torch.zeros(3, 6, device=device))
+    assert x.grad is None
+
+
+def test_linear_accepts_extra_leading_dims_and_torch_constants(seed, device):
+    x = torch.randn(2, 3, 7, device=device)
+    w = tn.Tensor(torch.randn(4, 7, device=device), requires_grad=True)
+    y = F.linear(x, w)
+    assert y.shape == (2, 3, 4)
+    torch.testing.assert_close(y.data, x @ w.data.t(), rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(6, 4, device=device).t() @ x.reshape(6, 7), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_errors_name_the_argument(device):
+    x, w = torch.randn(2, 3, device=device), torch.randn(4, 5, device=device)
+    with pytest.raises(ValueError, match="in_features=5"):
+        F.linear(x, w)
+    with pytest.raises(TypeError, match="weight must have x's dtype"):
+        F.linear(x, torch.randn(4, 3, device=device).half())
+    with pytest.raises(ValueError, match="bias must be"):
+        F.linear(x, torch.randn(4, 3, device=device), torch.randn(5, device=device))
+    with pytest.raises(ValueError, match="activation"):
+        F.linear(x, torch.randn(4, 3, device=device), activation="gelu")
+    with pytest.raises(TypeError, match="x must have dtype"):
+        F.linear(x.long(), torch.randn(4, 3, device=device))
+
+
+def test_linear_layer_init_names_and_state_dict_match_torch(seed, device):
+    torch.manual_seed(seed)
+    ours = layers.Sequential(layers.Flatten(), layers.Linear(12, 7, activation="relu"), layers.Linear(7, 3, bias=False))
+    torch.manual_seed(seed)
+    theirs = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7), torch.nn.Linear(7, 3, bias=False))
+    sd = ours.state_dict()
+    assert list(sd) == list(theirs.state_dict()) == ["1.weight", "1.bias", "2.weight"]
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(sd[k].cpu(), v), k  # same generator draws in the same order
+    x = torch.randn(5, 3, 4)
+    expected = theirs[2](torch.relu(theirs[1](theirs[0](x))))
+    torch.testing.assert_close(ours(x.to(device)).data.cpu(), expected.detach(), rtol=1e-5, atol=1e-5)
+    assert "in_features=12, out_features=7" in repr(ours)
+    with pytest.raises(ValueError, match="activation"):
+        layers.Linear(3, 2, activation="tanh")
+
+
+def _gpu_specs():
+    """Specialisations the GPU tuner may launch and the interpreter path never does: every tile
+    configuration once, across the dtypes/precisions (bf16 tensor-core operands, TF32) and both
+    the forward (bias + ReLU epilogue) and weight-grad (gate + row sum) flag sets."""
+    forward = dict(HAS_BIAS=True, RELU=True, HAS_GATE=False, HAS_ROWSUM=False)
+    weight_grad = dict(HAS_BIAS=False, RELU=False, HAS_GATE=True, HAS_ROWSUM=True)
+    cases = [(2, "fp32", "tf32", weight_grad), (3, "fp32", "ieee", forward), (2, "bf16", "tf32", forward),
+             (3, "bf16", "tf32", weight_grad)]  # configs 0 and 1 are launched by the test above
+    specs = []
+    for config, tt, precision, flags in cases:
+        bm, bn, bk, warps, stages = K.GPU_CONFIGS[config]
+        signature = {name: ("*" + tt if name.endswith("_ptr") else "i32") for name in K.matmul_kernel.arg_names}
+        consts = dict(flags, PRECISION=precision, UPCAST=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        signature.update({name: "constexpr" for name in consts})
+        specs.append({"module": K.__name__, "kernel": "matmul_kernel", "signature": signature,
+                      "constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}})
+    return specs
+
+
+def test_gpu_tile_configurations_compile_for_sm90():
+    failures = compile_specs(_gpu_specs())
+    assert not failures, "\n\n".join(failures)
