@@ -81,13 +81,14 @@ def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale,
     tl.store(bad_count_ptr, tl.sum(count, axis=0))
 
 
+REDUCE_BLOCK = 1024
+
+
 def _blocks(B, C):
-    block_c = min(triton.next_power_of_2(max(C, 1)), 4096 if runtime.INTERPRETED else 1024)
-    if runtime.INTERPRETED:  # ~1 ms per program: whole batches per program
-        block_b = min(triton.next_power_of_2(max(B, 1)), max(1, 65536 // block_c))
-    else:
-        block_b = max(1, min(64, 4096 // block_c))
-    return block_b, block_c
+    block_c = max(16, min(triton.next_power_of_2(C), 4096 if runtime.INTERPRETED else 1024))
+    if runtime.INTERPRETED:  # ~1 ms per program: whole batches per program, few distinct shapes
+        return max(1, min(128, 65536 // block_c)), block_c
+    return max(1, min(64, 4096 // block_c)), block_c
 
 
 def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0,
@@ -127,8 +128,8 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
                                       bytes=B * C * size * (2 if need_grad else 1) + B * (target.element_size() + 8)))
     loss = runtime.empty((), logits.dtype)
     bad_count = runtime.empty((), torch.int32)
-    block = min(triton.next_power_of_2(B), 16384 if runtime.INTERPRETED else 1024)
-    runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)), {"BLOCK": block},
+    runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
+                   {"BLOCK": REDUCE_BLOCK},
                    runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
     n_bad = int(bad_count.item())
     if n_bad:
