@@ -1,0 +1,164 @@
+"""Optimizers: N steps track torch.optim, one launch per step, runtime hyper-parameters, state_dict."""
+import copy
+import inspect
+
+import pytest
+import torch
+
+import tritonnet as tn
+from tritonnet import optim, runtime
+from tritonnet.kernels import optim as K
+
+from aot import SpecRecorder
+
+SHAPES = [(7, 5), (13,), (3, 4, 5), (20000,)]  # 20000 spans two interpreter chunks
+CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
+    ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
+    ("AdamW", dict(lr=1e-2)),
+    ("AdamW", dict(lr=1e-2, betas=(0.3, 0.9), weight_decay=0.1)),  # beta1 < 0.5: lerp's other branch
+]
+
+
+def _pair(name, kwargs, device, shapes=SHAPES, dtype=torch.float32):
+    start = [torch.randn(s, device=device).to(dtype) for s in shapes]
+    ours = [tn.Tensor(p.clone(), requires_grad=True) for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    return ours, getattr(optim, name)(ours, **kwargs), theirs, getattr(torch.optim, name)(theirs, **kwargs)
+
+
+def _step(ours, opt, theirs, topt, device, dtype=torch.float32):
+    grads = [torch.randn(p.shape, device=device).to(dtype) for p in ours]
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    topt.step()
+
+
+def _count_launches(fn):
+    launches = []
+
+    def observer(kernel, grid, args, constexprs, info, run):
+        launches.append(info.op)
+        return run()
+
+    with runtime.observing(observer):
+        fn()
+    return launches
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
+def test_optimizer_tracks_torch_optim_in_one_launch_per_step(seed, device, name, kwargs):
+    ours, opt, theirs, topt = _pair(name, kwargs, device)
+    for step in range(6):
+        if step == 3:  # a new learning rate between steps takes effect at once
+            opt.lr = kwargs["lr"] * 0.5
+            topt.param_groups[0]["lr"] = kwargs["lr"] * 0.5
+        launches = _count_launches(lambda: _step(ours, opt, theirs, topt, device))
+        assert len(launches) == 1, launches  # all four tensors in one launch
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_track_torch(seed, device, dtype):
+    for name, kwargs in (CONFIGS[2], CONFIGS[6]):
+        ours, opt, theirs, topt = _pair(name, kwargs, device, shapes=[(33,), (4, 9)], dtype=dtype)
+        for _ in range(3):
+            _step(ours, opt, theirs, topt, device, dtype)
+        for p, q in zip(ours, theirs):
+            assert p.data.dtype == dtype
+            torch.testing.assert_close(p.data.float(), q.detach().float(), rtol=2e-2, atol=2e-2)
+
+
+def test_gpu_sized_chunks(seed, device, monkeypatch):
+    """The GPU's chunk size on small tensors: several programs per tensor, partial last chunks."""
+    monkeypatch.setattr(K, "BLOCK", 2048)
+    for name, kwargs in (CONFIGS[1], CONFIGS[4]):
+        ours, opt, theirs, topt = _pair(name, kwargs, device, shapes=[(5000,), (3, 7)])
+        for _ in range(2):
+            _step(ours, opt, theirs, topt, device)
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_hyper_parameters_are_runtime_values_so_nothing_recompiles(seed, device):
+    for kernel, names in ((K.sgd_kernel, ("lr", "weight_decay", "momentum", "buf_scale", "grad_scale")),
+                          (K.adam_kernel, ("lr", "weight_decay", "decay_factor", "avg_weight", "beta2",
+                                           "sq_weight", "eps", "step_size", "bias_correction2_sqrt"))):
+        params = inspect.signature(kernel.fn).parameters
+        for n in names:
+            assert params[n].annotation is inspect.Parameter.empty, f"{n} must not be a constexpr"
+    recorder = SpecRecorder()
+    ours, opt, theirs, topt = _pair("Adam", dict(lr=1e-3), device, shapes=[(10,)])
+    with runtime.observing(recorder):
+        for step, lr in enumerate((1e-3, 1, 0.25, 2)):  # an int lr too: it is passed as a float
+            opt.lr = lr
+            _step(ours, opt, theirs, topt, device)
+    assert len(recorder.specs) == 1  # one specialisation for every lr and step count
+
+
+def test_state_dict_round_trip_resumes_bitwise(seed, device):
+    ours, opt, theirs, topt = _pair("Adam", dict(lr=1e-2, weight_decay=1e-3), device, shapes=[(6, 3), (4,)])
+    resumed = [tn.Tensor(p.data.clone(), requires_grad=True) for p in ours]
+    grads = [[torch.randn(p.shape, device=device) for p in ours] for _ in range(5)]
+    for g in grads[:2]:
+        for p, gi in zip(ours, g):
+            p.grad = gi
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"] = {str(k): v for k, v in saved["state"].items()}  # as after a JSON round trip
+    for p, q in zip(resumed, ours):
+        p.data.copy_(q.data)
+    opt2 = optim.Adam(resumed, lr=0.5)
+    opt2.load_state_dict(saved)
+    assert opt2.lr == 1e-2 and float(opt2.state[0]["step"]) == 2
+    for g in grads[2:]:
+        for p, q, gi in zip(ours, resumed, g):
+            p.grad, q.grad = gi, gi.clone()
+        opt.step()
+        opt2.step()
+    for p, q in zip(ours, resumed):
+        assert torch.equal(p.data, q.data)
+
+
+def test_loads_torch_optimizer_state_and_skips_params_without_grad(seed, device):
+    ours, opt, theirs, topt = _pair("SGD", dict(lr=0.1, momentum=0.9), device, shapes=[(5,), (3, 2)])
+    for _ in range(2):
+        _step(ours, opt, theirs, topt, device)
+    fresh = [tn.Tensor(q.detach().clone(), requires_grad=True) for q in theirs]
+    opt2 = optim.SGD(fresh, lr=1.0)
+    opt2.load_state_dict(topt.state_dict())
+    assert opt2.param_groups[0]["momentum"] == 0.9
+    g = torch.randn(5, device=device)
+    fresh[0].grad, theirs[0].grad, theirs[1].grad = g.clone(), g.clone(), None
+    before = fresh[1].data.clone()
+    opt2.step()
+    topt.step()
+    torch.testing.assert_close(fresh[0].data, theirs[0].detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(fresh[1].data, before)
+    opt2.zero_grad()
+    assert all(p.grad is None for p in fresh)
+
+
+def test_optimizer_errors(device):
+    p = tn.Tensor(torch.randn(3, device=device), requires_grad=True)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="does not require grad"):
+        optim.Adam([tn.Tensor(torch.randn(3, device=device))])
+    with pytest.raises(TypeError, match="tn.Tensor"):
+        optim.Adam([torch.randn(3, device=device)])
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="lr must be"):
+        optim.AdamW([p], lr=-1.0)
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = torch.randn(4, device=device)
+    with pytest.raises(ValueError, match=r"params\[0\].grad must have"):
+        opt.step()
+    with pytest.raises(ValueError, match="holds 2 parameters"):
+        opt.load_state_dict({"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]})
