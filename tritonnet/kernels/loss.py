@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .. import runtime
 
-_INF: tl.constexpr = float("inf")
+_NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
@@ -32,7 +32,7 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
     in_b = rows < B
     target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
     bad = in_b & ((target < 0) | (target >= C))
-    row_max = tl.full((BLOCK_B,), -_INF, tl.float32)
+    row_max = tl.full((BLOCK_B,), _NEG_INF, tl.float32)
     sum_exp = tl.zeros((BLOCK_B,), tl.float32)
     sum_x = tl.zeros((BLOCK_B,), tl.float32)
     x_target = tl.zeros((BLOCK_B,), tl.float32)
@@ -41,7 +41,7 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
         in_c = cols < C
         x = tl.load(logits_ptr + rows[:, None] * stride_lb + cols[None, :],
                     mask=in_b[:, None] & in_c[None, :], other=0.0).to(tl.float32)
-        x = tl.where(in_c[None, :], x, -_INF)  # padded columns add exp(-inf) = 0
+        x = tl.where(in_c[None, :], x, _NEG_INF)  # padded columns add exp(-inf) = 0
         new_max = tl.maximum(row_max, tl.max(x, axis=1))
         sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
         row_max = new_max
