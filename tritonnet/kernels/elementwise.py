@@ -127,8 +127,9 @@ def relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask)
-    # An explicit comparison, not tl.maximum: its NaN rule differs between triton versions.
-    tl.store(out_ptr + offsets, tl.where(x < 0, tl.zeros_like(x), x), mask=mask)
+    # An explicit comparison, not tl.maximum: its NaN rule differs between triton versions. The
+    # comparison is made in fp32: bf16 arithmetic is wrong under the interpreter.
+    tl.store(out_ptr + offsets, tl.where(x.to(tl.float32) < 0, tl.zeros_like(x), x), mask=mask)
 
 
 def relu(x):
@@ -154,7 +155,7 @@ def relu_backward_kernel(grad_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
     mask = offsets < n
     g = tl.load(grad_ptr + offsets, mask=mask)
     y = tl.load(y_ptr + offsets, mask=mask)
-    tl.store(out_ptr + offsets, tl.where(y <= 0, tl.zeros_like(g), g), mask=mask)
+    tl.store(out_ptr + offsets, tl.where(y.to(tl.float32) <= 0, tl.zeros_like(g), g), mask=mask)
 
 
 def relu_backward(grad, y):

@@ -52,7 +52,7 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, rowsum_ptr, M, N, K,
             gate = tl.load(gate_ptr + offs_m[:, None] * stride_gm + kk[None, :] * stride_gk, mask=a_mask,
                            other=0.0)
             # torch's ReLU backward zeroes the gradient where the output is <= 0 (NaN passes).
-            a = tl.where(gate <= 0, tl.zeros_like(a), a)
+            a = tl.where(gate.to(tl.float32) <= 0, tl.zeros_like(a), a)
         if HAS_ROWSUM:
             rowsum += tl.sum(a.to(tl.float32), axis=1)
         b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,

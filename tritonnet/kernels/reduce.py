@@ -42,7 +42,7 @@ def _sum(x, scale: float, op: str):
     partials = runtime.empty((programs,), torch.float32)
     runtime.launch(sum_partials_kernel, (programs,), (x, partials, n, programs, 1.0),
                    {"BLOCK": BLOCK, "FINAL": False}, info)
-    block2 = triton.next_power_of_2(programs)
+    block2 = triton.next_power_of_2(MAX_PARTIALS)  # one shape for every n: fewer specialisations
     runtime.launch(sum_partials_kernel, (1,), (partials, out, programs, 1, float(scale)),
                    {"BLOCK": block2, "FINAL": True},
                    runtime.LaunchInfo(op + "_final", ((programs,),), partials.dtype, flops=programs,
