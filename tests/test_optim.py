@@ -85,6 +85,19 @@ def test_gpu_sized_chunks(seed, device, monkeypatch):
             torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
 
 
+def test_graph_capture_table_path_and_empty_tensors(seed, device, monkeypatch):
+    """The table written by a kernel (the CUDA-graph capture path) gives the same updates; tensors
+    without elements own no chunk and do not shift the others."""
+    monkeypatch.setattr(K, "FORCE_FILL_KERNEL", True)
+    monkeypatch.setattr(K, "_TABLES", {})
+    ours, opt, theirs, topt = _pair("AdamW", dict(lr=1e-2), device, shapes=[(0,), (9,), (0, 3), (20000,), (2,)])
+    for _ in range(2):
+        launches = _count_launches(lambda: _step(ours, opt, theirs, topt, device))
+        assert launches.count("optimizer_table") in (0, 2)  # 5 rows x 6 values: two 16-value fills
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_hyper_parameters_are_runtime_values_so_nothing_recompiles(seed, device):
     for kernel, names in ((K.sgd_kernel, ("lr", "weight_decay", "momentum", "buf_scale", "grad_scale")),
                           (K.adam_kernel, ("lr", "weight_decay", "decay_factor", "avg_weight", "beta2",

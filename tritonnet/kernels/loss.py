@@ -97,7 +97,8 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
 
     Returns ``(loss, grad)``: loss is a 0-d tensor in logits' dtype; grad (B, C) is d(loss)/d(logits)
     for the chosen reduction (None without ``need_grad``). Raises ValueError for labels outside
-    [0, C) -- this reads one int back from the device, a sync the loss's ``item()`` pays anyway.
+    [0, C) -- this reads one int back from the device, a sync the loss's ``item()`` pays anyway
+    (skipped while a CUDA graph is being captured).
     """
     runtime.check_tensor(logits, "logits", ndim=2)
     runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
@@ -131,7 +132,10 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
                    {"BLOCK": REDUCE_BLOCK},
                    runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
-    n_bad = int(bad_count.item())
+    # While a CUDA graph is captured nothing may wait for the device: the check is skipped there
+    # (bad rows still read nothing out of bounds; their loss and gradient are 0).
+    capturing = not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
+    n_bad = 0 if capturing else int(bad_count.item())
     if n_bad:
         raise ValueError(f"target has {n_bad} label(s) outside [0, {C}) (C = {C} classes from logits' "
                          "second dimension)")

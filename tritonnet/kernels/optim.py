@@ -1,11 +1,17 @@
 """Fused optimizer updates over many parameter tensors in ONE launch each.
 
 Parameters stay where the model put them (separate tensors); each launch gets a table of raw
-addresses instead: one int64 row per tensor ``[param, grad, state..., numel]``, and a chunk table
-with one row per program ``[tensor index, first element]``. A program loads its row, turns the
+addresses instead: one int64 row per tensor ``[param, grad, state1, state2, numel, first chunk]``.
+Program ``pid`` finds its tensor by counting the rows whose first chunk is <= pid, turns the
 addresses back into typed pointers (typed like ``dtype_ptr``, a tensor of the group's dtype) and
 updates up to BLOCK elements. This avoids copying gradients into a flat buffer every step (the
 tape allocates fresh gradient tensors) and keeps one launch for any number of tensors.
+
+The table reaches the device by a host-to-device copy, cached by the addresses it holds (the
+caching allocator tends to hand out the same gradient addresses every step). While a CUDA graph
+is being captured a copy from pageable memory is not allowed, so there the table is written by a
+small kernel that takes the values as arguments (captured by value); tables used by a capture are
+kept alive as long as the process, since the graph's replays read them.
 
 Hyper-parameters (learning rate, momentum, betas, eps, weight decay, bias corrections) are fp32
 runtime arguments, never constexprs, so changing them between steps never recompiles. Step counts
@@ -23,29 +29,36 @@ from .. import runtime
 BLOCK = 16384 if runtime.INTERPRETED else 2048
 
 
+ROW: tl.constexpr = tl.constexpr(6)  # [param, grad, state1, state2, numel, first chunk]
+
+
 @triton.jit
-def _row(table_ptr, chunks_ptr, ROW: tl.constexpr, BLOCK: tl.constexpr):
+def _locate(table_ptr, num_tensors, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr):
+    """This program's table row offset, element offsets and mask within its tensor."""
     pid = tl.program_id(0).to(tl.int64)
-    tensor = tl.load(chunks_ptr + 2 * pid)
-    start = tl.load(chunks_ptr + 2 * pid + 1)
-    numel = tl.load(table_ptr + tensor * ROW + (ROW - 1))
-    offsets = start + tl.arange(0, BLOCK)
-    return tensor * ROW, offsets, offsets < numel
+    t = tl.arange(0, BLOCK_T)
+    first = tl.load(table_ptr + t * ROW + 5, mask=t < num_tensors, other=0)
+    first = tl.where(t < num_tensors, first, pid + 1)
+    # Tensors with no elements own no chunk: the last row starting at or before pid is ours.
+    row = (tl.sum((first <= pid).to(tl.int64), axis=0) - 1) * ROW
+    offsets = (pid - tl.load(table_ptr + row + 5)) * BLOCK + tl.arange(0, BLOCK)
+    return row, offsets, offsets < tl.load(table_ptr + row + 4)
 
 
 @triton.jit
-def sgd_kernel(table_ptr, chunks_ptr, dtype_ptr, lr, weight_decay, momentum, buf_scale, grad_scale,
-               HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, BLOCK: tl.constexpr):
+def sgd_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, momentum, buf_scale, grad_scale,
+               HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr):
     """torch.optim.SGD's update for the chunk of one tensor this program owns.
 
-    table: (T, 4) int64 rows [param address, grad address, momentum-buffer address, numel]
-    (buffers unused without HAS_MOMENTUM); chunks: (P, 2) int64 rows [tensor index, first element],
-    grid (P,); dtype_ptr: any tensor of the parameters' dtype (types the addresses).
+    table: (num_tensors, 6) int64 rows [param address, grad address, momentum-buffer address,
+    unused, numel, first chunk] (the buffer unused without HAS_MOMENTUM), first chunk = the number
+    of BLOCK-element chunks of the tensors before; grid: (total chunks,); BLOCK_T >= num_tensors;
+    dtype_ptr: any tensor of the parameters' dtype (types the addresses).
     g = grad + weight_decay * p; buf = buf_scale * buf + grad_scale * g (buf_scale = 0 and
     grad_scale = 1 on the first step: buf = g, buffers zero-initialised; later momentum and
     1 - dampening); g = g + momentum * buf (NESTEROV) or buf; p = p - lr * g.
     """
-    row, offsets, mask = _row(table_ptr, chunks_ptr, 4, BLOCK)
+    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T)
     param_ptr = tl.load(table_ptr + row).to(dtype_ptr.dtype)
     grad_ptr = tl.load(table_ptr + row + 1).to(dtype_ptr.dtype)
     p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
@@ -64,17 +77,18 @@ def sgd_kernel(table_ptr, chunks_ptr, dtype_ptr, lr, weight_decay, momentum, buf
 
 
 @triton.jit
-def adam_kernel(table_ptr, chunks_ptr, dtype_ptr, lr, weight_decay, decay_factor, avg_weight, beta2,
-                sq_weight, eps, step_size, bias_correction2_sqrt, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr):
+def adam_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, decay_factor, avg_weight, beta2,
+                sq_weight, eps, step_size, bias_correction2_sqrt, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr,
+                BLOCK_T: tl.constexpr):
     """torch.optim.Adam / AdamW's update for the chunk of one tensor this program owns.
 
-    table: (T, 5) int64 rows [param, grad, exp_avg, exp_avg_sq addresses, numel]; chunks and
-    dtype_ptr as in sgd_kernel. DECOUPLED (AdamW): p *= decay_factor (= 1 - lr * weight_decay);
+    table: (num_tensors, 6) int64 rows [param, grad, exp_avg, exp_avg_sq addresses, numel, first
+    chunk]; grid, BLOCK_T and dtype_ptr as in sgd_kernel. DECOUPLED (AdamW): p *= decay_factor (= 1 - lr * weight_decay);
     else g += weight_decay * p. m = lerp(m, g, avg_weight = 1 - beta1) with torch's lerp formula;
     v = beta2 * v + sq_weight * g * g (sq_weight = 1 - beta2);
     p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps), step_size = lr / (1 - beta1^t).
     """
-    row, offsets, mask = _row(table_ptr, chunks_ptr, 5, BLOCK)
+    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T)
     param_ptr = tl.load(table_ptr + row).to(dtype_ptr.dtype)
     grad_ptr = tl.load(table_ptr + row + 1).to(dtype_ptr.dtype)
     avg_ptr = tl.load(table_ptr + row + 2).to(dtype_ptr.dtype)
@@ -98,21 +112,65 @@ def adam_kernel(table_ptr, chunks_ptr, dtype_ptr, lr, weight_decay, decay_factor
     tl.store(param_ptr + offsets, p.to(dtype_ptr.dtype.element_ty), mask=mask)
 
 
-_CHUNKS: dict = {}
+FILL_WIDTH = 16
 
 
-def _chunk_table(numels, block):
-    """(P, 2) int64 [tensor index, first element] covering every tensor in BLOCK pieces (cached)."""
-    key = (tuple(numels), block)
-    table = _CHUNKS.get(key)
+@triton.jit(do_not_specialize=["v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11",
+                               "v12", "v13", "v14", "v15"])
+def fill_table_kernel(out_ptr, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15):
+    """out[0:16] = v0..v15 (int64 values passed as arguments, so a CUDA graph captures them)."""
+    tl.store(out_ptr + 0, v0.to(tl.int64))
+    tl.store(out_ptr + 1, v1.to(tl.int64))
+    tl.store(out_ptr + 2, v2.to(tl.int64))
+    tl.store(out_ptr + 3, v3.to(tl.int64))
+    tl.store(out_ptr + 4, v4.to(tl.int64))
+    tl.store(out_ptr + 5, v5.to(tl.int64))
+    tl.store(out_ptr + 6, v6.to(tl.int64))
+    tl.store(out_ptr + 7, v7.to(tl.int64))
+    tl.store(out_ptr + 8, v8.to(tl.int64))
+    tl.store(out_ptr + 9, v9.to(tl.int64))
+    tl.store(out_ptr + 10, v10.to(tl.int64))
+    tl.store(out_ptr + 11, v11.to(tl.int64))
+    tl.store(out_ptr + 12, v12.to(tl.int64))
+    tl.store(out_ptr + 13, v13.to(tl.int64))
+    tl.store(out_ptr + 14, v14.to(tl.int64))
+    tl.store(out_ptr + 15, v15.to(tl.int64))
+
+
+_TABLES: dict = {}        # address tuple -> device table (recently used; bounded)
+_CAPTURED_TABLES = []     # tables a CUDA graph reads on every replay: never freed
+FORCE_FILL_KERNEL = False  # tests: take the graph-capture path under the interpreter too
+
+
+def _capturing() -> bool:
+    return not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
+
+
+def _device_table(values):
+    """An int64 device tensor holding ``values`` (a flat list, length a multiple of 6)."""
+    key = tuple(values)
+    table = _TABLES.get(key)
+    capturing = _capturing()
     if table is None:
-        rows = [(i, start) for i, n in enumerate(numels) for start in range(0, n, block)]
-        table = _CHUNKS[key] = torch.tensor(rows, dtype=torch.int64).reshape(-1, 2).to(runtime.device())
+        if capturing or FORCE_FILL_KERNEL:
+            padded = list(values) + [0] * (-len(values) % FILL_WIDTH)
+            table = torch.empty(len(padded), dtype=torch.int64, device=runtime.device())
+            for i in range(0, len(padded), FILL_WIDTH):
+                runtime.launch(fill_table_kernel, (1,), (table[i:], *padded[i:i + FILL_WIDTH]), {},
+                               runtime.LaunchInfo("optimizer_table", ((FILL_WIDTH,),), torch.int64,
+                                                  bytes=8 * FILL_WIDTH))
+        else:
+            table = torch.tensor(values, dtype=torch.int64).to(runtime.device())
+        if len(_TABLES) >= 16:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = table
+    if capturing:
+        _CAPTURED_TABLES.append(table)
     return table
 
 
 def _tables(groups, names):
-    """Validate tensors and build the address table (T, len(groups) + 1) and the chunk table."""
+    """Validate tensors; return the device address table, the number of chunks and the numels."""
     params = groups[0]
     dtype = params[0].dtype
     for name, group in zip(names, groups):
@@ -122,9 +180,16 @@ def _tables(groups, names):
                 raise ValueError(f"{name}[{i}] must be contiguous with params[{i}]'s shape "
                                  f"{tuple(params[i].shape)} and dtype {dtype}, got {tuple(t.shape)} {t.dtype}")
     numels = [p.numel() for p in params]
-    rows = [[g[i].data_ptr() for g in groups] + [numels[i]] for i in range(len(params))]
-    table = torch.tensor(rows, dtype=torch.int64).to(runtime.device())
-    return table, _chunk_table(numels, BLOCK), numels
+    values, chunks = [], 0
+    for i, n in enumerate(numels):
+        addresses = [g[i].data_ptr() for g in groups]
+        values += addresses + [addresses[-1]] * (4 - len(addresses)) + [n, chunks]
+        chunks += triton.cdiv(n, BLOCK)
+    return _device_table(values), chunks, numels
+
+
+def _launch_constants(params):
+    return {"BLOCK": BLOCK, "BLOCK_T": max(16, triton.next_power_of_2(len(params)))}
 
 
 def _bytes(numels, dtype, streams):
@@ -143,10 +208,12 @@ def sgd_step(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0
     # Rows always have 4 columns; without momentum the unused buffer slot repeats the grad address.
     groups = [params, grads, momentum_buffers if has_momentum else grads]
     table, chunks, numels = _tables(groups, ["params", "grads", "momentum_buffers"])
-    runtime.launch(sgd_kernel, (chunks.shape[0],),
-                   (table, chunks, params[0], float(lr), float(weight_decay), float(momentum),
+    if chunks == 0:
+        return
+    runtime.launch(sgd_kernel, (chunks,),
+                   (table, len(params), params[0], float(lr), float(weight_decay), float(momentum),
                     0.0 if first_step else float(momentum), 1.0 if first_step else 1.0 - float(dampening)),
-                   {"HAS_MOMENTUM": has_momentum, "NESTEROV": bool(nesterov), "BLOCK": BLOCK},
+                   dict(_launch_constants(params), HAS_MOMENTUM=has_momentum, NESTEROV=bool(nesterov)),
                    runtime.LaunchInfo("sgd_step", tuple(tuple(p.shape) for p in params), params[0].dtype,
                                       flops=6 * sum(numels),
                                       bytes=_bytes(numels, params[0].dtype, 5 if has_momentum else 3),
@@ -161,14 +228,16 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, we
         return
     groups = [params, grads, exp_avgs, exp_avg_sqs]
     table, chunks, numels = _tables(groups, ["params", "grads", "exp_avgs", "exp_avg_sqs"])
+    if chunks == 0:
+        return
     # Bias corrections in Python double precision, as torch.optim computes them.
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
-    runtime.launch(adam_kernel, (chunks.shape[0],),
-                   (table, chunks, params[0], float(lr), float(weight_decay), float(1 - lr * weight_decay),
+    runtime.launch(adam_kernel, (chunks,),
+                   (table, len(params), params[0], float(lr), float(weight_decay), float(1 - lr * weight_decay),
                     float(1 - beta1), float(beta2), float(1 - beta2), float(eps), float(lr / bias_correction1),
                     float(bias_correction2 ** 0.5)),
-                   {"DECOUPLED": bool(decoupled), "BLOCK": BLOCK},
+                   dict(_launch_constants(params), DECOUPLED=bool(decoupled)),
                    runtime.LaunchInfo("adamw_step" if decoupled else "adam_step",
                                       tuple(tuple(p.shape) for p in params), params[0].dtype,
                                       flops=16 * sum(numels), bytes=_bytes(numels, params[0].dtype, 7),
