@@ -1,0 +1,724 @@
+"""2-D convolution as implicit GEMMs: forward (+bias +ReLU), input gradient (dgrad), weight gradient (wgrad).
+
+No im2col buffer exists in device memory: each kernel computes, per tile, which input element
+every (row, reduction index) pair of its GEMM reads, and loads it straight from the NCHW tensor
+(out-of-image positions are masked to zero, which is what padding means).
+
+    forward   y[n, co, oh, ow]      M = N*OH*OW pixels   x  N = C_out/g   reduce over C_in/g * KH * KW
+    dgrad     dx[n, ci, ih, iw]     M = N*H*W pixels     x  N = C_in/g    reduce over C_out/g * (valid kh, kw)
+    wgrad     dw[co, ci, kh, kw]    M = C_out/g          x  N = C_in/g*KH*KW   reduce over N*OH*OW
+
+How the reduction dimension is walked (``MODE``):
+
+- ``PACKED``: kernel window and channels are one index ``k = c*KH*KW + kh*KW + kw`` (torch's weight
+  layout), so C_in = 1 or 3 with a 5x5 window is a reduction of 25 or 75, not 16 padded channels
+  per tap.
+- ``WINDOW_OUTER``: for wide layers (>= 32 channels per group) the loops are kh, kw outside and
+  channel chunks inside, so the spatial index math and masks are computed once per tap.
+- ``PLAIN_GEMM``: 1x1, stride 1, no padding: the convolution *is* a GEMM over channels.
+
+dgrad with stride > 1 is launched once per stride phase (input rows ``ih = ph + s*i``); within a
+phase only the kernel taps that land on an output pixel contribute, so no zeros are multiplied.
+wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
+large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
+deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into wgrad.
+The ReLU derivative is applied while loading dy (mask from the saved output) in both backward
+kernels, so there is no separate ReLU-backward pass.
+
+Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
+sizes only; under the interpreter (and when a ``config`` is passed) one fixed config, large there
+because the interpreter's cost is per program and per op.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+
+PACKED: tl.constexpr = tl.constexpr(0)
+WINDOW_OUTER: tl.constexpr = tl.constexpr(1)
+PLAIN_GEMM: tl.constexpr = tl.constexpr(2)
+
+# Channels per group from which the window-outer walk beats packing window and channels together.
+WINDOW_OUTER_MIN_CHANNELS = 32
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b with fp32 accumulation. DOT_FP32 converts the operands first (bf16 under the
+    interpreter, where bf16 dots are broken); on the GPU bf16/fp16 go to the tensor cores as they are."""
+    if DOT_FP32:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def conv2d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, OH, OW, M, C_OUT,
+    sxn, sxc, sxh, sxw,
+    swo, swc, swh, sww,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    CG_IN, CG_OUT, K_RED,
+    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y = act(conv2d(x, w) + b), one program per (BLOCK_N out channels, BLOCK_M output pixels, group).
+
+    x: [N, C_in, H, W] any strides (sx*). w: [C_out, CG_IN, KH, KW] any strides (sw*).
+    b: [C_out] contiguous (unused unless HAS_BIAS). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
+    Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
+    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    OHW = OH * OW
+    n_idx = offs_m // OHW
+    p = offs_m % OHW
+    oh = p // OW
+    ow = p % OW
+    x_row = n_idx * sxn + g * CG_IN * sxc
+
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+    w_col = co_g * swo
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if MODE == PACKED:
+        ih0 = oh * stride_h - pad_h
+        iw0 = ow * stride_w - pad_w
+        KHW = KH * KW
+        for k0 in range(0, K_RED, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < K_RED
+            c = k // KHW
+            r = k % KHW
+            kh = r // KW
+            kw = r % KW
+            ih = ih0[:, None] + (kh * dil_h)[None, :]
+            iw = iw0[:, None] + (kw * dil_w)[None, :]
+            a_mask = m_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + x_row[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
+            b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
+                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    elif MODE == WINDOW_OUTER:
+        for kh in range(0, KH):
+            ih = oh * stride_h - pad_h + kh * dil_h
+            for kw in range(0, KW):
+                iw = ow * stride_w - pad_w + kw * dil_w
+                sp_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                sp_off = x_row + ih * sxh + iw * sxw
+                w_off = w_col + kh * swh + kw * sww
+                for c0 in range(0, CG_IN, BLOCK_K):
+                    c = c0 + tl.arange(0, BLOCK_K)
+                    c_mask = c < CG_IN
+                    a = tl.load(x_ptr + sp_off[:, None] + (c * sxc)[None, :],
+                                mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+                    b = tl.load(w_ptr + w_off[None, :] + (c * swc)[:, None],
+                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+                    acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    else:
+        sp_off = x_row + oh * sxh + ow * sxw
+        for c0 in range(0, CG_IN, BLOCK_K):
+            c = c0 + tl.arange(0, BLOCK_K)
+            c_mask = c < CG_IN
+            a = tl.load(x_ptr + sp_off[:, None] + (c * sxc)[None, :], mask=m_mask[:, None] & c_mask[None, :],
+                        other=0.0)
+            b = tl.load(w_ptr + w_col[None, :] + (c * swc)[:, None], mask=c_mask[:, None] & n_mask[None, :],
+                        other=0.0)
+            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
+    y_off = (n_idx * C_OUT * OHW + p)[:, None] + (co_g * OHW)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _load_dy(dy_ptr, o_ptr, n_idx, co_g, oh, ow, mask,
+             sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU: tl.constexpr):
+    """dy at (n, co, oh, ow); with RELU, zero where the saved output is <= 0 (torch's threshold_backward)."""
+    dy = tl.load(dy_ptr + n_idx * sdn + co_g * sdc + oh * sdh + ow * sdw, mask=mask, other=0.0)
+    if RELU:
+        out = tl.load(o_ptr + n_idx * son + co_g * soc + oh * soh + ow * sow, mask=mask, other=0.0)
+        dy = tl.where(out <= 0, tl.zeros_like(dy), dy)
+    return dy
+
+
+@triton.jit
+def conv2d_dgrad_kernel(
+    dy_ptr, o_ptr, w_ptr, dx_ptr,
+    H, W, OH, OW, M, C_IN, HP, WP, PH, PW,
+    sdn, sdc, sdh, sdw,
+    son, soc, soh, sow,
+    swo, swc, swh, sww,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
+    KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
+    CG_IN, CG_OUT, K_RED,
+    MODE: tl.constexpr, RELU: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i).
+
+    dy: [N, C_out, OH, OW] any strides (sd*). o: the saved output, same shape (so*), read only if RELU.
+    w: [C_out, CG_IN, KH, KW] any strides (sw*). dx: [N, C_IN, H, W] contiguous.
+    The phase has HP x WP input pixels per image; M = N*HP*WP. Its contributing taps are
+    kh = KH0 + KSTEP_H*t (t < NKH), likewise kw; K_RED = CG_OUT*NKH*NKW. A phase no tap reaches
+    (NKH or NKW = 0) still writes its zeros.
+    Grid: (cdiv(CG_IN, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    PHW = HP * WP
+    n_idx = offs_m // PHW
+    q = offs_m % PHW
+    ih = PH + (q // WP) * stride_h
+    iw = PW + (q % WP) * stride_w
+
+    ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ci < CG_IN
+    w_col = ci * swc
+    co_base = g * CG_OUT
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if MODE == PACKED:
+        NT = NKH * NKW
+        for k0 in range(0, K_RED, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < K_RED
+            co_g = co_base + k // NT
+            r = k % NT
+            kh = KH0 + (r // NKW) * KSTEP_H
+            kw = KW0 + (r % NKW) * KSTEP_W
+            # exact divisions: the phase was chosen so that these numerators are multiples of the stride
+            oh = (ih[:, None] + pad_h - (kh * dil_h)[None, :]) // stride_h
+            ow = (iw[:, None] + pad_w - (kw * dil_w)[None, :]) // stride_w
+            a_mask = m_mask[:, None] & k_mask[None, :] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+            a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], oh, ow, a_mask,
+                         sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
+                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    elif MODE == WINDOW_OUTER:
+        for th in range(0, NKH):
+            kh = KH0 + th * KSTEP_H
+            oh = (ih + pad_h - kh * dil_h) // stride_h
+            for tw in range(0, NKW):
+                kw = KW0 + tw * KSTEP_W
+                ow = (iw + pad_w - kw * dil_w) // stride_w
+                sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+                for c0 in range(0, CG_OUT, BLOCK_K):
+                    c = c0 + tl.arange(0, BLOCK_K)
+                    c_mask = c < CG_OUT
+                    co_g = co_base + c
+                    a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], oh[:, None], ow[:, None],
+                                 sp_mask[:, None] & c_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+                    b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
+                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+                    acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    else:
+        for c0 in range(0, CG_OUT, BLOCK_K):
+            c = c0 + tl.arange(0, BLOCK_K)
+            c_mask = c < CG_OUT
+            co_g = co_base + c
+            a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], ih[:, None], iw[:, None],
+                         m_mask[:, None] & c_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            b = tl.load(w_ptr + (co_g * swo)[:, None] + w_col[None, :], mask=c_mask[:, None] & n_mask[None, :],
+                        other=0.0)
+            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+
+    HW = H * W
+    dx_off = (n_idx * C_IN * HW + ih * W + iw)[:, None] + ((g * CG_IN + ci) * HW)[None, :]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def conv2d_wgrad_kernel(
+    dy_ptr, o_ptr, x_ptr, dw_ptr,
+    H, W, OH, OW, P, C_OUT,
+    sdn, sdc, sdh, sdw,
+    son, soc, soh, sow,
+    sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw[co, k] = sum_p dy[p, co] * x_window[p, k] (and db[co] = sum_p dy[p, co]) over one split of p.
+
+    dy: [N, C_out, OH, OW] (sd*), o: saved output, same shape (so*, read only if RELU),
+    x: [N, C_in, H, W] (sx*), all any strides. p runs over P = N*OH*OW output pixels, split s of
+    SPLIT covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
+    dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
+    by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
+    this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
+    Grid: (cdiv(K_W, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    g = (pid_z // SPLIT).to(tl.int64)
+    split = pid_z % SPLIT
+
+    co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+
+    KHW = KH * KW
+    k = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_mask = k < K_W
+    ci = k // KHW
+    r = k % KHW
+    kh = r // KW
+    kw = r % KW
+    x_col = (g * CG_IN + ci) * sxc
+    ihk = kh * dil_h - pad_h
+    iwk = kw * dil_w - pad_w
+
+    OHW = OH * OW
+    p_start = split.to(tl.int64) * P_PER_SPLIT
+    p_end = tl.minimum(p_start + P_PER_SPLIT, P)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for p0 in range(p_start, p_end, BLOCK_K):
+        p = p0 + tl.arange(0, BLOCK_K)
+        p_mask = p < p_end
+        n_idx = p // OHW
+        q = p % OHW
+        oh = q // OW
+        ow = q % OW
+        a = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
+                     m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+        if HAS_BIAS:
+            bias_acc += tl.sum(a.to(tl.float32), axis=1)
+        ih = (oh * stride_h)[:, None] + ihk[None, :]
+        iw = (ow * stride_w)[:, None] + iwk[None, :]
+        b_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b = tl.load(x_ptr + (n_idx * sxn)[:, None] + x_col[None, :] + ih * sxh + iw * sxw, mask=b_mask, other=0.0)
+        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+
+    base = split.to(tl.int64) * SPLIT_STRIDE
+    dw_off = base + (co_g * K_W)[:, None] + k[None, :]
+    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & k_mask[None, :])
+    if HAS_BIAS:
+        if pid_n == 0:
+            tl.store(dw_ptr + base + C_OUT * K_W + co_g, bias_acc.to(dw_ptr.dtype.element_ty), mask=m_mask)
+
+
+@triton.jit
+def splitk_reduce_kernel(ws_ptr, out_ptr, L, SPLIT, BLOCK: tl.constexpr):
+    """out[i] = sum over s = 0..SPLIT-1, in that order, of ws[s*L + i]; ws fp32 [SPLIT, L], out [L]."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < L
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(0, SPLIT):
+        acc += tl.load(ws_ptr + s * L + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- tile configurations
+
+
+def _np2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# GPU candidates. GEMM-N (out channels for fwd, in channels for dgrad) is small in these CNNs, so
+# the list spans BLOCK_N 16..128 and prunes by the actual size; BLOCK_M 128 keeps the tensor
+# cores busy on the long pixel dimension; BLOCK_K 32/64 with 3-4 stages hides the gather latency.
+FWD_CONFIGS = [
+    _cfg(128, 16, 32, 4, 3),
+    _cfg(128, 32, 32, 4, 3),
+    _cfg(128, 64, 32, 4, 4),
+    _cfg(128, 128, 32, 8, 3),
+    _cfg(128, 64, 64, 4, 3),
+    _cfg(128, 128, 64, 8, 3),
+]
+# wgrad: GEMM-M is out channels, GEMM-N the weight row (C_in*KH*KW), the reduction the pixels.
+WGRAD_CONFIGS = [
+    _cfg(16, 32, 128, 4, 3),
+    _cfg(64, 32, 128, 4, 3),
+    _cfg(64, 64, 64, 4, 3),
+    _cfg(128, 64, 64, 4, 3),
+    _cfg(128, 128, 64, 8, 3),
+]
+
+
+def _prune(configs, width: int, depth: int):
+    """Keep configs whose tiles do not dwarf the GEMM-N size ``width`` and the reduction chunk
+    ``depth``; at most the three largest survivors (each config is a compile and a benchmark)."""
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_N"] <= max(16, _np2(width)) and c.kwargs["BLOCK_K"] <= max(32, _np2(depth))]
+    if not kept:
+        smallest = min(c.kwargs["BLOCK_N"] for c in configs)
+        kept = [c for c in configs if c.kwargs["BLOCK_N"] == smallest]
+    return sorted(kept, key=lambda c: -c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])[:3]
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    depth = named_args["CG_IN"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
+    return _prune(configs, named_args["CG_OUT"], depth)
+
+
+def _prune_dgrad(configs, named_args, **kwargs):
+    depth = named_args["CG_OUT"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
+    return _prune(configs, named_args["CG_IN"], depth)
+
+
+def _prune_wgrad(configs, named_args, **kwargs):
+    rows = max(16, _np2(named_args["CG_OUT"]))
+    cols = max(32, _np2(named_args["K_W"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= rows and c.kwargs["BLOCK_N"] <= cols]
+    if not kept:
+        kept = [configs[0]]
+    return sorted(kept, key=lambda c: -c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])[:3]
+
+
+def _quick_bench(fn, quantiles):
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+conv2d_fwd_autotuned = triton.autotune(FWD_CONFIGS, key=["CG_OUT", "K_RED"], do_bench=_quick_bench,
+                                       prune_configs_by={"early_config_prune": _prune_fwd})(conv2d_fwd_kernel)
+conv2d_dgrad_autotuned = triton.autotune(FWD_CONFIGS, key=["CG_IN", "K_RED"], do_bench=_quick_bench,
+                                         prune_configs_by={"early_config_prune": _prune_dgrad})(conv2d_dgrad_kernel)
+conv2d_wgrad_autotuned = triton.autotune(WGRAD_CONFIGS, key=["CG_OUT", "K_W"], do_bench=_quick_bench,
+                                         prune_configs_by={"early_config_prune": _prune_wgrad})(conv2d_wgrad_kernel)
+
+
+def _interpreter_config(kind: str, rows: int, cols: int, red: int) -> dict:
+    """One fixed config for the interpreter: few, large programs (its cost is per program and op).
+
+    Two sizes per kernel, so the specialisations CI compiles for sm_90 stay few; BLOCK_M*N*K is
+    capped at 2**18 because an IEEE-fp32 dot is unrolled into FMAs and ptxas time grows with it
+    (512x64x64 takes 10-25 s to compile, 512x16x32 about 2 s).
+    """
+    if kind == "wgrad":
+        if rows <= 16:
+            return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "num_warps": 8, "num_stages": 1}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 8, "num_stages": 1}
+    if cols <= 16:
+        return {"BLOCK_M": 512, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
+    return {"BLOCK_M": 256, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
+
+
+def _split_config(config):
+    config = dict(config)
+    options = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
+    return config, options
+
+
+# ----------------------------------------------------------------------------- argument handling
+
+
+def _pair(value, name: str):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+class ConvGeometry:
+    """Validated shapes and options of one conv2d: everything the three kernels need."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups):
+        if len(x_shape) != 4:
+            raise ValueError(f"x must be 4-D (N, C_in, H, W), got {len(x_shape)}-D with shape {tuple(x_shape)}")
+        if len(w_shape) != 4:
+            raise ValueError(f"weight must be 4-D (C_out, C_in/groups, KH, KW), got {len(w_shape)}-D "
+                             f"with shape {tuple(w_shape)}")
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        self.N, self.C_in, self.H, self.W = (int(v) for v in x_shape)
+        self.C_out, self.CG_IN, self.KH, self.KW = (int(v) for v in w_shape)
+        self.groups = groups
+        if self.C_in % groups:
+            raise ValueError(f"groups={groups} must divide x's channels (C_in={self.C_in})")
+        if self.C_out % groups:
+            raise ValueError(f"groups={groups} must divide weight's out channels (C_out={self.C_out})")
+        if self.CG_IN * groups != self.C_in:
+            raise ValueError(f"channel mismatch: weight expects C_in = {self.CG_IN} * groups {groups} = "
+                             f"{self.CG_IN * groups} input channels, x has {self.C_in}")
+        if min(self.N, self.C_out, self.CG_IN, self.KH, self.KW) < 1:
+            raise ValueError(f"x {tuple(x_shape)} and weight {tuple(w_shape)} must have no empty dimension")
+        self.CG_OUT = self.C_out // groups
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if min(self.stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride!r}")
+        if min(self.dilation) < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+        eff_h = self.dilation[0] * (self.KH - 1) + 1
+        eff_w = self.dilation[1] * (self.KW - 1) + 1
+        if isinstance(padding, str):
+            if padding == "valid":
+                pad_total = (0, 0)
+            elif padding == "same":
+                if self.stride != (1, 1):
+                    raise ValueError(f"padding='same' needs stride 1 (as in torch), got stride={stride!r}")
+                pad_total = (eff_h - 1, eff_w - 1)
+            else:
+                raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+            # torch puts the odd extra row/column of 'same' padding at the bottom/right
+            self.padding = (pad_total[0] // 2, pad_total[1] // 2)
+        else:
+            self.padding = _pair(padding, "padding")
+            if min(self.padding) < 0:
+                raise ValueError(f"padding must be >= 0, got {padding!r}")
+            pad_total = (2 * self.padding[0], 2 * self.padding[1])
+        padded_h, padded_w = self.H + pad_total[0], self.W + pad_total[1]
+        if eff_h > padded_h or eff_w > padded_w:
+            raise ValueError(f"kernel size (dilated) {eff_h}x{eff_w} is larger than the padded input "
+                             f"{padded_h}x{padded_w} (x spatial {self.H}x{self.W}, padding {padding!r})")
+        self.OH = (padded_h - eff_h) // self.stride[0] + 1
+        self.OW = (padded_w - eff_w) // self.stride[1] + 1
+
+    @property
+    def out_shape(self):
+        return (self.N, self.C_out, self.OH, self.OW)
+
+    @property
+    def macs(self) -> int:
+        return self.N * self.OH * self.OW * self.C_out * self.CG_IN * self.KH * self.KW
+
+    @property
+    def plain_gemm(self) -> bool:
+        return (self.KH, self.KW, self.stride, self.padding) == (1, 1, (1, 1), (0, 0))
+
+    def mode(self, channels: int) -> int:
+        if self.plain_gemm:
+            return 2
+        return 1 if channels >= WINDOW_OUTER_MIN_CHANNELS else 0
+
+    def scalars(self):
+        return (self.stride[0], self.stride[1], self.padding[0], self.padding[1],
+                self.dilation[0], self.dilation[1])
+
+
+def _check_pair(x, weight, bias=None):
+    runtime.check_tensor(x, "x", ndim=None)
+    runtime.check_tensor(weight, "weight", ndim=None)
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if bias is not None:
+        runtime.check_tensor(bias, "bias", ndim=1)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) (one per out channel), "
+                             f"got {tuple(bias.shape)}")
+
+
+def _dot_flags(dtype):
+    # bf16 dots are broken in the interpreter: convert to fp32 there; GPU keeps bf16 tensor-core operands
+    return {"DOT_FP32": bool(runtime.INTERPRETED and dtype == torch.bfloat16),
+            "PRECISION": runtime.dot_precision(dtype)}
+
+
+def _check_activation(activation):
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return activation == "relu"
+
+
+def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
+    return lambda meta: (triton.cdiv(cols, meta[cols_per_tile_key]), triton.cdiv(rows, meta[rows_per_tile_key]),
+                         depth)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+                   config=None):
+    """y = activation(conv2d(x, weight) + bias), torch semantics, one launch.
+
+    x: [N, C_in, H, W] (any strides), weight: [C_out, C_in/groups, KH, KW], bias: [C_out] or None,
+    all one float dtype. Returns y [N, C_out, OH, OW] contiguous in that dtype. ``config``
+    (``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` and optionally ``num_warps``/``num_stages``) fixes the
+    tiles instead of autotuning (always fixed under the interpreter).
+    """
+    _check_pair(x, weight, bias)
+    relu = _check_activation(activation)
+    geo = ConvGeometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
+    y = runtime.empty(geo.out_shape, x.dtype)
+    M = geo.N * geo.OH * geo.OW
+    mode = geo.mode(geo.CG_IN)
+    args = (x, weight, bias if bias is not None else y, y, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out,
+            *x.stride(), *weight.stride(), *geo.scalars(), geo.KH, geo.KW, geo.CG_IN, geo.CG_OUT,
+            geo.CG_IN * geo.KH * geo.KW)
+    consts = {"MODE": mode, "HAS_BIAS": bias is not None, "RELU": relu, **_dot_flags(x.dtype)}
+    esize = x.element_size()
+    info = runtime.LaunchInfo(
+        "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x.shape), tuple(weight.shape)), x.dtype,
+        flops=2 * geo.macs + (y.numel() if bias is not None else 0) + (y.numel() if relu else 0),
+        bytes=(x.numel() + weight.numel() + y.numel() + (bias.numel() if bias is not None else 0)) * esize)
+    _launch_gemm(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
+                 geo.CG_IN if mode else geo.CG_IN * geo.KH * geo.KW, args, consts, info, config)
+    return y
+
+
+def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, red, args, consts, info, config):
+    if config is None and not runtime.INTERPRETED:
+        runtime.launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), args, consts, info)
+        return
+    if config is None:
+        config = _interpreter_config(kind, rows, cols, red)
+    blocks, options = _split_config(config)
+    grid = (triton.cdiv(cols, blocks["BLOCK_N"]), triton.cdiv(rows, blocks["BLOCK_M"]), groups)
+    runtime.launch(kernel, grid, args, {**consts, **blocks, **options}, info)
+
+
+def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
+    """Taps kh that reach input row ih = phase (mod stride): first, step, count."""
+    step = stride // math.gcd(stride, dil)
+    first = next((kh for kh in range(min(ksize, step)) if (phase + pad - kh * dil) % stride == 0), None)
+    if first is None:
+        return 0, 1, 0
+    return first, step, len(range(first, ksize, step))
+
+
+def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1, groups=1, out=None,
+                      config=None):
+    """dx for y = conv2d(x, weight, ...) (with ReLU fused when ``out``, the saved y, is given).
+
+    grad_out: [N, C_out, OH, OW] any strides; weight: [C_out, C_in/groups, KH, KW]; returns dx with
+    shape ``x_shape``, contiguous, in grad_out's dtype. One launch per stride phase.
+    """
+    runtime.check_tensor(grad_out, "grad_out", ndim=4)
+    runtime.check_tensor(weight, "weight", ndim=4)
+    geo = ConvGeometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    _check_grad(grad_out, weight, geo, out)
+    dx = runtime.empty(tuple(x_shape), grad_out.dtype)
+    o = out if out is not None else grad_out
+    sh, sw = geo.stride
+    esize = grad_out.element_size()
+    for ph in range(min(sh, geo.H)):
+        kh0, kstep_h, nkh = _phase_taps(ph, sh, geo.padding[0], geo.dilation[0], geo.KH)
+        hp = len(range(ph, geo.H, sh))
+        for pw in range(min(sw, geo.W)):
+            kw0, kstep_w, nkw = _phase_taps(pw, sw, geo.padding[1], geo.dilation[1], geo.KW)
+            wp = len(range(pw, geo.W, sw))
+            M = geo.N * hp * wp
+            mode = geo.mode(geo.CG_OUT)
+            red = geo.CG_OUT * nkh * nkw
+            args = (grad_out, o, weight, dx, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw,
+                    *grad_out.stride(), *o.stride(), *weight.stride(), *geo.scalars(), geo.KW,
+                    kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red)
+            consts = {"MODE": mode, "RELU": out is not None, **_dot_flags(grad_out.dtype)}
+            info = runtime.LaunchInfo(
+                "conv2d_dgrad" + ("_relu" if out is not None else ""), (tuple(grad_out.shape), tuple(weight.shape)),
+                grad_out.dtype, flops=2 * M * geo.CG_IN * red * geo.groups,
+                bytes=(grad_out.numel() * (2 if out is not None else 1) + weight.numel()) * esize // (sh * sw)
+                + M * geo.C_in * esize)
+            _launch_gemm(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN, geo.groups,
+                         geo.CG_OUT if mode else red, args, consts, info, config)
+    return dx
+
+
+def _check_grad(grad_out, weight, geo, out):
+    if tuple(grad_out.shape) != geo.out_shape:
+        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
+    if weight.dtype != grad_out.dtype:
+        raise TypeError(f"weight must have grad_out's dtype {grad_out.dtype}, got {weight.dtype}")
+    if out is not None:
+        runtime.check_tensor(out, "out", ndim=4)
+        if tuple(out.shape) != geo.out_shape:
+            raise ValueError(f"out must have the output's shape {geo.out_shape}, got {tuple(out.shape)}")
+
+
+def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
+    """(SPLIT, P_PER_SPLIT) for wgrad: split the pixel reduction when the weight tiles alone would
+    leave the GPU mostly idle (LeNet: 150-element weight rows, 50k pixels)."""
+    P = geo.N * geo.OH * geo.OW
+    if split_k is None:
+        if runtime.INTERPRETED:
+            split_k = 1
+        else:
+            sms = torch.cuda.get_device_properties(runtime.device()).multi_processor_count
+            tiles = triton.cdiv(geo.CG_OUT, 64) * triton.cdiv(geo.CG_IN * geo.KH * geo.KW, 64) * geo.groups
+            split_k = max(1, min(triton.cdiv(2 * sms, tiles), P // 2048))
+    split_k = max(1, min(int(split_k), P))
+    per = triton.cdiv(triton.cdiv(P, split_k), 512) * 512  # a multiple of every BLOCK_K
+    return triton.cdiv(P, per), per
+
+
+def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, groups=1, out=None,
+                       bias_grad=False, split_k=None, config=None):
+    """(dw, db) for y = conv2d(x, w, b, ...) (ReLU fused when ``out``, the saved y, is given).
+
+    grad_out: [N, C_out, OH, OW], x: [N, C_in, H, W], both any strides. dw has ``w_shape``; db is
+    [C_out] when ``bias_grad`` else None; both contiguous in x's dtype. ``split_k`` fixes the number
+    of pixel splits (default: chosen for the GPU; 1 under the interpreter). Deterministic.
+    """
+    runtime.check_tensor(grad_out, "grad_out", ndim=4)
+    runtime.check_tensor(x, "x", ndim=4)
+    geo = ConvGeometry(x.shape, w_shape, stride, padding, dilation, groups)
+    if x.dtype != grad_out.dtype:
+        raise TypeError(f"x must have grad_out's dtype {grad_out.dtype}, got {x.dtype}")
+    if tuple(grad_out.shape) != geo.out_shape:
+        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
+    if out is not None:
+        runtime.check_tensor(out, "out", ndim=4)
+    K_W = geo.CG_IN * geo.KH * geo.KW
+    P = geo.N * geo.OH * geo.OW
+    L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
+    split, per = wgrad_split(geo, split_k)
+    flat = runtime.empty((L,), x.dtype)
+    target = flat if split == 1 else runtime.empty((split, L), torch.float32)
+    o = out if out is not None else grad_out
+    args = (grad_out, o, x, target, geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out,
+            *grad_out.stride(), *o.stride(), *x.stride(), *geo.scalars(), geo.KH, geo.KW,
+            geo.CG_IN, geo.CG_OUT, K_W, split, per, L)
+    consts = {"RELU": out is not None, "HAS_BIAS": bool(bias_grad), **_dot_flags(x.dtype)}
+    esize = x.element_size()
+    info = runtime.LaunchInfo(
+        "conv2d_wgrad" + ("_relu" if out is not None else ""), (tuple(grad_out.shape), tuple(x.shape)), x.dtype,
+        flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
+        bytes=(grad_out.numel() * (2 if out is not None else 1) + x.numel()) * esize
+        + (L * esize if split == 1 else split * L * 4))
+    if config is None and not runtime.INTERPRETED:
+        grid = lambda meta: (triton.cdiv(K_W, meta["BLOCK_N"]), triton.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
+                             geo.groups * split)
+        runtime.launch(conv2d_wgrad_autotuned, grid, args, consts, info)
+    else:
+        blocks, options = _split_config(config or _interpreter_config("wgrad", geo.CG_OUT, K_W, P))
+        grid = (triton.cdiv(K_W, blocks["BLOCK_N"]), triton.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
+        runtime.launch(conv2d_wgrad_kernel, grid, args, {**consts, **blocks, **options}, info)
+    if split > 1:
+        block = 16384 if runtime.INTERPRETED else 1024
+        runtime.launch(splitk_reduce_kernel, (triton.cdiv(L, block),), (target, flat, L, split), {"BLOCK": block},
+                       runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x.dtype, flops=split * L,
+                                          bytes=split * L * 4 + L * esize))
+    dw = flat[: geo.C_out * K_W].view(tuple(w_shape))
+    db = flat[geo.C_out * K_W:] if bias_grad else None
+    return dw, db
