@@ -176,5 +176,40 @@ def mean_all(x):
                   lambda grad: (_ew.scale_by_scalar(None, grad, 1.0 / max(n, 1), shape=shape, dtype=dtype),))
 
 
+# ----------------------------------------------------------------------------- convolution (CONV)
+
+from .kernels import conv as _conv_kernels  # noqa: E402
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    """torch.nn.functional.conv2d on (N, C_in, H, W) input, with an optional fused ``activation``
+    (None or "relu") applied in the same kernel as the bias.
+
+    Saves only what the wanted gradients need: the input (for the weight's), the weight (for the
+    input's; a reference to the parameter, not a copy) and, with ReLU, the output (its sign gates
+    the gradient while the backward kernels load it).
+    """
+    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
+    b = as_tensor(bias, "bias") if bias is not None else None
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = _conv_kernels.conv2d_forward(x.data, w.data, None if b is None else b.data, activation=activation, **opts)
+    need_x, need_w = x.requires_grad, w.requires_grad
+    need_b = b is not None and b.requires_grad
+    y_saved = y if activation == "relu" else None
+    x_saved = x.data if (need_w or need_b) else None
+    w_saved = w.data if need_x else None
+    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
+
+    def backward(grad):
+        gx = gw = gb = None
+        if need_x:
+            gx = _conv_kernels.conv2d_input_grad(grad, w_saved, x_shape, out=y_saved, **opts)
+        if need_w or need_b:
+            gw, gb = _conv_kernels.conv2d_weight_grad(grad, x_saved, w_shape, out=y_saved, bias_grad=need_b, **opts)
+        return gx, (gw if need_w else None), gb
+
+    return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, y_saved))
+
+
 from .tape import Tensor as _TapeTensor  # noqa: E402
 from .tape import is_grad_enabled as _tape_grad_enabled  # noqa: E402

@@ -156,7 +156,7 @@ def _load_dy(dy_ptr, o_ptr, n_idx, co_g, oh, ow, mask,
     dy = tl.load(dy_ptr + n_idx * sdn + co_g * sdc + oh * sdh + ow * sdw, mask=mask, other=0.0)
     if RELU:
         out = tl.load(o_ptr + n_idx * son + co_g * soc + oh * soh + ow * sow, mask=mask, other=0.0)
-        dy = tl.where(out <= 0, tl.zeros_like(dy), dy)
+        dy = tl.where(out.to(tl.float32) <= 0, tl.zeros_like(dy), dy)  # fp32: bf16 compares break interpreted
     return dy
 
 

@@ -10,3 +10,6 @@ __all__ += ["MaxPool2d"]
 from .linear import Linear  # noqa: E402  (TRAINKERNELS)
 from .activation import ReLU, Flatten  # noqa: E402  (TRAINKERNELS)
 __all__ += ["Linear", "ReLU", "Flatten"]
+
+from .conv import Conv2d  # noqa: E402  (CONV)
+__all__ += ["Conv2d"]
