@@ -142,13 +142,16 @@ def cross_entropy_case(batch, classes):
 
 def op_rows(quick, interpreted, peaks, start):
     rows = []
+    everything = ["fp32", "tf32", "bf16"]
     if interpreted:
-        linear_shapes, dtypes, ce_shapes = [(8, 32, 16)], ["fp32"], [(8, 10)]
+        linear_shapes, ce_shapes = [(8, 32, 16, ["fp32"])], [(8, 10)]
     elif quick:
-        linear_shapes, dtypes, ce_shapes = [(256, 400, 120), (512, 4096, 512)], ["fp32", "bf16"], [(512, 10)]
-    else:
-        linear_shapes = [(256, fi, fo) for fi, fo in LENET_FC] + [(512, fi, fo) for fi, fo in VGG_FC]
-        dtypes, ce_shapes = ["fp32", "tf32", "bf16"], [(256, 10), (512, 10), (512, 1000)]
+        linear_shapes, ce_shapes = [(256, 400, 120, ["fp32", "bf16"]), (512, 4096, 512, ["fp32", "bf16"])], [(512, 10)]
+    else:  # every precision for the largest layer of each net, fp32 for the others
+        (lenet_in, lenet_out), (vgg_in, vgg_out) = LENET_FC[0], VGG_FC[0]
+        linear_shapes = ([(256, lenet_in, lenet_out, everything)] + [(256, i, o, ["fp32"]) for i, o in LENET_FC[1:]]
+                         + [(512, vgg_in, vgg_out, everything)] + [(512, i, o, ["fp32"]) for i, o in VGG_FC[1:]])
+        ce_shapes = [(256, 10), (512, 10), (512, 1000)]
 
     def run_row(name, shape, dtype_name, tn_fn, tn_sets, torch_fn, torch_sets, compiled_fn=None):
         row = {"op": name, "shape": shape, "dtype": dtype_name}
@@ -183,7 +186,7 @@ def op_rows(quick, interpreted, peaks, start):
         rows.append(row)
         print(_format(row), flush=True)
 
-    for batch, fin, fout in linear_shapes:
+    for batch, fin, fout, dtypes in linear_shapes:
         for dtype_name in dtypes:
             for name, tn_fn, tn_sets, torch_fn, torch_sets in linear_cases(batch, fin, fout, DTYPES[dtype_name]):
                 run_row(name, f"{batch}x{fin}->{fout}", dtype_name, tn_fn, tn_sets, torch_fn, torch_sets)
