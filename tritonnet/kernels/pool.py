@@ -32,6 +32,28 @@ from .. import runtime
 
 
 # ----------------------------------------------------------------------------- forward
+#
+# Window sizes are runtime arguments, so one compiled kernel serves every geometry; UNROLL (2 or
+# 3: windows up to 2x2 or 3x3, the ones CNNs use) unrolls the window loops at compile time, with
+# positions beyond the real window masked off, so their loads are all in flight at once.
+# UNROLL = 0 loops at run time over any window size.
+
+
+@triton.jit
+def _take_max(v, valid, k, best, best_k):
+    """torch's scan step: a NaN replaces whatever is there (``val > maxval || isnan(val)``) and the
+    first valid position is taken unconditionally, so an all -inf window still has an index."""
+    take = valid & ((v > best) | (v != v) | (best_k < 0))
+    return tl.where(take, v, best), tl.where(take, k, best_k)
+
+
+@triton.jit
+def _visit_column(x_ptr, row_base, h_ok, iw, w_ok, W, stride_w, k, best, best_k):
+    """Compare one window position (a row per output row, a column per output column)."""
+    m = h_ok[:, None] & (w_ok & (iw >= 0) & (iw < W))[None, :]
+    v = tl.load(x_ptr + row_base[:, None] + iw.to(tl.int64)[None, :] * stride_w, mask=m,
+                other=float("-inf")).to(tl.float32)
+    return _take_max(v, m, k, best, best_k)
 
 
 @triton.jit
@@ -39,8 +61,8 @@ def max_pool2d_forward_kernel(
     x_ptr, out_ptr, argmax_ptr,
     R, C, H, W, OH, OW,
     stride_n, stride_c, stride_h, stride_w,
-    SH, SW, PH, PW, DH, DW,
-    KH: tl.constexpr, KW: tl.constexpr, PAIR_W: tl.constexpr,
+    KH, KW, SH, SW, PH, PW, DH, DW,
+    UNROLL: tl.constexpr, PAIR_W: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Max and compact argmax of every window.
@@ -49,8 +71,9 @@ def max_pool2d_forward_kernel(
     out:    [N, C, OH, OW] contiguous, x's dtype.          R = N * C * OH rows of OW outputs.
     argmax: [N, C, OH, OW] contiguous, uint8/int16/int32: ``kh * KW + kw`` of the winner.
     Program (i, j) covers output rows [i*BLOCK_R, ...) and columns [j*BLOCK_W, ...).
-    PAIR_W (KW == 2, SW == 2, DW == 1): each kernel row is read as one contiguous run of
-    2*BLOCK_W input columns and split into the two window columns (vectorised loads).
+    UNROLL: 0 (window loops at run time) or an unroll bound >= KH, KW.
+    PAIR_W (needs UNROLL, KW == 2, SW == 2, DW == 1): each kernel row is read as one contiguous
+    run of 2*BLOCK_W input columns and split into the two window columns (vectorised loads).
     Values are compared in float32 (exact for every input dtype; bf16 arithmetic is broken in the
     interpreter).
     """
@@ -65,40 +88,45 @@ def max_pool2d_forward_kernel(
     plane_base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
+    # ends of the windows: with the loops unrolled to UNROLL >= KH, positions at or past these are
+    # beyond the window (compared as vectors: the interpreter rejects masks from scalar compares)
+    ih_end = ih0 + KH * DH
+    iw_end = iw0 + KW * DW
 
     best = tl.full([BLOCK_R, BLOCK_W], float("-inf"), tl.float32)
     best_k = tl.full([BLOCK_R, BLOCK_W], -1, tl.int32)
     if PAIR_W:
-        # Input columns 2*ow - PW + {0, 1} for the tile's outputs, as one contiguous run.
+        # input columns 2*ow - PW + {0, 1} of the tile's outputs, as one contiguous run
         iw_run = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W) - PW
         run_ok = (iw_run >= 0) & (iw_run < W) & (iw_run < 2 * OW - PW)
-    for kh in range(KH):
-        ih = ih0 + kh * DH
-        h_ok = row_ok & (ih >= 0) & (ih < H)
-        row_base = plane_base + ih.to(tl.int64) * stride_h
-        if PAIR_W:
+        for kh in tl.static_range(UNROLL):
+            ih = ih0 + kh * DH
+            h_ok = row_ok & (ih >= 0) & (ih < H) & (ih < ih_end)
+            row_base = plane_base + ih.to(tl.int64) * stride_h
             m2 = h_ok[:, None] & run_ok[None, :]
             v2 = tl.load(x_ptr + row_base[:, None] + iw_run.to(tl.int64)[None, :] * stride_w,
                          mask=m2, other=float("-inf")).to(tl.float32)
             v_left, v_right = tl.split(tl.reshape(v2, [BLOCK_R, BLOCK_W, 2]))
             m_left, m_right = tl.split(tl.reshape(m2, [BLOCK_R, BLOCK_W, 2]))
-            take = m_left & ((v_left > best) | (v_left != v_left) | (best_k < 0))
-            best = tl.where(take, v_left, best)
-            best_k = tl.where(take, kh * 2, best_k)
-            take = m_right & ((v_right > best) | (v_right != v_right) | (best_k < 0))
-            best = tl.where(take, v_right, best)
-            best_k = tl.where(take, kh * 2 + 1, best_k)
-        else:
-            for kw in range(KW):
+            best, best_k = _take_max(v_left, m_left, kh * 2, best, best_k)
+            best, best_k = _take_max(v_right, m_right, kh * 2 + 1, best, best_k)
+    elif UNROLL > 0:
+        for kh in tl.static_range(UNROLL):
+            ih = ih0 + kh * DH
+            h_ok = row_ok & (ih >= 0) & (ih < H) & (ih < ih_end)
+            row_base = plane_base + ih.to(tl.int64) * stride_h
+            for kw in tl.static_range(UNROLL):
                 iw = iw0 + kw * DW
-                m = h_ok[:, None] & (col_ok & (iw >= 0) & (iw < W))[None, :]
-                v = tl.load(x_ptr + row_base[:, None] + iw.to(tl.int64)[None, :] * stride_w,
-                            mask=m, other=float("-inf")).to(tl.float32)
-                # NaN replaces whatever is there (torch: val > maxval || isnan(val)); the first
-                # valid position is taken unconditionally so an all -inf window has an index.
-                take = m & ((v > best) | (v != v) | (best_k < 0))
-                best = tl.where(take, v, best)
-                best_k = tl.where(take, kh * KW + kw, best_k)
+                best, best_k = _visit_column(x_ptr, row_base, h_ok, iw, col_ok & (iw < iw_end), W,
+                                             stride_w, kh * KW + kw, best, best_k)
+    else:
+        for kh in range(KH):
+            ih = ih0 + kh * DH
+            h_ok = row_ok & (ih >= 0) & (ih < H)
+            row_base = plane_base + ih.to(tl.int64) * stride_h
+            for kw in range(KW):
+                best, best_k = _visit_column(x_ptr, row_base, h_ok, iw0 + kw * DW, col_ok, W, stride_w,
+                                             kh * KW + kw, best, best_k)
 
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     out_mask = row_ok[:, None] & col_ok[None, :]
@@ -110,12 +138,24 @@ def max_pool2d_forward_kernel(
 
 
 @triton.jit
+def _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw, col_ok, kw, k, OW, SW, PW, DW):
+    """Add grad_out of the window that covers each element at kernel column kw, if it chose it."""
+    u = iw + PW - kw * DW
+    ow = u // SW  # u < 0 truncates toward zero; rejected by u >= 0 below
+    w_ok = col_ok & (u >= 0) & (ow * SW == u) & (ow < OW)
+    m = h_ok[:, None] & w_ok[None, :]
+    offsets = out_row[:, None] + ow[None, :]
+    chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
+    hit = m & (chosen == k)
+    return acc + tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def max_pool2d_backward_gather_kernel(
     grad_out_ptr, argmax_ptr, grad_in_ptr,
     R, H, W, OH, OW,
-    SH, SW, PH, PW, DH, DW,
-    KH: tl.constexpr, KW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    KH, KW, SH, SW, PH, PW, DH, DW,
+    UNROLL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """grad_in[p, ih, iw] = sum of grad_out over the windows that cover (ih, iw) and chose it.
 
@@ -125,7 +165,8 @@ def max_pool2d_backward_gather_kernel(
     no atomics. Window (oh, ow) covers (ih, iw) at kernel position (kh, kw) exactly when
     ih = oh*SH - PH + kh*DH, so for each (kh, kw) there is at most one candidate window, found by
     one division per row and one per column. Candidates are summed in float32 in ascending
-    (oh, ow) order, the order torch's CPU and CUDA kernels use, so results are reproducible.
+    (oh, ow) order (descending kh, kw), the order torch's kernels use, so results are reproducible.
+    UNROLL: 0 (loops at run time) or an unroll bound >= KH, KW.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -134,24 +175,33 @@ def max_pool2d_backward_gather_kernel(
     plane = rows // H
     ih = rows - plane * H
     out_plane = plane.to(tl.int64) * OH * OW
+    # kh < KH  <=>  ih + PH - kh*DH > t_min (vector compares: see the forward kernel)
+    t_min = ih + PH - KH * DH
+    u_min = iw + PW - KW * DW
 
     acc = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
-    for i in range(KH):
-        kh = KH - 1 - i  # descending kh is ascending oh
-        t = ih + PH - kh * DH
-        oh = t // SH  # t < 0 truncates toward zero; rejected by t >= 0 below
-        h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH)
-        out_row = out_plane + oh.to(tl.int64) * OW
-        for j in range(KW):
-            kw = KW - 1 - j
-            u = iw + PW - kw * DW
-            ow = u // SW
-            w_ok = col_ok & (u >= 0) & (ow * SW == u) & (ow < OW)
-            m = h_ok[:, None] & w_ok[None, :]
-            offsets = out_row[:, None] + ow[None, :]
-            chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
-            hit = m & (chosen == kh * KW + kw)
-            acc += tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+    if UNROLL > 0:
+        for i in tl.static_range(UNROLL):
+            kh = UNROLL - 1 - i
+            t = ih + PH - kh * DH
+            oh = t // SH
+            h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH) & (t > t_min)
+            out_row = out_plane + oh.to(tl.int64) * OW
+            for j in tl.static_range(UNROLL):
+                kw = UNROLL - 1 - j
+                acc = _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw,
+                                     col_ok & (iw + PW - kw * DW > u_min), kw, kh * KW + kw, OW, SW, PW, DW)
+    else:
+        for i in range(KH):
+            kh = KH - 1 - i
+            t = ih + PH - kh * DH
+            oh = t // SH
+            h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH)
+            out_row = out_plane + oh.to(tl.int64) * OW
+            for j in range(KW):
+                kw = KW - 1 - j
+                acc = _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw, col_ok, kw, kh * KW + kw,
+                                     OW, SW, PW, DW)
 
     in_offsets = rows.to(tl.int64)[:, None] * W + iw[None, :]
     tl.store(grad_in_ptr + in_offsets, acc.to(grad_in_ptr.dtype.element_ty),
@@ -165,8 +215,8 @@ def max_pool2d_backward_gather_kernel(
 def max_pool2d_backward_scatter_kernel(
     grad_out_ptr, argmax_ptr, grad_in_ptr,
     R, H, W, OH, OW,
-    SH, SW, PH, PW, DH, DW,
-    KW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    KW, SH, SW, PH, PW, DH, DW,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """grad_in[winner of (p, oh, ow)] += grad_out[p, oh, ow], with float32 atomics.
 
@@ -208,8 +258,8 @@ def cast_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
 def max_pool2d_indices_kernel(
     argmax_ptr, indices_ptr,
     R, W, OH, OW,
-    SH, SW, PH, PW, DH, DW,
-    KW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    KW, SH, SW, PH, PW, DH, DW,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """indices[p, oh, ow] = ih * W + iw of the winner: torch's int64 flat index within its plane.
 
@@ -303,9 +353,10 @@ class PoolGeometry:
         full = (self.n, self.c, self.out_h, self.out_w)
         return full if self.batched else full[1:]
 
-    def window_args(self) -> tuple:
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        return (sh, sw, ph, pw, dh, dw)
+    def kernel_args(self) -> tuple:
+        """(KH, KW, SH, SW, PH, PW, DH, DW), the window arguments the kernels take."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return (kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
@@ -334,8 +385,9 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
 
     Raises TypeError for arguments of the wrong type and ValueError for bad values, naming the
     argument: non-positive kernel_size/stride/dilation, negative padding, padding above half the
-    kernel (torch's rule), a window larger than the padded input, an output of size <= 0, and a
-    window that (through dilation) would contain only padding.
+    kernel (torch's rule), a window larger than the padded input (an output of size <= 0; with
+    ceil_mode torch lets the last window hang off the end), and a window that (through dilation)
+    would contain only padding (torch returns -inf and an out-of-range index there).
     """
     kernel, stride, padding, dilation = check_window(kernel_size, stride, padding, dilation, ceil_mode)
     shape = tuple(input_shape)
@@ -349,14 +401,11 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
     for axis, size in (("height", h), ("width", w)):
         i = 0 if axis == "height" else 1
         k, s, p, d = kernel[i], stride[i], padding[i], dilation[i]
-        extent = d * (k - 1) + 1
-        if extent > size + 2 * p:
-            raise ValueError(f"kernel_size {kernel} (with dilation {dilation}: {extent} in {axis}) is "
-                             f"larger than the padded input {axis} {size} + 2*{p}")
         o = _output_size(size, k, s, p, d, ceil_mode)
-        if o <= 0:
-            raise ValueError(f"output {axis} would be {o} for input {axis} {size}: kernel_size, stride, "
-                             f"padding or dilation too large")
+        if o <= 0:  # torch: "Output size is too small"; ceil_mode lets a window hang off the end
+            raise ValueError(f"kernel_size {kernel} with dilation {dilation} (extent {d * (k - 1) + 1} in "
+                             f"{axis}) is larger than the padded input {axis} {size} + 2*{p}: "
+                             f"output {axis} would be {o}")
         bad = _first_all_padding_window(size, o, k, s, p, d)
         if bad is not None:
             raise ValueError(f"dilation {dilation} with padding {padding} makes window {bad} along {axis} "
@@ -371,19 +420,33 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
 _INT32_MAX = 2**31 - 1
 
 
-def _tiles(rows: int, cols: int, max_w: int, tile: int):
-    """(BLOCK_R, BLOCK_W) powers of two covering ``cols`` up to ``max_w`` and ``tile`` elements."""
-    block_w = min(triton.next_power_of_2(cols), max_w)
-    block_r = max(1, min(tile // block_w, triton.next_power_of_2(rows)))
-    return block_r, block_w
+# Under the interpreter a program costs ~1 ms whatever its size, so tiles there are large and
+# fixed (two shapes per kernel, not one per problem size): every specialisation the test suite
+# launches is also compiled for sm_90 in CI, and each distinct tile is another compile. On the GPU
+# a tile of 1024 elements per 4 warps keeps every SM busy with many loads in flight.
+_INTERPRETER_TILES = runtime.INTERPRETED
+_INTERPRETER_TILE = 4096
+_GPU_TILE = 1024
+_GPU_MAX_W = 64
 
 
-# Under the interpreter a program costs ~1 ms whatever its size: few, large tiles. On the GPU a
-# tile of ~1-2K elements per 4 warps keeps every SM busy with enough loads in flight.
-_FORWARD_TILE = 16384 if runtime.INTERPRETED else 1024
-_GATHER_TILE = 16384 if runtime.INTERPRETED else 1024
-_MAX_W = 256 if runtime.INTERPRETED else 64
-_CAST_BLOCK = 16384 if runtime.INTERPRETED else 1024
+def _tiles(rows: int, cols: int):
+    """(BLOCK_R, BLOCK_W): powers of two, BLOCK_W covering a row of ``cols`` where it can."""
+    if _INTERPRETER_TILES:
+        block_w = 16 if cols <= 16 else 64
+        return _INTERPRETER_TILE // block_w, block_w
+    block_w = min(triton.next_power_of_2(cols), _GPU_MAX_W)
+    return max(1, min(_GPU_TILE // block_w, triton.next_power_of_2(rows))), block_w
+
+
+def _cast_block() -> int:
+    return _INTERPRETER_TILE if _INTERPRETER_TILES else _GPU_TILE
+
+
+def _unroll(geo) -> int:
+    """Compile-time unroll bound for the window loops: 2 or 3 for small windows, else 0 (loops)."""
+    largest = max(geo.kernel)
+    return 2 if largest <= 2 else 3 if largest == 3 else 0
 
 
 def _check_rows(rows: int, name: str):
@@ -412,17 +475,17 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     x4 = x if geo.batched else x.unsqueeze(0)
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "input")
-    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo.kernel, geo.stride, geo.padding, geo.dilation
-    pair_w = int(kw == 2 and sw == 2 and dw == 1)
+    block_r, block_w = tile or _tiles(rows, geo.out_w)
+    unroll = _unroll(geo)
+    pair_w = int(unroll > 0 and geo.kernel[1] == 2 and geo.stride[1] == 2 and geo.dilation[1] == 1)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
     n_out = rows * geo.out_w
     es = x.element_size()
     runtime.launch(
         max_pool2d_forward_kernel, grid,
         (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
-         *geo.window_args()),
-        {"KH": kh, "KW": kw, "PAIR_W": pair_w, "BLOCK_R": block_r, "BLOCK_W": block_w},
+         *geo.kernel_args()),
+        {"UNROLL": unroll, "PAIR_W": pair_w, "BLOCK_R": block_r, "BLOCK_W": block_w},
         runtime.LaunchInfo("max_pool2d_forward", (tuple(x.shape), tuple(out.shape)), x.dtype,
                            flops=n_out * geo.window,
                            bytes=min_forward_bytes(geo, es)))
@@ -484,33 +547,32 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     info = runtime.LaunchInfo("max_pool2d_backward", (tuple(grad_out.shape), shape), grad_out.dtype,
                               flops=geo.n * geo.c * geo.out_h * geo.out_w,
                               bytes=min_backward_bytes(geo, es))
-    (kh, kw) = geo.kernel
     if deterministic:
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
         rows = geo.n * geo.c * geo.h
         _check_rows(rows, "grad_input")
-        block_r, block_w = tile or _tiles(rows, geo.w, _MAX_W, _GATHER_TILE)
+        block_r, block_w = tile or _tiles(rows, geo.w)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.w, block_w))
         runtime.launch(max_pool2d_backward_gather_kernel, grid,
                        (grad_out, argmax, grad_in, rows, geo.h, geo.w, geo.out_h, geo.out_w,
-                        *geo.window_args()),
-                       {"KH": kh, "KW": kw, "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+                        *geo.kernel_args()),
+                       {"UNROLL": _unroll(geo), "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
         return grad_in
 
     # A zero-filled float32 accumulator: the scatter adds into it (a memset, not arithmetic).
     acc = torch.zeros(shape, dtype=torch.float32, device=grad_out.device)
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "grad_output")
-    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
+    block_r, block_w = tile or _tiles(rows, geo.out_w)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
     runtime.launch(max_pool2d_backward_scatter_kernel, grid,
-                   (grad_out, argmax, acc, rows, geo.h, geo.w, geo.out_h, geo.out_w, *geo.window_args()),
-                   {"KW": kw, "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+                   (grad_out, argmax, acc, rows, geo.h, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
+                   {"BLOCK_R": block_r, "BLOCK_W": block_w}, info)
     if grad_out.dtype == torch.float32:
         return acc
     grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
     n = acc.numel()
-    runtime.launch(cast_kernel, (triton.cdiv(n, _CAST_BLOCK),), (acc, grad_in, n), {"BLOCK": _CAST_BLOCK},
+    runtime.launch(cast_kernel, (triton.cdiv(n, _cast_block()),), (acc, grad_in, n), {"BLOCK": _cast_block()},
                    runtime.LaunchInfo("cast", (shape,), grad_out.dtype, flops=0, bytes=n * (4 + es)))
     return grad_in
 
@@ -527,12 +589,12 @@ def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
     if geo.n == 0:
         return indices
     rows = geo.n * geo.c * geo.out_h
-    block_r, block_w = tile or _tiles(rows, geo.out_w, _MAX_W, _FORWARD_TILE)
+    block_r, block_w = tile or _tiles(rows, geo.out_w)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
     n_out = rows * geo.out_w
     runtime.launch(max_pool2d_indices_kernel, grid,
-                   (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.window_args()),
-                   {"KW": geo.kernel[1], "BLOCK_R": block_r, "BLOCK_W": block_w},
+                   (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
+                   {"BLOCK_R": block_r, "BLOCK_W": block_w},
                    runtime.LaunchInfo("max_pool2d_indices", (tuple(argmax.shape),), torch.int64,
                                       flops=0, bytes=n_out * (argmax.element_size() + 8)))
     return indices
