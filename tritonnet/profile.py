@@ -266,22 +266,30 @@ class Profiler:
                 row = rows[launch.key()] = {
                     "kernel": launch.kernel, "op": launch.op, "shapes": launch.shapes,
                     "dtype": _dtype_name(launch.dtype), "precision": launch.precision, "grid": launch.grid,
-                    "count": 0, "total_ms": 0.0, "flops": launch.flops, "bytes": launch.bytes,
-                    "_torch_dtype": launch.dtype,
+                    "count": 0, "total_ms": 0.0, "total_flops": 0, "total_bytes": 0, "_torch_dtype": launch.dtype,
                 }
             row["count"] += 1
             row["total_ms"] += launch.ms
+            # summed, not taken from the first launch: launches sharing a key can differ in work
+            # (e.g. a strided dgrad's per-phase launches)
+            row["total_flops"] += launch.flops
+            row["total_bytes"] += launch.bytes
         total = sum(r["total_ms"] for r in rows.values()) or 1.0
         out = []
         for row in rows.values():
-            mean = row["total_ms"] / row["count"]
-            seconds = mean * 1e-3
+            count = row["count"]
+            mean = row["total_ms"] / count
+            seconds = row["total_ms"] * 1e-3
             row["mean_ms"] = mean
+            row["flops"] = row["total_flops"] / count  # per launch
+            row["bytes"] = row["total_bytes"] / count
+            if row["flops"] == int(row["flops"]) and row["bytes"] == int(row["bytes"]):
+                row["flops"], row["bytes"] = int(row["flops"]), int(row["bytes"])
             row["share_pct"] = 100.0 * row["total_ms"] / total
-            row["tflops"] = row["flops"] / seconds / 1e12 if seconds > 0 else None
-            row["gbs"] = row["bytes"] / seconds / 1e9 if seconds > 0 else None
+            row["tflops"] = row["total_flops"] / seconds / 1e12 if seconds > 0 else None
+            row["gbs"] = row["total_bytes"] / seconds / 1e9 if seconds > 0 else None
             floor = roofline_ms(row["flops"], row["bytes"], row.pop("_torch_dtype"), row["precision"], self.peaks)
-            row["roofline_ms"] = floor
+            row["roofline_ms"] = floor  # per launch
             row["roofline_pct"] = 100.0 * floor / mean if floor and mean > 0 else None
             out.append(row)
         out.sort(key=lambda r: r["total_ms"], reverse=True)
@@ -297,7 +305,7 @@ class Profiler:
                  f"{self.region_ms:.3f} ms region; time = {self.time_source}")
         table = Table(title=title)
         for col in ("kernel", "op", "shapes", "dtype", "grid", "count", "total ms", "mean ms", "%",
-                    "GFLOP", "MB", "TFLOP/s", "GB/s", "% roofline"):
+                    "GFLOP/launch", "MB/launch", "TFLOP/s", "GB/s", "% roofline"):
             table.add_column(col, justify="left" if col in ("kernel", "op", "shapes", "dtype", "grid") else "right")
         for r in rows[:limit] if limit else rows:
             shapes = _fmt_shapes(r["shapes"])
@@ -344,7 +352,8 @@ class Profiler:
             json.dump(self.trace(), f)
         rows = self.summary()
         columns = ["kernel", "op", "shapes", "dtype", "precision", "grid", "count", "total_ms", "mean_ms",
-                   "share_pct", "flops", "bytes", "tflops", "gbs", "roofline_ms", "roofline_pct"]
+                   "share_pct", "flops", "bytes", "total_flops", "total_bytes", "tflops", "gbs", "roofline_ms",
+                   "roofline_pct"]
         with open(paths["csv"], "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns + ["time_source"])
             writer.writeheader()
