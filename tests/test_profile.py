@@ -46,6 +46,21 @@ def test_records_names_and_aggregates_repeated_launches(seed, device):
     assert prof.region_ms >= sum(launch.ms for launch in prof.launches)
 
 
+def test_launches_sharing_a_key_sum_their_work():
+    """A strided dgrad runs one launch per phase, same kernel and shapes, different FLOPs: the row
+    must add them up, not keep the first."""
+    def phase_kernel():
+        pass
+
+    with Profiler(peaks=None) as prof:
+        for flops in (100, 300, 200):
+            info = runtime.LaunchInfo("phase", ((4, 4),), torch.float32, flops=flops, bytes=flops * 2)
+            prof._observe(phase_kernel, (1,), (), {}, info, lambda: None)  # as runtime.launch calls it
+    (row,) = prof.summary()
+    assert (row["kernel"], row["count"], row["total_flops"], row["total_bytes"]) == ("phase_kernel", 3, 600, 1200)
+    assert row["flops"] == 200 and row["bytes"] == 400  # per launch
+
+
 def test_flop_and_byte_models_match_hand_counts(seed, device):
     """Forward and backward of a conv (+bias+ReLU), a max pool and a linear layer, counted by hand:
     FLOPs = 2 per multiply-add (+1 per output for a bias add or a ReLU); bytes = each tensor the
