@@ -403,7 +403,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="skip timing the CUDA-graphed step alongside the profiled eager steps")
     parser.add_argument("--limit", type=int, default=30, help="rows of the table printed")
-    parser.add_argument("--out", default=".", help="directory for profile_trace.json, profile.csv, profile.txt")
+    parser.add_argument("--out", default=".", help="directory for profile_<model>_<dtype>_b<batch>_trace.json "
+                        "(Chrome/Perfetto trace), .csv and .txt (the table); default: the current directory")
 
 
 def main(args) -> int:
