@@ -65,15 +65,15 @@ def conv2d_fwd_kernel(
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    CG_IN, CG_OUT, K_RED,
-    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU,
+    MODE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), one program per (BLOCK_N out channels, BLOCK_M output pixels, group).
 
     x: [N, C_in, H, W] any strides (sx*). w: [C_out, CG_IN, KH, KW] any strides (sw*).
-    b: [C_out] contiguous (unused unless HAS_BIAS). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
+    b: [C_out] contiguous (read only if HAS_BIAS != 0). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
+    HAS_BIAS and RELU are runtime ints (0/1): the epilogue branch is free, and fewer specialisations.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
     Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
     """
@@ -141,9 +141,9 @@ def conv2d_fwd_kernel(
                         other=0.0)
             acc = _mma(a, b, acc, DOT_FP32, PRECISION)
 
-    if HAS_BIAS:
+    if HAS_BIAS != 0:
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if RELU:
+    if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
     y_off = (n_idx * C_OUT * OHW + p)[:, None] + (co_g * OHW)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
@@ -411,19 +411,15 @@ conv2d_wgrad_autotuned = triton.autotune(WGRAD_CONFIGS, key=["CG_OUT", "K_W"], d
                                          prune_configs_by={"early_config_prune": _prune_wgrad})(conv2d_wgrad_kernel)
 
 
-def _interpreter_config(kind: str, rows: int, cols: int, red: int) -> dict:
-    """One fixed config for the interpreter: few, large programs (its cost is per program and op).
+def _interpreter_config(kind: str) -> dict:
+    """The fixed config under the interpreter: few, large programs (its cost is per program and op).
 
-    Two sizes per kernel, so the specialisations CI compiles for sm_90 stay few; BLOCK_M*N*K is
-    capped at 2**18 because an IEEE-fp32 dot is unrolled into FMAs and ptxas time grows with it
-    (512x64x64 takes 10-25 s to compile, 512x16x32 about 2 s).
+    One size per kernel, so the specialisations CI compiles for sm_90 stay few; BLOCK_M*N*K is
+    capped near 2**18 because an IEEE-fp32 dot is unrolled into FMAs and ptxas time grows with it
+    (512x64x64 takes 10-25 s to compile, 256x32x32 about 2 s).
     """
     if kind == "wgrad":
-        if rows <= 16:
-            return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "num_warps": 8, "num_stages": 1}
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 8, "num_stages": 1}
-    if cols <= 16:
-        return {"BLOCK_M": 512, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 1}
     return {"BLOCK_M": 256, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
 
 
@@ -575,24 +571,24 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     mode = geo.mode(geo.CG_IN)
     args = (x, weight, bias if bias is not None else y, y, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out,
             *x.stride(), *weight.stride(), *geo.scalars(), geo.KH, geo.KW, geo.CG_IN, geo.CG_OUT,
-            geo.CG_IN * geo.KH * geo.KW)
-    consts = {"MODE": mode, "HAS_BIAS": bias is not None, "RELU": relu, **_dot_flags(x.dtype)}
+            geo.CG_IN * geo.KH * geo.KW, int(bias is not None), int(relu))
+    consts = {"MODE": mode, **_dot_flags(x.dtype)}
     esize = x.element_size()
     info = runtime.LaunchInfo(
         "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x.shape), tuple(weight.shape)), x.dtype,
         flops=2 * geo.macs + (y.numel() if bias is not None else 0) + (y.numel() if relu else 0),
         bytes=(x.numel() + weight.numel() + y.numel() + (bias.numel() if bias is not None else 0)) * esize)
-    _launch_gemm(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
-                 geo.CG_IN if mode else geo.CG_IN * geo.KH * geo.KW, args, consts, info, config)
+    _launch_gemm(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, args, consts, info,
+                 config)
     return y
 
 
-def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, red, args, consts, info, config):
+def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, args, consts, info, config):
     if config is None and not runtime.INTERPRETED:
         runtime.launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), args, consts, info)
         return
     if config is None:
-        config = _interpreter_config(kind, rows, cols, red)
+        config = _interpreter_config(kind)
     blocks, options = _split_config(config)
     grid = (triton.cdiv(cols, blocks["BLOCK_N"]), triton.cdiv(rows, blocks["BLOCK_M"]), groups)
     runtime.launch(kernel, grid, args, {**consts, **blocks, **options}, info)
@@ -641,7 +637,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
                 bytes=(grad_out.numel() * (2 if out is not None else 1) + weight.numel()) * esize // (sh * sw)
                 + M * geo.C_in * esize)
             _launch_gemm(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN, geo.groups,
-                         geo.CG_OUT if mode else red, args, consts, info, config)
+                         args, consts, info, config)
     return dx
 
 
@@ -668,7 +664,8 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
             tiles = triton.cdiv(geo.CG_OUT, 64) * triton.cdiv(geo.CG_IN * geo.KH * geo.KW, 64) * geo.groups
             split_k = max(1, min(triton.cdiv(2 * sms, tiles), P // 2048))
     split_k = max(1, min(int(split_k), P))
-    per = triton.cdiv(triton.cdiv(P, split_k), 512) * 512  # a multiple of every BLOCK_K
+    grain = 16 if runtime.INTERPRETED else 128  # on the GPU, whole BLOCK_K tiles per split
+    per = triton.cdiv(triton.cdiv(P, split_k), grain) * grain
     return triton.cdiv(P, per), per
 
 
@@ -711,7 +708,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
                              geo.groups * split)
         runtime.launch(conv2d_wgrad_autotuned, grid, args, consts, info)
     else:
-        blocks, options = _split_config(config or _interpreter_config("wgrad", geo.CG_OUT, K_W, P))
+        blocks, options = _split_config(config or _interpreter_config("wgrad"))
         grid = (triton.cdiv(K_W, blocks["BLOCK_N"]), triton.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
         runtime.launch(conv2d_wgrad_kernel, grid, args, {**consts, **blocks, **options}, info)
     if split > 1:

@@ -1,0 +1,329 @@
+"""conv2d: forward (+bias +ReLU), input/weight/bias gradients against torch, layer, errors, sm_90 specs.
+
+References are computed in float64 from the same (rounded) inputs. Outputs are poisoned by
+conftest, so a comparison also proves every element was written.
+"""
+import warnings
+
+import pytest
+import torch
+
+import tritonnet as tn
+import tritonnet.functional as F
+from tritonnet import layers, runtime, tape
+from tritonnet.kernels import conv as conv_kernels
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def _close(actual, expected, tol, what):
+    """|a - e| <= tol * (|e| + max|e|): relative, with the scale of the tensor as the floor."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.double().cpu(), expected.double().cpu()
+    assert not torch.isnan(a).any(), f"{what}: NaN (an element left unwritten?)"
+    scale = e.abs().max().item() or 1.0
+    err = ((a - e).abs() - tol * (e.abs() + scale)).max().item()
+    assert err <= 0, f"{what}: max error {(a - e).abs().max().item():.3g} over tolerance {tol} x scale {scale:.3g}"
+
+
+def _reference(x, w, b, gy, activation, **opts):
+    """torch float64 forward and gradients for the same inputs."""
+    xd = x.detach().double().cpu().requires_grad_()
+    wd = w.detach().double().cpu().requires_grad_()
+    bd = b.detach().double().cpu().requires_grad_() if b is not None else None
+    with warnings.catch_warnings():  # torch notes that even 'same' kernels copy the input; irrelevant here
+        warnings.simplefilter("ignore")
+        y = torch.nn.functional.conv2d(xd, wd, bd, **opts)
+    if activation == "relu":
+        y = torch.relu(y)
+    y.backward(gy.double().cpu())
+    return y.detach(), xd.grad, wd.grad, (bd.grad if bd is not None else None)
+
+
+def _run(x, w, b, activation, dtype, **opts):
+    """tritonnet forward and backward (upstream gradient random); returns outputs and the reference."""
+    xt = tn.Tensor(x, requires_grad=True)
+    wt = tn.Tensor(w, requires_grad=True)
+    bt = tn.Tensor(b, requires_grad=True) if b is not None else None
+    y = F.conv2d(xt, wt, bt, activation=activation, **opts)
+    gy = torch.randn(y.shape, device=x.device).to(dtype)
+    y.backward(gy)
+    ref = _reference(x, w, b, gy, activation, **opts)
+    ours = (y.data, xt.grad, wt.grad, bt.grad if bt is not None else None)
+    return ours, ref
+
+
+def _check_all(ours, ref, tol):
+    for name, a, e in zip(("y", "dx", "dw", "db"), ours, ref):
+        if e is None:
+            assert a is None, f"{name} should be None"
+            continue
+        _close(a, e, tol, name)
+
+
+def _inputs(device, dtype, n, c_in, h, w, c_out, kernel, groups, bias=True):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(n, c_in, h, w, device=device).to(dtype)
+    wt = (torch.randn(c_out, c_in // groups, kh, kw, device=device) / (c_in // groups * kh * kw) ** 0.5).to(dtype)
+    b = torch.randn(c_out, device=device).to(dtype) if bias else None
+    return x, wt, b
+
+
+# (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, activation)
+GRID = [
+    (2, 3, 9, 11, 5, 3, 1, 1, 1, 1, None),                 # basic, odd sizes, C_out not a power of two
+    (1, 1, 12, 10, 6, 5, 1, 0, 1, 1, "relu"),              # C_in = 1 (MNIST), batch 1, 5x5
+    (2, 4, 10, 9, 6, 3, 2, 1, 1, 2, "relu"),               # stride 2, groups 2
+    (2, 5, 8, 7, 7, 3, 1, "same", 1, 1, None),             # 'same'
+    (2, 4, 9, 9, 6, 4, 1, "same", 1, 1, "relu"),           # 'same' with an even kernel: asymmetric padding
+    (2, 6, 9, 9, 6, 3, 1, 2, 2, 6, None),                  # depthwise, dilation 2
+    (2, 6, 9, 8, 12, 3, 2, 1, 1, 6, "relu"),               # depthwise with multiplier 2, stride 2
+    (2, 8, 5, 7, 12, 1, 1, 0, 1, 1, "relu"),               # 1x1: plain GEMM path
+    (2, 8, 7, 7, 12, 1, 2, 0, 1, 1, None),                 # 1x1 stride 2: dgrad phases no tap reaches
+    (3, 40, 6, 5, 34, 3, 1, 1, 1, 1, "relu"),              # >= 32 channels: window-outer walk
+    (100, 3, 6, 6, 5, 3, 1, 1, 1, 1, "relu"),              # batch 100
+    (2, 3, 13, 11, 5, 5, 2, "valid", 2, 1, None),          # 5x5, stride 2, dilation 2
+    (2, 3, 13, 13, 4, 3, 3, 2, 2, 1, "relu"),              # stride 3 with dilation 2 (taps skip phases)
+    (2, 3, 9, 10, 4, (3, 2), (2, 1), (1, 0), (1, 2), 1, None),  # pairs everywhere
+]
+
+
+@pytest.mark.parametrize("case", GRID, ids=[f"case{i}" for i in range(len(GRID))])
+def test_conv2d_matches_torch_float32(seed, device, case):
+    n, c_in, h, w, c_out, k, s, p, d, g, act = case
+    x, wt, b = _inputs(device, torch.float32, n, c_in, h, w, c_out, k, g)
+    ours, ref = _run(x, wt, b, act, torch.float32, stride=s, padding=p, dilation=d, groups=g)
+    _check_all(ours, ref, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype, case", [
+    (torch.float16, GRID[2]), (torch.float16, GRID[10]),
+    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[10]),
+], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100"])
+def test_conv2d_half_precision(seed, device, dtype, case):
+    n, c_in, h, w, c_out, k, s, p, d, g, act = case
+    x, wt, b = _inputs(device, dtype, n, c_in, h, w, c_out, k, g)
+    ours, ref = _run(x, wt, b, act, dtype, stride=s, padding=p, dilation=d, groups=g)
+    assert all(t.dtype == dtype for t in ours), "outputs and gradients keep the input dtype"
+    _check_all(ours, ref, TOL[dtype])
+
+
+def test_conv2d_without_bias_and_input_gradient(seed, device):
+    """No bias; x a constant (first layer): only dw is computed, and only x is saved."""
+    x, wt, _ = _inputs(device, torch.float32, 2, 3, 8, 9, 5, 3, 1, bias=False)
+    wp = tn.Tensor(wt, requires_grad=True)
+    before = tape.saved_bytes()
+    y = F.conv2d(x, wp, padding=1)
+    assert tape.saved_bytes() - before == x.numel() * 4, "only the input is saved when x needs no gradient"
+    gy = torch.randn(y.shape, device=device)
+    y.backward(gy)
+    _, _, dw_ref, _ = _reference(x, wt, None, gy, None, padding=1)
+    _close(wp.grad, dw_ref, 1e-5, "dw")
+
+
+def test_saved_for_backward_is_input_weight_and_relu_output(seed, device):
+    x, wt, b = _inputs(device, torch.float32, 2, 3, 8, 8, 4, 3, 1)
+    xt, wp, bp = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
+    before = tape.saved_bytes()
+    y = F.conv2d(xt, wp, bp, padding=1, activation="relu")
+    assert tape.saved_bytes() - before == (x.numel() + wt.numel() + y.numel()) * 4
+    before = tape.saved_bytes()
+    y2 = F.conv2d(xt, wp, bp, padding=1)  # kept alive: a dropped output frees what its node saved
+    assert y2.requires_grad and y.requires_grad
+    assert tape.saved_bytes() - before == (x.numel() + wt.numel()) * 4
+
+
+def test_fused_relu_equals_conv_then_relu(seed, device):
+    """conv(activation='relu') and conv followed by F.relu agree in value and in every gradient."""
+    x, wt, b = _inputs(device, torch.float32, 3, 4, 7, 9, 6, 3, 1)
+    results = []
+    for fused in (True, False):
+        ts = [tn.Tensor(t.clone(), requires_grad=True) for t in (x, wt, b)]
+        if fused:
+            y = F.conv2d(*ts, padding=1, activation="relu")
+        else:
+            y = F.relu(F.conv2d(*ts, padding=1))
+        y.backward(torch.ones(y.shape, device=device) * 0.5 + torch.arange(y.numel(), device=device).reshape(y.shape) % 3)
+        results.append([y.data] + [t.grad for t in ts])
+    for name, a, e in zip(("y", "dx", "dw", "db"), *results):
+        _close(a, e, 1e-6, name)
+
+
+def test_tf32_mode_runs_tf32_dots(seed, device):
+    """set_float32_matmul_precision('high') switches the fp32 dots to TF32 (ieee by default)."""
+    seen = []
+
+    def observe(kernel, grid, args, constexprs, info, run):
+        seen.append(constexprs.get("PRECISION"))
+        return run()
+
+    x, wt, b = _inputs(device, torch.float32, 2, 3, 8, 8, 5, 3, 1)
+    with runtime.observing(observe):
+        F.conv2d(x, wt, b, padding=1)
+        tn.set_float32_matmul_precision("high")
+        try:
+            y = F.conv2d(x, wt, b, padding=1)
+        finally:
+            tn.set_float32_matmul_precision("highest")
+    assert seen == ["ieee", "tf32"]
+    _close(y.data, _reference(x, wt, b, torch.ones(y.shape), None, padding=1)[0], 1e-3, "y (tf32)")
+
+
+def test_noncontiguous_inputs_and_gradient(seed, device):
+    base = torch.randn(2, 9, 12, 5, device=device)
+    x = base.permute(0, 3, 1, 2)[:, :, ::1, 1:]                # (2, 5, 9, 11), strided, not contiguous
+    wt = torch.randn(3, 3, 5, 6, device=device).permute(3, 2, 1, 0) / 6  # (6, 5, 3, 3) transposed view
+    b = torch.randn(12, device=device)[::2]                    # stride 2
+    assert not (x.is_contiguous() or wt.is_contiguous() or b.is_contiguous())
+    xt, wp, bp = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
+    y = F.conv2d(xt, wp, bp, padding=(1, 2), activation="relu")
+    gy = torch.randn(y.shape[::-1], device=device).permute(3, 2, 1, 0)  # non-contiguous upstream gradient
+    y.backward(gy)
+    ref = _reference(x, wt, b, gy, "relu", padding=(1, 2))
+    _check_all((y.data, xt.grad, wp.grad, bp.grad), ref, 1e-5)
+
+
+def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
+    """Small tiles: several programs on every grid axis, partial tiles in M, N and K, split-K."""
+    x, wt, b = _inputs(device, torch.float32, 2, 6, 7, 9, 20, 3, 2)
+    gy = torch.randn(2, 20, 4, 5, device=device)
+    y_ref, dx_ref, dw_ref, db_ref = _reference(x, wt, b, gy, "relu", stride=2, padding=1, groups=2)
+    tiles = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
+    opts = dict(stride=2, padding=1, groups=2)
+    y = conv_kernels.conv2d_forward(x, wt, b, activation="relu", config=tiles, **opts)
+    _close(y, y_ref, 1e-5, "y")
+    dx = conv_kernels.conv2d_input_grad(gy, wt, x.shape, out=y, config=tiles, **opts)
+    _close(dx, dx_ref, 1e-5, "dx")
+    wtiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
+    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, out=y, bias_grad=True, split_k=3, config=wtiles,
+                                             **opts)
+    _close(dw, dw_ref, 1e-5, "dw")
+    _close(db, db_ref, 1e-5, "db")
+    # window-outer walks (>= 32 channels per group) with the same small tiles
+    x, wt, b = _inputs(device, torch.float32, 1, 34, 5, 6, 18, 3, 1)
+    gy = torch.randn(1, 18, 5, 6, device=device)
+    y_ref, dx_ref, _, _ = _reference(x, wt, b, gy, None, padding=1)
+    _close(conv_kernels.conv2d_forward(x, wt, b, padding=1, config=tiles), y_ref, 1e-5, "y wide")
+    _close(conv_kernels.conv2d_input_grad(gy, wt, x.shape, padding=1, config=tiles), dx_ref, 1e-5, "dx wide")
+
+
+def test_wgrad_split_k_is_deterministic(seed, device):
+    x, wt, _ = _inputs(device, torch.float32, 6, 3, 11, 11, 5, 3, 1)
+    gy = torch.randn(6, 5, 11, 11, device=device)
+    _, _, dw_ref, db_ref = _reference(x, wt, torch.zeros(5), gy, None, padding=1)
+    results = {}
+    for split in (1, 3, 3, 7):
+        dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, bias_grad=True, split_k=split)
+        _close(dw, dw_ref, 1e-5, f"dw split {split}")
+        _close(db, db_ref, 1e-5, f"db split {split}")
+        if split in results:
+            assert torch.equal(results[split][0], dw) and torch.equal(results[split][1], db), "not reproducible"
+        results[split] = (dw, db)
+    assert conv_kernels.wgrad_split(conv_kernels.ConvGeometry(x.shape, wt.shape, 1, 1, 1, 1), 7)[0] == 7
+
+
+def test_conv2d_layer_matches_torch_module(seed, device):
+    torch.manual_seed(seed)
+    ref = torch.nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding="valid", groups=2)
+    torch.manual_seed(seed)
+    ours = layers.Conv2d(4, 6, (3, 5), stride=(2, 1), padding="valid", groups=2)
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    assert torch.equal(ours.weight.data.cpu(), ref.weight.data) and torch.equal(ours.bias.data.cpu(), ref.bias.data)
+    other = torch.nn.Conv2d(4, 6, (3, 5), stride=(2, 1), groups=2)
+    ours.load_state_dict(other.state_dict())
+    x = torch.randn(2, 4, 9, 10)
+    _close(ours(x.to(device)).data, other(x).detach().double(), 1e-5, "layer forward")
+    fused = layers.Conv2d(1, 3, 3, padding="same", bias=False, activation="relu")
+    assert list(fused.state_dict()) == ["weight"] and fused.bias is None
+    y = fused(torch.randn(1, 1, 5, 5, device=device))
+    assert y.shape == (1, 3, 5, 5) and (y.data >= 0).all()
+
+
+def test_conv2d_layer_init_distribution(seed):
+    """kaiming_uniform(a=sqrt(5)): uniform in +-1/sqrt(fan_in) for weight and bias."""
+    m = layers.Conv2d(8, 64, 3)
+    bound = 1 / (8 * 9) ** 0.5
+    w, b = m.weight.data, m.bias.data
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert abs(w.std().item() - bound / 3 ** 0.5) < 0.1 * bound
+    assert b.abs().max() <= bound
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda d: ((2, 4, 8, 8), (5, 3, 3, 3), {}), ValueError, "channel mismatch"),
+    (lambda d: ((2, 6, 8, 8), (5, 2, 3, 3), {"groups": 3}), ValueError, "groups=3 must divide weight's out"),
+    (lambda d: ((2, 6, 8, 8), (6, 2, 3, 3), {"groups": 4}), ValueError, "groups=4 must divide x's channels"),
+    (lambda d: ((2, 3, 4, 4), (5, 3, 5, 5), {"padding": 0}), ValueError, "larger than the padded input"),
+    (lambda d: ((2, 3, 4, 4), (5, 3, 3, 3), {"dilation": 3}), ValueError, "larger than the padded input"),
+    (lambda d: ((3, 8, 8), (5, 3, 3, 3), {}), ValueError, "x must be 4-D"),
+    (lambda d: ((2, 3, 8, 8), (5, 3, 3), {}), ValueError, "weight must be 4-D"),
+    (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": "full"}), ValueError, "padding must be"),
+    (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": "same", "stride": 2}), ValueError, "needs stride 1"),
+    (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"stride": 0}), ValueError, "stride must be >= 1"),
+    (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"activation": "gelu"}), ValueError, "activation must be"),
+])
+def test_bad_arguments_raise(device, make, error, match):
+    x_shape, w_shape, kwargs = make(device)
+    x, wt = torch.randn(x_shape, device=device), torch.randn(w_shape, device=device)
+    with pytest.raises(error, match=match):
+        F.conv2d(x, wt, **kwargs)
+
+
+def test_bad_tensors_raise(device):
+    x, wt = torch.randn(2, 3, 8, 8, device=device), torch.randn(5, 3, 3, 3, device=device)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        F.conv2d(x.to(torch.int32), wt)
+    with pytest.raises(TypeError, match="weight must have x's dtype"):
+        F.conv2d(x, wt.half())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        F.conv2d(x, wt, torch.randn(4, device=device))
+    wrong = torch.device("meta")
+    with pytest.raises(ValueError, match="x must be on device"):
+        F.conv2d(x.to(wrong), wt)
+    with pytest.raises(ValueError, match="weight must be on device"):
+        F.conv2d(x, wt.to(wrong))
+    with pytest.raises(ValueError, match="groups"):
+        layers.Conv2d(4, 6, 3, groups=4)
+
+
+def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch):
+    from aot import SpecRecorder, compile_specs
+
+    recorder = SpecRecorder()
+
+    def record_only(kernel, grid, args, constexprs, info, run):  # compile, never interpret, these
+        return recorder(kernel, grid, args, constexprs, info, lambda: None)
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record_only])
+    monkeypatch.setattr(runtime, "INTERPRETED", False)  # so bf16 keeps its tensor-core operands
+    # each compile costs a second or more: one packed and two window-outer forward configs, one
+    # dgrad and one wgrad config in bf16, and the TF32 forward
+    picks = [conv_kernels.FWD_CONFIGS[i] for i in (2, 5)]
+    wcfg = conv_kernels.WGRAD_CONFIGS[3]
+    wtiles = dict(wcfg.kwargs, num_warps=wcfg.num_warps, num_stages=wcfg.num_stages)
+    for dtype, precision, shapes in ((torch.bfloat16, "highest", ((3, 64, picks[:1]), (64, 128, picks))),
+                                     (torch.float32, "high", ((64, 128, picks[:1]),))):
+        tn.set_float32_matmul_precision(precision)
+        try:
+            for c_in, c_out, configs in shapes:
+                x = torch.randn(2, c_in, 8, 8).to(dtype)
+                w = torch.randn(c_out, c_in, 3, 3).to(dtype)
+                b = torch.randn(c_out).to(dtype)
+                y = torch.randn(2, c_out, 8, 8).to(dtype)
+                for cfg in configs:
+                    tiles = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles)
+                if dtype == torch.bfloat16 and c_in == 64:
+                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, out=y, config=tiles)
+                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, out=y, bias_grad=True, split_k=2,
+                                                    config=wtiles)
+        finally:
+            tn.set_float32_matmul_precision("highest")
+    specs = list(recorder.specs.values())
+    bf16 = [s for s in specs if s["signature"]["x_ptr" if "x_ptr" in s["signature"] else "dy_ptr"] == "*bf16"]
+    assert bf16 and all(s["constexprs"]["DOT_FP32"] is False for s in bf16), "bf16 must reach tl.dot as bf16"
+    assert any(s["constexprs"].get("PRECISION") == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in specs)
+    assert len(specs) == 6, [(s["kernel"], s["constexprs"]) for s in specs]
+    assert any(s["signature"].get("x_ptr") == "*bf16" and s["constexprs"]["MODE"] == 0 for s in specs)
+    failures = compile_specs(specs)
+    assert not failures, "\n\n".join(failures)
