@@ -4,7 +4,7 @@
    reports them, versus what torch autograd saves for the same net, weights and batch (measured
    with ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage). Target <= 0.6x.
 2. Steps: one training step (forward, cross-entropy, backward, Adam update) of `tritonnet train`'s
-   default net (digits_cnn, batch 128) and of LeNet-5 (batch 256, 28x28), in images/s, against
+   default net (digits_cnn at its default batch size) and of LeNet-5 (batch 256, 28x28), in images/s, against
    torch eager and torch.compile (a failure to compile is recorded, not fatal). The floor is the
    step's minimum bytes over measured copy bandwidth or its FLOPs over the measured fp32 matmul
    peak, whichever is larger, summed from every launch's analytic LaunchInfo.
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     results = {"environment": bench.environment(), "memory": [], "steps": []}
 
     memory_cases = [("lenet5", 16), ("digits_cnn", 8)] if interpreted else \
-        [("lenet5", 64), ("lenet5", 256), ("digits_cnn", 128), ("cifar_cnn", 128)]
+        [("lenet5", 64), ("lenet5", 256), ("digits_cnn", train.DEFAULT_BATCH_SIZE), ("cifar_cnn", 128)]
     for name, batch in memory_cases:
         report = train.saved_for_backward(name, batch)
         results["memory"].append(report)

@@ -1,0 +1,180 @@
+"""Whole networks against torch: the converter, every parameter gradient of a LeNet-style net on a
+batch of 100, batched gradient == mean of per-example gradients (each example back-propagated
+through its own max-pool winners, then averaged), per-step losses of a short training run, bitwise
+reproducibility, and the tape's saved-for-backward memory against torch autograd's."""
+import copy
+
+import pytest
+import torch
+
+import tritonnet as tn
+import tritonnet.functional as F
+from tritonnet import data, layers, models, train
+from tritonnet.layers import convert
+
+
+def relative_error(actual, expected) -> float:
+    expected = expected.double()
+    return float((actual.double().cpu() - expected.cpu()).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def torch_lenet_style(in_channels=1):
+    """LeNet's shape at 16x16: conv5-relu-pool, conv5-relu-pool, three linear layers."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),   # 16 -> 8
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),                       # 8 -> 4 -> 2
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 10))
+
+
+def grads_of(model, images, labels, reduction="mean"):
+    model.zero_grad()
+    loss = F.cross_entropy(model(tn.Tensor(images)), labels, reduction=reduction)
+    loss.backward()
+    return float(loss.data), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+# ----------------------------------------------------------------------------- the converter
+
+
+def test_converter_keeps_torch_names_and_fuses_relus(seed, device):
+    nn = torch.nn
+    reference = torch_lenet_style()
+    model = layers.from_torch(reference)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert [name for name, _ in model._modules.items()] == ["0", "2", "3", "5", "6", "7", "9", "11"]
+    assert [m.activation for m in (model[0], model[2], model[5], model[6])] == ["relu"] * 4
+    assert model[7].activation is None
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name].cpu(), value), name
+        assert model.state_dict()[name].device.type == device.type
+    model.load_state_dict(reference.state_dict())  # the round trip the names exist for
+
+    unfused = convert.from_torch(reference, fuse=False)
+    assert list(unfused._modules) == [str(i) for i in range(12)]
+    assert isinstance(unfused[1], layers.ReLU) and unfused[0].activation is None
+
+    # A ReLU that follows a pool (or a second ReLU) stays a layer; nesting keeps torch's dotted names.
+    odd = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.ReLU()))
+    converted = convert.from_torch(odd)
+    assert list(converted._modules) == ["0", "1", "2"] and list(converted[2]._modules) == ["0", "1", "3"]
+    assert list(converted.state_dict()) == list(odd.state_dict()) == ["2.1.weight", "2.1.bias"]
+    x = torch.randn(2, 1, 4, 4, device=device) - 0.5
+    assert torch.allclose(converted(tn.Tensor(x)).data, odd.to(device)(x), atol=1e-6)
+
+    with pytest.raises(TypeError, match=r"model\['1'\]: Tanh has no tritonnet equivalent"):
+        convert.from_torch(nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    with pytest.raises(TypeError, match="must be a torch.nn.Sequential"):
+        convert.from_torch(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="padding_mode must be 'zeros'"):
+        convert.from_torch(nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="reflect")))
+
+
+def test_default_models_match_their_torch_twins(seed, device):
+    for name in ("digits_cnn", "lenet5", "cifar_cnn"):
+        model, twin = models.create(name), models.create_torch(name)
+        assert list(model.state_dict()) == list(twin.state_dict()), name
+        assert all(model.state_dict()[k].shape == v.shape for k, v in twin.state_dict().items())
+    assert models.for_dataset("fashion-mnist:/x") == "lenet5" and models.for_dataset("digits") == "digits_cnn"
+    model, twin = models.create("digits_cnn"), models.create_torch("digits_cnn").to(device)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(5, 1, 8, 8, device=device)
+    with tn.no_grad():
+        out = model(tn.Tensor(x))
+    assert relative_error(out.data, twin.double()(x.double()).detach()) < 1e-5
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def test_lenet_gradients_on_a_batch_of_100_match_torch(seed, device):
+    reference = torch_lenet_style()
+    model = layers.from_torch(reference)
+    reference64 = copy.deepcopy(reference).double().to(device)
+    images = torch.randn(100, 1, 16, 16, device=device)
+    labels = torch.randint(0, 10, (100,), device=device)
+    loss, grads = grads_of(model, images, labels)
+    expected_loss = torch.nn.functional.cross_entropy(reference64(images.double()), labels)
+    expected_loss.backward()
+    assert abs(loss - float(expected_loss)) < 1e-5 * abs(float(expected_loss))
+    for name, p in reference64.named_parameters():
+        assert grads[name].dtype == torch.float32
+        assert relative_error(grads[name], p.grad) < 2e-5, name
+
+
+def test_batched_gradient_is_the_mean_of_per_example_gradients(seed, device):
+    nn = torch.nn
+    # Overlapping pool windows (3, stride 2): a position can win in two windows, its gradients add.
+    reference = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+                              nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    model = layers.from_torch(reference)
+    n = 12
+    images = torch.randn(n, 1, 9, 9, device=device)
+    labels = torch.randint(0, 10, (n,), device=device)
+
+    # The premise: examples pick different winners in the same window.
+    with tn.no_grad():
+        _, winners = F.max_pool2d(model[0](tn.Tensor(images)), 3, 2, return_indices=True)
+    assert (winners.data != winners.data[:1]).any(dim=0).float().mean() > 0.5
+
+    _, batched = grads_of(model, images, labels)  # mean over the batch
+    per_example = [grads_of(model, images[i:i + 1], labels[i:i + 1])[1] for i in range(n)]
+    for name in batched:
+        mean = torch.stack([g[name] for g in per_example]).double().mean(0)
+        assert relative_error(batched[name], mean) < 1e-5, name
+        # and each example's gradient is torch's for that example alone
+    one = copy.deepcopy(reference).double().to(device)
+    torch.nn.functional.cross_entropy(one(images[3:4].double()), labels[3:4]).backward()
+    for name, p in one.named_parameters():
+        assert relative_error(per_example[3][name], p.grad) < 1e-5, name
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def small_digits(n_train, n_test):
+    ds = data.load_digits()
+    ds.train_images, ds.train_labels = ds.train_images[:n_train], ds.train_labels[:n_train]
+    ds.test_images, ds.test_labels = ds.test_images[:n_test], ds.test_labels[:n_test]
+    return ds
+
+
+def test_training_losses_track_torch_step_by_step(seed, device):
+    config = train.TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, seed=seed).resolved()
+    ds = small_digits(48, 8)
+    model = models.create(config.model)
+    twin = models.create_torch(config.model).to(device)
+    twin.load_state_dict(model.state_dict())
+    losses = []
+    optimizer = train.make_optimizer(config, model.parameters())
+    train.fit(model, optimizer, ds, config, progress=False, on_step=lambda step, loss: losses.append(loss))
+
+    expected = []
+    torch_opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(config.epochs):
+        for x, y in data.batches(ds.train_images.to(device), ds.train_labels.to(device), 16, seed=seed, epoch=epoch):
+            loss = torch.nn.functional.cross_entropy(twin(x), y)
+            torch_opt.zero_grad()
+            loss.backward()
+            torch_opt.step()
+            expected.append(float(loss))
+    assert len(losses) == len(expected) == 6
+    for step, (ours, theirs) in enumerate(zip(losses, expected)):
+        assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, losses, expected)
+    for name, p in twin.named_parameters():
+        assert relative_error(model.state_dict()[name], p.detach()) < 1e-4, name
+
+
+def test_same_seed_gives_bitwise_identical_weights(seed, device):
+    ds = small_digits(32, 8)
+
+    def run(run_seed):
+        config = train.TrainConfig(epochs=1, batch_size=16, seed=run_seed).resolved()  # defaults: Adam
+        torch.manual_seed(run_seed)
+        model = models.create(config.model)
+        train.fit(model, train.make_optimizer(config, model.parameters()), ds, config, progress=False)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    first, second, other = run(seed), run(seed), run(seed + 1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
