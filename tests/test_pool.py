@@ -127,7 +127,7 @@ def test_values_and_indices_equal_torch(seed, device, config):
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c[1] != 1 or c[0] != 1], ids=_ids(
     [c for c in CONFIGS if c[1] != 1 or c[0] != 1]))
 def test_gradients_match_torch_both_variants(seed, device, config):
-    for shape in (SHAPES[0], SHAPES[2]):
+    for shape in (SHAPES[0], SHAPES[2], (2, 3, 12, 10)):  # the even one: windows may tile it exactly
         for dtype in DTYPES:
             x = torch.randn(shape, device=device).to(dtype)
             _, ref_idx = torch_pool(x, config)
@@ -257,6 +257,10 @@ def test_deterministic_backward_is_bitwise_stable_and_scatter_agrees(seed, devic
         grad_out = torch.randn(out.shape, device=device).to(dtype)
         runs = [P.max_pool2d_backward(grad_out, argmax, geo) for _ in range(3)]
         assert all(torch.equal(bits(r), bits(runs[0])) for r in runs[1:])
+        tiled_out, tiled_argmax, tiled_geo = P.max_pool2d_forward(x[:, :, :10, :12], 2)
+        assert P._tiles_input_exactly(tiled_geo)
+        tiled = [P.max_pool2d_backward(tiled_out, tiled_argmax, tiled_geo) for _ in range(2)]
+        assert torch.equal(bits(tiled[0]), bits(tiled[1]))
         _, ref_idx = torch_pool(x, config)
         exact, magnitude = exact_grad_bound(x.shape, ref_idx, grad_out)
         assert (magnitude > 0).sum() < (torch.abs(exact) > 0).numel()  # some elements get nothing
@@ -267,8 +271,9 @@ def test_deterministic_backward_is_bitwise_stable_and_scatter_agrees(seed, devic
 
 def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     """Several programs per grid axis and partial tiles, so program-id and mask logic is exercised."""
-    for config in (CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[9]):
-        x = torch.randn(2, 1, 11, 13, device=device)
+    for config, shape in ((CONFIGS[0], (2, 1, 11, 13)), (CONFIGS[0], (2, 1, 12, 36)), (CONFIGS[1], (2, 1, 11, 13)),
+                          (CONFIGS[2], (2, 1, 11, 13)), (CONFIGS[9], (2, 1, 11, 13))):
+        x = torch.randn(shape, device=device)
         ref, ref_idx = torch_pool(x, config)
         out, argmax, geo = P.max_pool2d_forward(x, *config, tile=(4, 4))
         assert geo.n * geo.c * geo.out_h > 4 and geo.out_w > 4  # >= 2 programs per axis, partial tiles
@@ -569,6 +574,7 @@ def test_gpu_tile_specialisations_are_recorded_for_the_sm90_compile(device, monk
                 P.max_pool2d_backward(out, argmax, geo)
                 P.max_pool2d_backward(out, argmax, geo, deterministic=False)
                 P.max_pool2d_indices(argmax, geo)
+    assert sum(kern is P.max_pool2d_backward_tiled_kernel for kern, _ in seen) == 4  # the 2x2 cases
     forward = [c for kern, c in seen if kern is P.max_pool2d_forward_kernel]
     assert {(c["BLOCK_R"], c["BLOCK_W"], c["UNROLL"], c["PAIR_W"]) for c in forward} == {(64, 16, 2, 1),
                                                                                           (64, 16, 3, 0)}

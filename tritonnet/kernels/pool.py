@@ -23,6 +23,7 @@ per row and one per column, never one per element.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -208,6 +209,43 @@ def max_pool2d_backward_gather_kernel(
              mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def max_pool2d_backward_tiled_kernel(
+    grad_out_ptr, argmax_ptr, grad_in_ptr,
+    R, OW,
+    KH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """The gather when the windows tile the input exactly: kernel (KH, 2) equal to the stride, no
+    padding, no dilation, H = OH * KH and W = 2 * OW (2x2/s2 on even sizes, as in LeNet and VGG).
+
+    Every input element lies in exactly one window, so a program takes a block of windows and
+    writes the whole input block they cover, once: the window's gradient where it chose the
+    element, zero elsewhere. Reads grad_out and argmax once, coalesced; writes contiguous input
+    rows (the two window columns joined), so no element needs a second look.
+    grad_out, argmax: [N, C, OH, OW] contiguous; R = N * C * OH rows of OW windows.
+    grad_in: [N, C, OH * KH, 2 * OW] contiguous; window row r covers input rows r * KH + kh.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < R
+    mask = row_ok[:, None] & (ow < OW)[None, :]
+    out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
+    chosen = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
+    g = tl.load(grad_out_ptr + out_offsets, mask=mask, other=0.0).to(tl.float32)
+    W = 2 * OW
+    iw = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W)
+    in_mask = row_ok[:, None] & (iw < W)[None, :]
+    zero = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
+    for kh in tl.static_range(KH):
+        # zero + g, not g: a -0.0 gradient lands as +0.0, as in torch's zero-then-add
+        left = zero + tl.where(chosen == 2 * kh, g, 0.0)
+        right = zero + tl.where(chosen == 2 * kh + 1, g, 0.0)
+        pair = tl.reshape(tl.join(left, right), [BLOCK_R, 2 * BLOCK_W])
+        in_rows = rows.to(tl.int64) * KH + kh
+        tl.store(grad_in_ptr + in_rows[:, None] * W + iw[None, :], pair.to(grad_in_ptr.dtype.element_ty),
+                 mask=in_mask)
+
+
 # ----------------------------------------------------------------------------- backward: scatter
 
 
@@ -381,6 +419,25 @@ def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fals
 
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   ) -> PoolGeometry:
+    """Validate max_pool2d's arguments against an input shape; see :func:`_pool_geometry`.
+
+    Cached (the launchers call it on every step, and Python time per launch adds to small pools);
+    the key is the arguments' repr, so ``True`` and ``1`` (equal in Python) stay distinct."""
+    key = repr((tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode))
+    geo = _GEOMETRY_CACHE.get(key)
+    if geo is None:
+        geo = _pool_geometry(input_shape, kernel_size, stride, padding, dilation, ceil_mode)
+        if len(_GEOMETRY_CACHE) >= 256:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = geo
+    return geo
+
+
+_GEOMETRY_CACHE: dict = {}
+
+
+def _pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                   ) -> PoolGeometry:
     """Validate max_pool2d's arguments against an input shape (N, C, H, W) or (C, H, W).
 
     Raises TypeError for arguments of the wrong type and ValueError for bad values, naming the
@@ -443,6 +500,14 @@ def _cast_block() -> int:
     return _INTERPRETER_TILE if _INTERPRETER_TILES else _GPU_TILE
 
 
+def _tiles_input_exactly(geo) -> bool:
+    """Windows of (1..3, 2) that tile the input with no gap, overlap or padding (2x2/s2 on even
+    sizes): the backward then writes each window's input block straight from the window."""
+    return (geo.kernel == geo.stride and geo.kernel[1] == 2 and geo.kernel[0] <= 3
+            and geo.padding == (0, 0) and geo.dilation == (1, 1)
+            and geo.h == geo.out_h * geo.kernel[0] and geo.w == geo.out_w * 2)
+
+
 def _unroll(geo) -> int:
     """Compile-time unroll bound for the window loops: 2 or 3 for small windows, else 0 (loops)."""
     largest = max(geo.kernel)
@@ -496,12 +561,17 @@ def min_forward_bytes(geo: PoolGeometry, element_size: int) -> int:
     """Read every input element that some window covers once (bounded by the whole input), write
     the output and the compact argmax."""
     n_out = geo.n * geo.c * geo.out_h * geo.out_w
-    covered = geo.n * geo.c * _covered(geo.h, geo.out_h, 0, geo) * _covered(geo.w, geo.out_w, 1, geo)
+    covered = geo.n * geo.c * _covered(geo.h, geo.out_h, *_axis(geo, 0)) * _covered(geo.w, geo.out_w, *_axis(geo, 1))
     return covered * element_size + n_out * (element_size + geo.argmax_dtype.itemsize)
 
 
-def _covered(size, out, axis, geo):
-    k, s, p, d = geo.kernel[axis], geo.stride[axis], geo.padding[axis], geo.dilation[axis]
+def _axis(geo, i):
+    return geo.kernel[i], geo.stride[i], geo.padding[i], geo.dilation[i]
+
+
+@functools.lru_cache(maxsize=1024)
+def _covered(size, out, k, s, p, d):
+    """How many of ``size`` positions some window covers."""
     hit = set()
     for o in range(out):
         for j in range(k):
@@ -534,7 +604,8 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     """Gradient of the input of a max pool from its output gradient and compact argmax.
 
     ``deterministic=True`` (default): the gather kernel, one write per input element, bitwise
-    reproducible. ``False``: atomic float32 scatter into a zeroed buffer (plus a cast for
+    reproducible (when the windows tile the input exactly, e.g. 2x2/s2 on even sizes, the block of
+    input elements a program writes is the union of a block of windows). ``False``: atomic float32 scatter into a zeroed buffer (plus a cast for
     float16/bfloat16; float32 atomics also sidestep the interpreter's broken bf16 atomics).
     Returns a contiguous tensor of the input's shape and grad_out's dtype.
     """
@@ -547,6 +618,15 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     info = runtime.LaunchInfo("max_pool2d_backward", (tuple(grad_out.shape), shape), grad_out.dtype,
                               flops=geo.n * geo.c * geo.out_h * geo.out_w,
                               bytes=min_backward_bytes(geo, es))
+    if deterministic and _tiles_input_exactly(geo):
+        grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
+        rows = geo.n * geo.c * geo.out_h
+        _check_rows(rows * geo.kernel[0], "grad_input")
+        block_r, block_w = tile or _tiles(rows, geo.out_w)
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+        runtime.launch(max_pool2d_backward_tiled_kernel, grid, (grad_out, argmax, grad_in, rows, geo.out_w),
+                       {"KH": geo.kernel[0], "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+        return grad_in
     if deterministic:
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
         rows = geo.n * geo.c * geo.h
