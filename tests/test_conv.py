@@ -16,6 +16,15 @@ from tritonnet.kernels import conv as conv_kernels
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
+@pytest.fixture(autouse=True)
+def fixed_tiles():
+    """One fixed config per kernel (on a GPU too): autotuning every test shape would compile each
+    candidate config for each of them. test_autotuned_path covers the autotuned launch."""
+    previous = conv_kernels.set_autotune(False)
+    yield
+    conv_kernels.set_autotune(previous)
+
+
 def _close(actual, expected, tol, what):
     """|a - e| <= tol * (|e| + max|e|): relative, with the scale of the tensor as the floor."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
@@ -219,7 +228,18 @@ def test_wgrad_split_k_is_deterministic(seed, device):
         if split in results:
             assert torch.equal(results[split][0], dw) and torch.equal(results[split][1], db), "not reproducible"
         results[split] = (dw, db)
-    assert conv_kernels.wgrad_split(conv_kernels.ConvGeometry(x.shape, wt.shape, 1, 1, 1, 1), 7)[0] == 7
+    assert conv_kernels.wgrad_split(conv_kernels.ConvGeometry(x.shape, wt.shape, 1, 1, 1, 1), 3)[0] == 3
+
+
+def test_autotuned_path(seed, device):
+    """On a GPU the default launch autotunes over the config list; the interpreter never does."""
+    if runtime.INTERPRETED:
+        assert conv_kernels.set_autotune(True) is False and conv_kernels.AUTOTUNE is False
+        return
+    conv_kernels.set_autotune(True)
+    x, wt, b = _inputs(device, torch.bfloat16, 4, 16, 10, 10, 24, 3, 1)
+    ours, ref = _run(x, wt, b, "relu", torch.bfloat16, padding=1)
+    _check_all(ours, ref, TOL[torch.bfloat16])
 
 
 def test_conv2d_layer_matches_torch_module(seed, device):
@@ -286,7 +306,7 @@ def test_bad_tensors_raise(device):
         layers.Conv2d(4, 6, 3, groups=4)
 
 
-def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch):
+def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
     from aot import SpecRecorder, compile_specs
 
     recorder = SpecRecorder()
@@ -306,10 +326,10 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
         tn.set_float32_matmul_precision(precision)
         try:
             for c_in, c_out, configs in shapes:
-                x = torch.randn(2, c_in, 8, 8).to(dtype)
-                w = torch.randn(c_out, c_in, 3, 3).to(dtype)
-                b = torch.randn(c_out).to(dtype)
-                y = torch.randn(2, c_out, 8, 8).to(dtype)
+                x = torch.randn(2, c_in, 8, 8, device=device).to(dtype)
+                w = torch.randn(c_out, c_in, 3, 3, device=device).to(dtype)
+                b = torch.randn(c_out, device=device).to(dtype)
+                y = torch.randn(2, c_out, 8, 8, device=device).to(dtype)
                 for cfg in configs:
                     tiles = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
                     conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles)

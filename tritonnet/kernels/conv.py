@@ -423,6 +423,27 @@ def _interpreter_config(kind: str) -> dict:
     return {"BLOCK_M": 256, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 8, "num_stages": 1}
 
 
+# Autotuning on the GPU. Tests switch it off (set_autotune(False)): they launch many shapes once
+# each, where compiling every candidate config costs far more than it saves; they then get one
+# fixed GPU-sized config per kernel.
+AUTOTUNE = not runtime.INTERPRETED
+
+
+def set_autotune(enabled: bool) -> bool:
+    """Turn GPU autotuning on or off (always off under the interpreter); returns the previous value."""
+    global AUTOTUNE
+    previous, AUTOTUNE = AUTOTUNE, bool(enabled) and not runtime.INTERPRETED
+    return previous
+
+
+def _fixed_config(kind: str) -> dict:
+    if runtime.INTERPRETED:
+        return _interpreter_config(kind)
+    if kind == "wgrad":
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+
+
 def _split_config(config):
     config = dict(config)
     options = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
@@ -584,11 +605,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
 
 def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, args, consts, info, config):
-    if config is None and not runtime.INTERPRETED:
+    if config is None and AUTOTUNE:
         runtime.launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), args, consts, info)
         return
     if config is None:
-        config = _interpreter_config(kind)
+        config = _fixed_config(kind)
     blocks, options = _split_config(config)
     grid = (triton.cdiv(cols, blocks["BLOCK_N"]), triton.cdiv(rows, blocks["BLOCK_M"]), groups)
     runtime.launch(kernel, grid, args, {**consts, **blocks, **options}, info)
@@ -703,12 +724,12 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
         flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
         bytes=(grad_out.numel() * (2 if out is not None else 1) + x.numel()) * esize
         + (L * esize if split == 1 else split * L * 4))
-    if config is None and not runtime.INTERPRETED:
+    if config is None and AUTOTUNE:
         grid = lambda meta: (triton.cdiv(K_W, meta["BLOCK_N"]), triton.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
                              geo.groups * split)
         runtime.launch(conv2d_wgrad_autotuned, grid, args, consts, info)
     else:
-        blocks, options = _split_config(config or _interpreter_config("wgrad"))
+        blocks, options = _split_config(config or _fixed_config("wgrad"))
         grid = (triton.cdiv(K_W, blocks["BLOCK_N"]), triton.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
         runtime.launch(conv2d_wgrad_kernel, grid, args, {**consts, **blocks, **options}, info)
     if split > 1:
