@@ -47,6 +47,8 @@ from .kernels import elementwise as _ew  # noqa: E402
 from .kernels import linear as _linear_kernels  # noqa: E402
 from .kernels import loss as _loss_kernels  # noqa: E402
 from .kernels import reduce as _reduce  # noqa: E402
+from .tape import Tensor as _TapeTensor  # noqa: E402
+from .tape import is_grad_enabled as _tape_grad_enabled  # noqa: E402
 
 
 def linear(x, weight, bias=None, activation=None):
@@ -210,6 +212,3 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 
     return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, y_saved))
 
-
-from .tape import Tensor as _TapeTensor  # noqa: E402
-from .tape import is_grad_enabled as _tape_grad_enabled  # noqa: E402

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from . import runtime
 from .kernels import optim as _kernels
 from .tape import Tensor
 
@@ -197,4 +196,3 @@ class AdamW(Adam):
 
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
-_ = runtime  # kernels run on runtime.device(); parameters are validated there
