@@ -47,6 +47,26 @@ PLAIN_GEMM: tl.constexpr = tl.constexpr(2)
 WINDOW_OUTER_MIN_CHANNELS = 32
 
 
+# Integer arguments are not specialised (triton would otherwise compile a variant per shape for
+# values equal to 1 or divisible by 16): the gathers cannot use that alignment anyway, and one
+# binary per config serves every layer of a net, which keeps autotuning and warm-up short.
+_SHAPE_ARGS_FWD = [
+    'H', 'W', 'OH', 'OW', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
+    'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW', 'CG_IN', 'CG_OUT', 'K_RED',
+    'HAS_BIAS', 'RELU',
+]
+_SHAPE_ARGS_DGRAD = [
+    'H', 'W', 'OH', 'OW', 'M', 'C_IN', 'HP', 'WP', 'PH', 'PW', 'sdn', 'sdc', 'sdh', 'sdw', 'son', 'soc',
+    'soh', 'sow', 'swo', 'swc', 'swh', 'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h',
+    'dil_w', 'KW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W', 'NKH', 'NKW', 'CG_IN', 'CG_OUT', 'K_RED',
+]
+_SHAPE_ARGS_WGRAD = [
+    'H', 'W', 'OH', 'OW', 'P', 'C_OUT', 'sdn', 'sdc', 'sdh', 'sdw', 'son', 'soc', 'soh', 'sow', 'sxn',
+    'sxc', 'sxh', 'sxw', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW',
+    'CG_IN', 'CG_OUT', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE',
+]
+
+
 @triton.jit
 def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     """acc += a @ b with fp32 accumulation. DOT_FP32 converts the operands first (bf16 under the
@@ -58,7 +78,7 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     H, W, OH, OW, M, C_OUT,
@@ -160,7 +180,7 @@ def _load_dy(dy_ptr, o_ptr, n_idx, co_g, oh, ow, mask,
     return dy
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD)
 def conv2d_dgrad_kernel(
     dy_ptr, o_ptr, w_ptr, dx_ptr,
     H, W, OH, OW, M, C_IN, HP, WP, PH, PW,
@@ -252,7 +272,7 @@ def conv2d_dgrad_kernel(
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
 def conv2d_wgrad_kernel(
     dy_ptr, o_ptr, x_ptr, dw_ptr,
     H, W, OH, OW, P, C_OUT,
