@@ -7,11 +7,11 @@ addresses back into typed pointers (typed like ``dtype_ptr``, a tensor of the gr
 updates up to BLOCK elements. This avoids copying gradients into a flat buffer every step (the
 tape allocates fresh gradient tensors) and keeps one launch for any number of tensors.
 
-The table reaches the device by a host-to-device copy, cached by the addresses it holds (the
-caching allocator tends to hand out the same gradient addresses every step). While a CUDA graph
-is being captured a copy from pageable memory is not allowed, so there the table is written by a
-small kernel that takes the values as arguments (captured by value); tables used by a capture are
-kept alive as long as the process, since the graph's replays read them.
+The table reaches the device through a small kernel that takes its values as arguments, 16 per
+launch, rather than a host-to-device copy: a CUDA graph captures kernel arguments by value, while
+a copy from pageable memory may not be captured at all. Tables are cached by their contents (the
+caching allocator tends to hand out the same gradient addresses every step, so most steps launch
+no fill at all); a table used by a capture is kept alive for good, since every replay reads it.
 
 Hyper-parameters (learning rate, momentum, betas, eps, weight decay, bias corrections) are fp32
 runtime arguments, never constexprs, so changing them between steps never recompiles. Step counts
@@ -113,58 +113,53 @@ def adam_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, decay_facto
 
 
 FILL_WIDTH = 16
+# Added to every value so each argument is a 64-bit integer whatever its size: Triton picks an int
+# argument's type from its value, and one type signature means one compiled variant, compiled on
+# the first (eager) step and never in the middle of a CUDA graph capture.
+FILL_BIAS: tl.constexpr = tl.constexpr(1 << 40)
 
 
 @triton.jit(do_not_specialize=["v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11",
                                "v12", "v13", "v14", "v15"])
 def fill_table_kernel(out_ptr, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15):
-    """out[0:16] = v0..v15 (int64 values passed as arguments, so a CUDA graph captures them)."""
-    tl.store(out_ptr + 0, v0.to(tl.int64))
-    tl.store(out_ptr + 1, v1.to(tl.int64))
-    tl.store(out_ptr + 2, v2.to(tl.int64))
-    tl.store(out_ptr + 3, v3.to(tl.int64))
-    tl.store(out_ptr + 4, v4.to(tl.int64))
-    tl.store(out_ptr + 5, v5.to(tl.int64))
-    tl.store(out_ptr + 6, v6.to(tl.int64))
-    tl.store(out_ptr + 7, v7.to(tl.int64))
-    tl.store(out_ptr + 8, v8.to(tl.int64))
-    tl.store(out_ptr + 9, v9.to(tl.int64))
-    tl.store(out_ptr + 10, v10.to(tl.int64))
-    tl.store(out_ptr + 11, v11.to(tl.int64))
-    tl.store(out_ptr + 12, v12.to(tl.int64))
-    tl.store(out_ptr + 13, v13.to(tl.int64))
-    tl.store(out_ptr + 14, v14.to(tl.int64))
-    tl.store(out_ptr + 15, v15.to(tl.int64))
+    """out[0:16] (int64) = v0..v15 - FILL_BIAS; the values arrive as kernel arguments."""
+    tl.store(out_ptr + 0, v0 - FILL_BIAS)
+    tl.store(out_ptr + 1, v1 - FILL_BIAS)
+    tl.store(out_ptr + 2, v2 - FILL_BIAS)
+    tl.store(out_ptr + 3, v3 - FILL_BIAS)
+    tl.store(out_ptr + 4, v4 - FILL_BIAS)
+    tl.store(out_ptr + 5, v5 - FILL_BIAS)
+    tl.store(out_ptr + 6, v6 - FILL_BIAS)
+    tl.store(out_ptr + 7, v7 - FILL_BIAS)
+    tl.store(out_ptr + 8, v8 - FILL_BIAS)
+    tl.store(out_ptr + 9, v9 - FILL_BIAS)
+    tl.store(out_ptr + 10, v10 - FILL_BIAS)
+    tl.store(out_ptr + 11, v11 - FILL_BIAS)
+    tl.store(out_ptr + 12, v12 - FILL_BIAS)
+    tl.store(out_ptr + 13, v13 - FILL_BIAS)
+    tl.store(out_ptr + 14, v14 - FILL_BIAS)
+    tl.store(out_ptr + 15, v15 - FILL_BIAS)
 
 
-_TABLES: dict = {}        # address tuple -> device table (recently used; bounded)
+_TABLES: dict = {}        # table contents -> device table (recently used; bounded)
 _CAPTURED_TABLES = []     # tables a CUDA graph reads on every replay: never freed
-FORCE_FILL_KERNEL = False  # tests: take the graph-capture path under the interpreter too
-
-
-def _capturing() -> bool:
-    return not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
 
 
 def _device_table(values):
-    """An int64 device tensor holding ``values`` (a flat list, length a multiple of 6)."""
+    """An int64 device tensor holding ``values`` (a flat list of non-negative ints < 2**62)."""
     key = tuple(values)
     table = _TABLES.get(key)
-    capturing = _capturing()
     if table is None:
-        if capturing or FORCE_FILL_KERNEL:
-            padded = list(values) + [0] * (-len(values) % FILL_WIDTH)
-            table = torch.empty(len(padded), dtype=torch.int64, device=runtime.device())
-            for i in range(0, len(padded), FILL_WIDTH):
-                runtime.launch(fill_table_kernel, (1,), (table[i:], *padded[i:i + FILL_WIDTH]), {},
-                               runtime.LaunchInfo("optimizer_table", ((FILL_WIDTH,),), torch.int64,
-                                                  bytes=8 * FILL_WIDTH))
-        else:
-            table = torch.tensor(values, dtype=torch.int64).to(runtime.device())
+        padded = [v + (1 << 40) for v in values] + [1 << 40] * (-len(values) % FILL_WIDTH)
+        table = torch.empty(len(padded), dtype=torch.int64, device=runtime.device())
+        for i in range(0, len(padded), FILL_WIDTH):
+            runtime.launch(fill_table_kernel, (1,), (table[i:i + FILL_WIDTH], *padded[i:i + FILL_WIDTH]), {},
+                           runtime.LaunchInfo("optimizer_table", ((FILL_WIDTH,),), torch.int64,
+                                              bytes=8 * FILL_WIDTH))
         if len(_TABLES) >= 16:
             _TABLES.pop(next(iter(_TABLES)))
         _TABLES[key] = table
-    if capturing:
+    if not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing():
         _CAPTURED_TABLES.append(table)
     return table
 
