@@ -389,34 +389,34 @@ WGRAD_CONFIGS = [
 ]
 
 
-def _prune(configs, width: int, depth: int):
+def _prune(configs, width: int, depth: int, ieee: bool, rows_key="BLOCK_N", depth_key="BLOCK_K"):
     """Keep configs whose tiles do not dwarf the GEMM-N size ``width`` and the reduction chunk
-    ``depth``; at most the three largest survivors (each config is a compile and a benchmark)."""
+    ``depth``; at most the two largest survivors, since each config is a compile and a benchmark.
+    An IEEE-fp32 dot is unrolled into FMAs, so there only tiles of <= 2048 FMAs per thread."""
     kept = [c for c in configs
-            if c.kwargs["BLOCK_N"] <= max(16, _np2(width)) and c.kwargs["BLOCK_K"] <= max(32, _np2(depth))]
+            if c.kwargs[rows_key] <= max(16, _np2(width)) and c.kwargs[depth_key] <= max(32, _np2(depth))]
+    if ieee:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]
+                <= 2048 * 32 * c.num_warps] or kept
     if not kept:
-        smallest = min(c.kwargs["BLOCK_N"] for c in configs)
-        kept = [c for c in configs if c.kwargs["BLOCK_N"] == smallest]
-    return sorted(kept, key=lambda c: -c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])[:3]
+        smallest = min(c.kwargs[rows_key] for c in configs)
+        kept = [c for c in configs if c.kwargs[rows_key] == smallest]
+    return sorted(kept, key=lambda c: -c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])[:2]
 
 
 def _prune_fwd(configs, named_args, **kwargs):
     depth = named_args["CG_IN"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
-    return _prune(configs, named_args["CG_OUT"], depth)
+    return _prune(configs, named_args["CG_OUT"], depth, kwargs.get("PRECISION") == "ieee")
 
 
 def _prune_dgrad(configs, named_args, **kwargs):
     depth = named_args["CG_OUT"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
-    return _prune(configs, named_args["CG_IN"], depth)
+    return _prune(configs, named_args["CG_IN"], depth, kwargs.get("PRECISION") == "ieee")
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
-    rows = max(16, _np2(named_args["CG_OUT"]))
-    cols = max(32, _np2(named_args["K_W"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= rows and c.kwargs["BLOCK_N"] <= cols]
-    if not kept:
-        kept = [configs[0]]
-    return sorted(kept, key=lambda c: -c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])[:3]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, _np2(named_args["CG_OUT"]))]
+    return _prune(kept or configs[:1], named_args["K_W"], 1 << 30, kwargs.get("PRECISION") == "ieee")
 
 
 def _quick_bench(fn, quantiles):
