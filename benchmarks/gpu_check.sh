@@ -3,19 +3,23 @@
 # run the test suite with every kernel compiled for the GPU (no interpreter), then the benchmarks.
 # Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR; ~6 minutes)
 # Each stage has its own time limit and a failing stage does not stop the next: the summary at
-# the end says which passed.
+# the end says which passed. STAGES="tests bench_pool ..." runs a subset.
 set -u
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
+export TRITONNET_COMMIT=${TRITONNET_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 python=${PYTHON:-python3}
 summary=$out/summary.txt
 : >"$summary"
 
+stages=${STAGES:-tests bench_pool bench_conv bench_linear bench_train bench profile train}
+
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
+  [[ " $stages " == *" $name "* ]] || return 0
   local start=$SECONDS
   echo "=== $name (limit ${limit}s): $*" | tee -a "$out/$name.log"
   timeout "$limit" "$@" >>"$out/$name.log" 2>&1
@@ -25,7 +29,7 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 {
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "commit: $TRITONNET_COMMIT"
   echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
   $python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cudnn", torch.backends.cudnn.version())'
@@ -33,10 +37,10 @@ stage() {  # stage NAME SECONDS COMMAND...
 
 # The suite with kernels compiled for this GPU. The sm_90 ahead-of-time check is for machines
 # without a GPU; here every kernel is compiled for real, so it is deselected.
-stage tests 240 $python -m pytest tests -q -x -p no:cacheprovider --deselect tests/test_zz_aot.py \
+stage tests 200 $python -m pytest tests -q -p no:cacheprovider --durations=15 --deselect tests/test_zz_aot.py \
   --junitxml="$out/tests.xml"
 for bench in pool conv linear train; do
-  [[ -f benchmarks/bench_$bench.py ]] && stage "bench_$bench" 120 $python benchmarks/bench_$bench.py --out "$out"
+  [[ -f benchmarks/bench_$bench.py ]] && stage "bench_$bench" "${BENCH_LIMIT:-90}" $python benchmarks/bench_$bench.py --out "$out"
 done
 stage bench 240 $python -m tritonnet bench --out "$out"
 stage profile 90 $python -m tritonnet profile --out "$out"

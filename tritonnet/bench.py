@@ -80,8 +80,10 @@ def environment() -> dict:
     """Card, versions and commit, recorded with every result."""
     import triton
 
+    # A copied working tree (the GPU check's) has no .git: the caller passes the commit instead.
+    commit = os.environ.get("TRITONNET_COMMIT", "")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     except OSError:
         commit = ""
