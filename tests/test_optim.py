@@ -75,15 +75,27 @@ def test_half_precision_parameters_track_torch(seed, device, dtype):
             torch.testing.assert_close(p.data.float(), q.detach().float(), rtol=2e-2, atol=2e-2)
 
 
-def test_gpu_sized_chunks(seed, device, monkeypatch):
-    """The GPU's chunk size on small tensors: several programs per tensor, partial last chunks."""
+def test_gpu_sized_chunks_and_vector_widths(seed, device, monkeypatch):
+    """The GPU's chunk size on small tensors (several programs per tensor, partial last chunks),
+    with 16-byte accesses (every numel a multiple of the vector width) and without (odd numels)."""
     monkeypatch.setattr(K, "BLOCK", 2048)
-    for name, kwargs in (CONFIGS[1], CONFIGS[4]):
-        ours, opt, theirs, topt = _pair(name, kwargs, device, shapes=[(5000,), (3, 7)])
-        for _ in range(2):
-            _step(ours, opt, theirs, topt, device)
-        for p, q in zip(ours, theirs):
-            torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
+    for shapes, dtype, vec in [([(5000,), (3, 7)], torch.float32, 1), ([(5000,), (4, 8)], torch.float32, 4),
+                               ([(1000,), (8, 8)], torch.bfloat16, 8)]:
+        for name, kwargs in (CONFIGS[1], CONFIGS[4]):
+            ours, opt, theirs, topt = _pair(name, kwargs, device, shapes=shapes, dtype=dtype)
+            widths = []
+
+            def observer(kernel, grid, args, constexprs, info, run):
+                widths.append(constexprs.get("VEC"))
+                return run()
+
+            for _ in range(2):
+                with runtime.observing(observer):
+                    _step(ours, opt, theirs, topt, device, dtype)
+            assert set(widths) - {None} == {vec}, widths
+            tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+            for p, q in zip(ours, theirs):
+                torch.testing.assert_close(p.data.float(), q.detach().float(), **tol)
 
 
 def test_address_table_is_cached_and_empty_tensors_own_no_chunk(seed, device, monkeypatch):

@@ -33,7 +33,7 @@ ROW: tl.constexpr = tl.constexpr(6)  # [param, grad, state1, state2, numel, firs
 
 
 @triton.jit
-def _locate(table_ptr, num_tensors, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr):
+def _locate(table_ptr, num_tensors, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr, VEC: tl.constexpr):
     """This program's table row offset, element offsets and mask within its tensor."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.arange(0, BLOCK_T)
@@ -42,61 +42,77 @@ def _locate(table_ptr, num_tensors, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr):
     # Tensors with no elements own no chunk: the last row starting at or before pid is ours.
     row = (tl.sum((first <= pid).to(tl.int64), axis=0) - 1) * ROW
     offsets = (pid - tl.load(table_ptr + row + 5)) * BLOCK + tl.arange(0, BLOCK)
-    return row, offsets, offsets < tl.load(table_ptr + row + 4)
+    mask = offsets < tl.load(table_ptr + row + 4)
+    if VEC > 1:  # the launcher checked that every numel is a multiple of VEC
+        mask = tl.max_constancy(mask, VEC)
+    return row, offsets, mask
+
+
+@triton.jit
+def _pointers(table_ptr, row, COLUMN: tl.constexpr, dtype_ptr, offsets, VEC: tl.constexpr):
+    """Typed pointers to ``offsets`` of the tensor whose address is in column COLUMN of ``row``.
+
+    Addresses loaded from memory carry no alignment facts, so without hints every access is a
+    scalar one; with VEC > 1 the launcher checked 16-byte alignment, allowing 16-byte accesses.
+    """
+    ptrs = tl.load(table_ptr + row + COLUMN).to(dtype_ptr.dtype) + offsets
+    if VEC > 1:
+        ptrs = tl.max_contiguous(tl.multiple_of(ptrs, 16), VEC)
+    return ptrs
 
 
 @triton.jit
 def sgd_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, momentum, buf_scale, grad_scale,
-               HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr):
+               HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
+               VEC: tl.constexpr):
     """torch.optim.SGD's update for the chunk of one tensor this program owns.
 
     table: (num_tensors, 6) int64 rows [param address, grad address, momentum-buffer address,
     unused, numel, first chunk] (the buffer unused without HAS_MOMENTUM), first chunk = the number
     of BLOCK-element chunks of the tensors before; grid: (total chunks,); BLOCK_T >= num_tensors;
-    dtype_ptr: any tensor of the parameters' dtype (types the addresses).
+    dtype_ptr: any tensor of the parameters' dtype (types the addresses); VEC: elements per
+    16-byte access when every address is 16-byte aligned and every numel a multiple of VEC, else 1.
     g = grad + weight_decay * p; buf = buf_scale * buf + grad_scale * g (buf_scale = 0 and
     grad_scale = 1 on the first step: buf = g, buffers zero-initialised; later momentum and
     1 - dampening); g = g + momentum * buf (NESTEROV) or buf; p = p - lr * g.
     """
-    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T)
-    param_ptr = tl.load(table_ptr + row).to(dtype_ptr.dtype)
-    grad_ptr = tl.load(table_ptr + row + 1).to(dtype_ptr.dtype)
-    p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T, VEC)
+    param_ptrs = _pointers(table_ptr, row, 0, dtype_ptr, offsets, VEC)
+    p = tl.load(param_ptrs, mask=mask).to(tl.float32)
+    g = tl.load(_pointers(table_ptr, row, 1, dtype_ptr, offsets, VEC), mask=mask).to(tl.float32)
     g = g + weight_decay * p
     if HAS_MOMENTUM:
-        buf_ptr = tl.load(table_ptr + row + 2).to(dtype_ptr.dtype)
-        buf = tl.load(buf_ptr + offsets, mask=mask).to(tl.float32)
+        buf_ptrs = _pointers(table_ptr, row, 2, dtype_ptr, offsets, VEC)
+        buf = tl.load(buf_ptrs, mask=mask).to(tl.float32)
         buf = buf * buf_scale + grad_scale * g
-        tl.store(buf_ptr + offsets, buf.to(dtype_ptr.dtype.element_ty), mask=mask)
+        tl.store(buf_ptrs, buf.to(dtype_ptr.dtype.element_ty), mask=mask)
         if NESTEROV:
             g = g + momentum * buf
         else:
             g = buf
-    tl.store(param_ptr + offsets, (p - lr * g).to(dtype_ptr.dtype.element_ty), mask=mask)
+    tl.store(param_ptrs, (p - lr * g).to(dtype_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def adam_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, decay_factor, avg_weight, beta2,
                 sq_weight, eps, step_size, bias_correction2_sqrt, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr,
-                BLOCK_T: tl.constexpr):
+                BLOCK_T: tl.constexpr, VEC: tl.constexpr):
     """torch.optim.Adam / AdamW's update for the chunk of one tensor this program owns.
 
     table: (num_tensors, 6) int64 rows [param, grad, exp_avg, exp_avg_sq addresses, numel, first
-    chunk]; grid, BLOCK_T and dtype_ptr as in sgd_kernel. DECOUPLED (AdamW): p *= decay_factor (= 1 - lr * weight_decay);
+    chunk]; grid, BLOCK_T, dtype_ptr and VEC as in sgd_kernel. DECOUPLED (AdamW): p *= decay_factor (= 1 - lr * weight_decay);
     else g += weight_decay * p. m = lerp(m, g, avg_weight = 1 - beta1) with torch's lerp formula;
     v = beta2 * v + sq_weight * g * g (sq_weight = 1 - beta2);
     p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps), step_size = lr / (1 - beta1^t).
     """
-    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T)
-    param_ptr = tl.load(table_ptr + row).to(dtype_ptr.dtype)
-    grad_ptr = tl.load(table_ptr + row + 1).to(dtype_ptr.dtype)
-    avg_ptr = tl.load(table_ptr + row + 2).to(dtype_ptr.dtype)
-    sq_ptr = tl.load(table_ptr + row + 3).to(dtype_ptr.dtype)
-    p = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-    m = tl.load(avg_ptr + offsets, mask=mask).to(tl.float32)
-    v = tl.load(sq_ptr + offsets, mask=mask).to(tl.float32)
+    row, offsets, mask = _locate(table_ptr, num_tensors, BLOCK, BLOCK_T, VEC)
+    param_ptrs = _pointers(table_ptr, row, 0, dtype_ptr, offsets, VEC)
+    avg_ptrs = _pointers(table_ptr, row, 2, dtype_ptr, offsets, VEC)
+    sq_ptrs = _pointers(table_ptr, row, 3, dtype_ptr, offsets, VEC)
+    p = tl.load(param_ptrs, mask=mask).to(tl.float32)
+    g = tl.load(_pointers(table_ptr, row, 1, dtype_ptr, offsets, VEC), mask=mask).to(tl.float32)
+    m = tl.load(avg_ptrs, mask=mask).to(tl.float32)
+    v = tl.load(sq_ptrs, mask=mask).to(tl.float32)
     if DECOUPLED:
         p = p * decay_factor
     else:
@@ -107,9 +123,9 @@ def adam_kernel(table_ptr, num_tensors, dtype_ptr, lr, weight_decay, decay_facto
     # Correctly rounded sqrt and division (the GPU's defaults are approximate), as torch computes.
     denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
     p = p - step_size * tl.div_rn(m, denom)
-    tl.store(avg_ptr + offsets, m.to(dtype_ptr.dtype.element_ty), mask=mask)
-    tl.store(sq_ptr + offsets, v.to(dtype_ptr.dtype.element_ty), mask=mask)
-    tl.store(param_ptr + offsets, p.to(dtype_ptr.dtype.element_ty), mask=mask)
+    tl.store(avg_ptrs, m.to(dtype_ptr.dtype.element_ty), mask=mask)
+    tl.store(sq_ptrs, v.to(dtype_ptr.dtype.element_ty), mask=mask)
+    tl.store(param_ptrs, p.to(dtype_ptr.dtype.element_ty), mask=mask)
 
 
 FILL_WIDTH = 16
@@ -176,15 +192,19 @@ def _tables(groups, names):
                                  f"{tuple(params[i].shape)} and dtype {dtype}, got {tuple(t.shape)} {t.dtype}")
     numels = [p.numel() for p in params]
     values, chunks = [], 0
+    # 16-byte accesses need 16-byte aligned addresses and numels that end on a 16-byte boundary.
+    vec = 16 // params[0].element_size()
     for i, n in enumerate(numels):
         addresses = [g[i].data_ptr() for g in groups]
         values += addresses + [addresses[-1]] * (4 - len(addresses)) + [n, chunks]
         chunks += triton.cdiv(n, BLOCK)
-    return _device_table(values), chunks, numels
+        if n % vec or any(a % 16 for a in addresses):
+            vec = 1
+    return _device_table(values), chunks, numels, vec
 
 
-def _launch_constants(params):
-    return {"BLOCK": BLOCK, "BLOCK_T": max(16, triton.next_power_of_2(len(params)))}
+def _launch_constants(params, vec):
+    return {"BLOCK": BLOCK, "BLOCK_T": max(16, triton.next_power_of_2(len(params))), "VEC": vec}
 
 
 def _bytes(numels, dtype, streams):
@@ -202,13 +222,13 @@ def sgd_step(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0
         raise ValueError("momentum_buffers are required when momentum != 0")
     # Rows always have 4 columns; without momentum the unused buffer slot repeats the grad address.
     groups = [params, grads, momentum_buffers if has_momentum else grads]
-    table, chunks, numels = _tables(groups, ["params", "grads", "momentum_buffers"])
+    table, chunks, numels, vec = _tables(groups, ["params", "grads", "momentum_buffers"])
     if chunks == 0:
         return
     runtime.launch(sgd_kernel, (chunks,),
                    (table, len(params), params[0], float(lr), float(weight_decay), float(momentum),
                     0.0 if first_step else float(momentum), 1.0 if first_step else 1.0 - float(dampening)),
-                   dict(_launch_constants(params), HAS_MOMENTUM=has_momentum, NESTEROV=bool(nesterov)),
+                   dict(_launch_constants(params, vec), HAS_MOMENTUM=has_momentum, NESTEROV=bool(nesterov)),
                    runtime.LaunchInfo("sgd_step", tuple(tuple(p.shape) for p in params), params[0].dtype,
                                       flops=6 * sum(numels),
                                       bytes=_bytes(numels, params[0].dtype, 5 if has_momentum else 3),
@@ -222,7 +242,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, we
     if not params:
         return
     groups = [params, grads, exp_avgs, exp_avg_sqs]
-    table, chunks, numels = _tables(groups, ["params", "grads", "exp_avgs", "exp_avg_sqs"])
+    table, chunks, numels, vec = _tables(groups, ["params", "grads", "exp_avgs", "exp_avg_sqs"])
     if chunks == 0:
         return
     # Bias corrections in Python double precision, as torch.optim computes them.
@@ -232,7 +252,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, we
                    (table, len(params), params[0], float(lr), float(weight_decay), float(1 - lr * weight_decay),
                     float(1 - beta1), float(beta2), float(1 - beta2), float(eps), float(lr / bias_correction1),
                     float(bias_correction2 ** 0.5)),
-                   dict(_launch_constants(params), DECOUPLED=bool(decoupled)),
+                   dict(_launch_constants(params, vec), DECOUPLED=bool(decoupled)),
                    runtime.LaunchInfo("adamw_step" if decoupled else "adam_step",
                                       tuple(tuple(p.shape) for p in params), params[0].dtype,
                                       flops=16 * sum(numels), bytes=_bytes(numels, params[0].dtype, 7),
