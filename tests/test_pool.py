@@ -263,7 +263,8 @@ def test_deterministic_backward_is_bitwise_stable_and_scatter_agrees(seed, devic
         assert torch.equal(bits(tiled[0]), bits(tiled[1]))
         _, ref_idx = torch_pool(x, config)
         exact, magnitude = exact_grad_bound(x.shape, ref_idx, grad_out)
-        assert (magnitude > 0).sum() < (torch.abs(exact) > 0).numel()  # some elements get nothing
+        assert (magnitude == 0).any()  # elements no window chose: written as zeros, not skipped
+        assert (runs[0][magnitude == 0] == 0).all() and not torch.isnan(runs[0]).any()
         scatter = P.max_pool2d_backward(grad_out, argmax, geo, deterministic=False)
         assert torch.allclose(scatter.double(), runs[0].double(), rtol=2 * _GRAD_RTOL[dtype],
                               atol=2 * _GRAD_RTOL[dtype] * magnitude.max().item())
