@@ -270,6 +270,18 @@ def test_deterministic_backward_is_bitwise_stable_and_scatter_agrees(seed, devic
                               atol=2 * _GRAD_RTOL[dtype] * magnitude.max().item())
 
 
+def test_negative_zero_gradients_land_as_in_torch(seed, device):
+    """torch zero-fills grad_input and adds: a -0.0 output gradient arrives as +0.0, bit for bit."""
+    for shape, config in (((2, 3, 8, 10), CONFIGS[0]), ((2, 3, 9, 11), CONFIGS[0]), ((2, 3, 9, 11), CONFIGS[2])):
+        x = torch.randn(shape, device=device)
+        out, argmax, geo = P.max_pool2d_forward(x, *config)
+        grad_out = torch.randn(out.shape, device=device)
+        grad_out[:, :, ::2] = -0.0
+        ref = torch_grad(x, config, grad_out)
+        for deterministic in (True, False):
+            assert_values_equal(P.max_pool2d_backward(grad_out, argmax, geo, deterministic), ref)
+
+
 def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     """Several programs per grid axis and partial tiles, so program-id and mask logic is exercised."""
     for config, shape in ((CONFIGS[0], (2, 1, 11, 13)), (CONFIGS[0], (2, 1, 12, 36)), (CONFIGS[1], (2, 1, 11, 13)),

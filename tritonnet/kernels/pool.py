@@ -605,8 +605,9 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
 
     ``deterministic=True`` (default): the gather kernel, one write per input element, bitwise
     reproducible (when the windows tile the input exactly, e.g. 2x2/s2 on even sizes, the block of
-    input elements a program writes is the union of a block of windows). ``False``: atomic float32 scatter into a zeroed buffer (plus a cast for
-    float16/bfloat16; float32 atomics also sidestep the interpreter's broken bf16 atomics).
+    input elements a program writes is the union of a block of windows).
+    ``deterministic=False``: atomic float32 scatter into a zeroed buffer, plus a cast kernel for
+    float16/bfloat16 (float32 atomics also sidestep the interpreter's broken bf16 atomics).
     Returns a contiguous tensor of the input's shape and grad_out's dtype.
     """
     _check_backward_args(grad_out, argmax, geo)
