@@ -208,3 +208,43 @@ def test_profile_command_on_a_training_step(tmp_path, capsys):
     with open(next(tmp_path.glob("*.csv"))) as f:
         rows = list(csv.DictReader(f))
     assert all(int(r["count"]) % 2 == 0 for r in rows)  # two identical steps: every row seen twice
+
+
+def test_gpu_path_reads_events_back_once_after_the_region(seed, device, monkeypatch):
+    """The CUDA-event path, with events faked so it runs anywhere: per launch two events are
+    recorded and nothing waits on the device; one synchronisation at the end reads them all."""
+    log = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = len(log)  # a fake clock: one tick per call the profiler makes
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, other):
+            log.append("read")
+            return float(other.t - self.t)
+
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
+    a = torch.randn(100, device=device)
+    with Profiler(peaks=PEAKS) as prof:
+        for _ in range(3):
+            add(a, a)
+        assert "sync" not in log and "read" not in log  # inside the region: only records
+    assert log.count("sync") == 1 and log.index("sync") > max(i for i, e in enumerate(log) if e == "record")
+    assert prof.time_source == "CUDA events" and len(prof.launches) == 3
+    assert all(launch.ms == 1.0 for launch in prof.launches)  # start and end events, one tick apart
+    (row,) = prof.summary()
+    assert row["count"] == 3 and row["total_ms"] == 3.0 and row["roofline_pct"] is not None
+    events = [e for e in prof.trace()["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in events} == {0, 1}  # the device track and the host's launch calls
+    assert prof.trace()["otherData"]["device"] == "Fake GPU"

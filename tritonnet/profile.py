@@ -186,6 +186,7 @@ class Profiler:
         self.time_source = "wall clock (Triton interpreter: not GPU time)" if runtime.INTERPRETED \
             else "CUDA events"
         self.region_ms = 0.0
+        self.device = None
         self._active = False
         self._region_events = None
         self._host_t0 = 0.0
@@ -195,6 +196,7 @@ class Profiler:
         if self._active:
             raise RuntimeError("this profiler is already recording")
         self.peaks = device_peaks() if self._peaks_arg == "auto" else self._peaks_arg
+        self.device = device_name()
         self.launches = []
         self._active = True
         self._host_t0 = time.perf_counter()
@@ -338,7 +340,7 @@ class Profiler:
                                "ts": (launch.host_start - self._host_t0) * 1e6,
                                "dur": (launch.host_end - launch.host_start) * 1e6, "args": {"index": i}})
         return {"traceEvents": events, "displayTimeUnit": "ms",
-                "otherData": {"time_source": self.time_source, "device": device_name()}}
+                "otherData": {"time_source": self.time_source, "device": self.device}}
 
     def save(self, out_dir: str = ".", prefix: str | None = None) -> dict:
         """Write ``<prefix>_trace.json``, ``<prefix>.csv`` and ``<prefix>.txt`` (the table) into
