@@ -78,6 +78,12 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     return acc
 
 
+# Layout note for all three kernels: NCHW is contiguous along output/input pixels, so every
+# gathered tile is built with the pixel index as its LAST dimension ([K, M], then tl.trans into
+# the dot; stores likewise). Triton orders threads along the last dimension when it cannot prove
+# contiguity (the div/mod index math hides it), so this is what makes the loads and stores coalesce.
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -127,13 +133,13 @@ def conv2d_fwd_kernel(
             r = k % KHW
             kh = r // KW
             kw = r % KW
-            ih = ih0[:, None] + (kh * dil_h)[None, :]
-            iw = iw0[:, None] + (kw * dil_w)[None, :]
-            a_mask = m_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + x_row[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
+            ih = ih0[None, :] + (kh * dil_h)[:, None]
+            iw = iw0[None, :] + (kw * dil_w)[:, None]
+            a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_t = tl.load(x_ptr + x_row[None, :] + (c * sxc)[:, None] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     elif MODE == WINDOW_OUTER:
         for kh in range(0, KH):
             ih = oh * stride_h - pad_h + kh * dil_h
@@ -145,28 +151,28 @@ def conv2d_fwd_kernel(
                 for c0 in range(0, CG_IN, BLOCK_K):
                     c = c0 + tl.arange(0, BLOCK_K)
                     c_mask = c < CG_IN
-                    a = tl.load(x_ptr + sp_off[:, None] + (c * sxc)[None, :],
-                                mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+                    a_t = tl.load(x_ptr + sp_off[None, :] + (c * sxc)[:, None],
+                                  mask=sp_mask[None, :] & c_mask[:, None], other=0.0)
                     b = tl.load(w_ptr + w_off[None, :] + (c * swc)[:, None],
                                 mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-                    acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+                    acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     else:
         sp_off = x_row + oh * sxh + ow * sxw
         for c0 in range(0, CG_IN, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < CG_IN
-            a = tl.load(x_ptr + sp_off[:, None] + (c * sxc)[None, :], mask=m_mask[:, None] & c_mask[None, :],
-                        other=0.0)
+            a_t = tl.load(x_ptr + sp_off[None, :] + (c * sxc)[:, None], mask=m_mask[None, :] & c_mask[:, None],
+                          other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + (c * swc)[:, None], mask=c_mask[:, None] & n_mask[None, :],
                         other=0.0)
-            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
 
     if HAS_BIAS != 0:
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
-    y_off = (n_idx * C_OUT * OHW + p)[:, None] + (co_g * OHW)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    y_off = (n_idx * C_OUT * OHW + p)[None, :] + (co_g * OHW)[:, None]
+    tl.store(y_ptr + y_off, tl.trans(acc).to(y_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
 @triton.jit
@@ -231,14 +237,14 @@ def conv2d_dgrad_kernel(
             kh = KH0 + (r // NKW) * KSTEP_H
             kw = KW0 + (r % NKW) * KSTEP_W
             # exact divisions: the phase was chosen so that these numerators are multiples of the stride
-            oh = (ih[:, None] + pad_h - (kh * dil_h)[None, :]) // stride_h
-            ow = (iw[:, None] + pad_w - (kw * dil_w)[None, :]) // stride_w
-            a_mask = m_mask[:, None] & k_mask[None, :] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-            a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], oh, ow, a_mask,
-                         sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            oh = (ih[None, :] + pad_h - (kh * dil_h)[:, None]) // stride_h
+            ow = (iw[None, :] + pad_w - (kw * dil_w)[:, None]) // stride_w
+            a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+            a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh, ow, a_mask,
+                           sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
             b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     elif MODE == WINDOW_OUTER:
         for th in range(0, NKH):
             kh = KH0 + th * KSTEP_H
@@ -251,25 +257,25 @@ def conv2d_dgrad_kernel(
                     c = c0 + tl.arange(0, BLOCK_K)
                     c_mask = c < CG_OUT
                     co_g = co_base + c
-                    a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], oh[:, None], ow[:, None],
-                                 sp_mask[:, None] & c_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+                    a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
+                                   sp_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
                     b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                                 mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-                    acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+                    acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     else:
         for c0 in range(0, CG_OUT, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < CG_OUT
             co_g = co_base + c
-            a = _load_dy(dy_ptr, o_ptr, n_idx[:, None], co_g[None, :], ih[:, None], iw[:, None],
-                         m_mask[:, None] & c_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], ih[None, :], iw[None, :],
+                           m_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
             b = tl.load(w_ptr + (co_g * swo)[:, None] + w_col[None, :], mask=c_mask[:, None] & n_mask[None, :],
                         other=0.0)
-            acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
 
     HW = H * W
-    dx_off = (n_idx * C_IN * HW + ih * W + iw)[:, None] + ((g * CG_IN + ci) * HW)[None, :]
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    dx_off = (n_idx * C_IN * HW + ih * W + iw)[None, :] + ((g * CG_IN + ci) * HW)[:, None]
+    tl.store(dx_ptr + dx_off, tl.trans(acc).to(dx_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -332,11 +338,11 @@ def conv2d_wgrad_kernel(
                      m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
         if HAS_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
-        ih = (oh * stride_h)[:, None] + ihk[None, :]
-        iw = (ow * stride_w)[:, None] + iwk[None, :]
-        b_mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_ptr + (n_idx * sxn)[:, None] + x_col[None, :] + ih * sxh + iw * sxw, mask=b_mask, other=0.0)
-        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+        ih = (oh * stride_h)[None, :] + ihk[:, None]
+        iw = (ow * stride_w)[None, :] + iwk[:, None]
+        b_mask = p_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b_t = tl.load(x_ptr + (n_idx * sxn)[None, :] + x_col[:, None] + ih * sxh + iw * sxw, mask=b_mask, other=0.0)
+        acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
 
     base = split.to(tl.int64) * SPLIT_STRIDE
     dw_off = base + (co_g * K_W)[:, None] + k[None, :]
