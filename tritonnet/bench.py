@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import torch
@@ -788,7 +789,11 @@ def main(args) -> int:
     from .workloads import resolve
 
     if args.update_readme:
-        path = update_readme(args.update_readme, args.readme, force=args.force)
+        try:
+            path = update_readme(args.update_readme, args.readme, force=args.force)
+        except (OSError, ValueError) as exc:
+            print(f"tritonnet bench --update-readme: {exc}", file=sys.stderr)
+            return 2
         print(f"updated {path}")
         return 0
     print(runtime.describe())
@@ -811,7 +816,6 @@ def main(args) -> int:
 
 if __name__ == "__main__":
     import argparse
-    import sys
 
     _parser = argparse.ArgumentParser(prog="python -m tritonnet.bench", description="tritonnet vs torch")
     add_arguments(_parser)
