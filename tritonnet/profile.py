@@ -305,6 +305,8 @@ class Profiler:
         kernel_ms = sum(r["total_ms"] for r in rows)
         title = (f"tritonnet profile: {len(self.launches)} launches, {kernel_ms:.3f} ms in kernels, "
                  f"{self.region_ms:.3f} ms region; time = {self.time_source}")
+        if limit and len(rows) > limit:
+            title += f" (top {limit} of {len(rows)} rows by total time)"
         table = Table(title=title)
         for col in ("kernel", "op", "shapes", "dtype", "grid", "count", "total ms", "mean ms", "%",
                     "GFLOP/launch", "MB/launch", "TFLOP/s", "GB/s", "% roofline"):
