@@ -31,6 +31,7 @@ because the interpreter's cost is per program and per op.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -699,6 +700,11 @@ def _check_grad(grad_out, weight, geo, out):
             raise ValueError(f"out must have the output's shape {geo.out_shape}, got {tuple(out.shape)}")
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count() -> int:
+    return torch.cuda.get_device_properties(runtime.device()).multi_processor_count
+
+
 def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
     """(SPLIT, P_PER_SPLIT) for wgrad: split the pixel reduction when the weight tiles alone would
     leave the GPU mostly idle (LeNet: 150-element weight rows, 50k pixels)."""
@@ -707,7 +713,7 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
         if runtime.INTERPRETED:
             split_k = 1
         else:
-            sms = torch.cuda.get_device_properties(runtime.device()).multi_processor_count
+            sms = _sm_count()
             tiles = triton.cdiv(geo.CG_OUT, 64) * triton.cdiv(geo.CG_IN * geo.KH * geo.KW, 64) * geo.groups
             split_k = max(1, min(triton.cdiv(2 * sms, tiles), P // 2048))
     split_k = max(1, min(int(split_k), P))
