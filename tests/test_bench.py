@@ -150,3 +150,14 @@ def test_cuda_graph_step_replays_the_eager_step(seed):
         assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (a, b)
     for p, q in zip(eager.net.parameters(), graphed.net.parameters()):
         assert torch.allclose(p.data, q.data, rtol=1e-5, atol=1e-6)
+
+
+def test_precompile_workers_run_the_items(seed):
+    """The parallel precompile (on by default on a GPU) runs items in worker processes; in-process,
+    ``_warm`` runs steps and ops and shrugs off what fails."""
+    names = [c[0] for c in bench._op_cases(quick=True)]
+    linear = ("op", names.index("linear fwd +bias+relu"), "fp32")
+    assert bench._warm([linear, ("op", names.index("cross_entropy fwd+bwd"), "fp32"),
+                        ("step", "no-such-model", 2, "fp32")], quick=True) == 2
+    note = bench.precompile([linear], workers=1, timeout_s=120, quick=True)
+    assert "1 items' kernels in 1 processes" in note and "(0 failed" in note, note
