@@ -736,7 +736,7 @@ def chart(results, path: str) -> None:
     rows = [r for r in results["rows"] if r.get("x_vs_torch") or r.get("x_vs_compile")]
     rows.sort(key=lambda r: r["kind"] != "step")  # the training steps, the headline, on top
     labels = [f"{'step ' + r['model'] if r['kind'] == 'step' else r['name']} [{r['dtype']}]" for r in rows]
-    height = max(2.5, 0.32 * len(rows) + 1.5)
+    height = max(3.0, 0.32 * len(rows) + 2.0)
     fig, ax = plt.subplots(figsize=(10, height))
     ys = list(range(len(rows)))
     for offset, key, label in ((-0.2, "x_vs_torch", "vs torch eager (cuDNN)"), (0.2, "x_vs_compile", "vs torch.compile")):
@@ -744,11 +744,12 @@ def chart(results, path: str) -> None:
         bars = ax.barh([y + offset for y in ys], [v or 0 for v in values], height=0.4, label=label)
         for bar, v in zip(bars, values):
             if v:
-                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.2f}", va="center", fontsize=6)
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.3g}", va="center", fontsize=6)
     ax.axvline(1.0, color="black", linewidth=1)
     if rows:
         ax.set_xscale("log", base=2)  # 2x faster and 2x slower are the same distance from 1
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2, numticks=8))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
@@ -758,8 +759,8 @@ def chart(results, path: str) -> None:
     if not results.get("meaningful", True):
         title += "\nTriton interpreter: timings mean nothing"
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))  # room for the legend below the axis
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
