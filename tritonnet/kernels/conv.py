@@ -464,11 +464,12 @@ def set_autotune(enabled: bool) -> bool:
 
 
 def _fixed_config(kind: str) -> dict:
+    """Without autotuning: modest GPU tiles (quick to compile, fine for the small shapes of tests)."""
     if runtime.INTERPRETED:
         return _interpreter_config(kind)
     if kind == "wgrad":
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
-    return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
 
 def _split_config(config):
