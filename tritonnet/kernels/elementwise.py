@@ -6,6 +6,9 @@ from .. import runtime
 
 # Under the interpreter one program costs ~1 ms whatever its size, so use few, large blocks there.
 BLOCK = 16384 if runtime.INTERPRETED else 1024
+# 16 warps for those large blocks keep the ahead-of-time sm_90 compile of the interpreter's
+# specialisations quick (4 warps x 16K elements compiles ~10x slower); the interpreter ignores it.
+OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {}
 
 
 @triton.jit
@@ -29,7 +32,7 @@ def add(a, b):
     out = runtime.empty(a.shape, a.dtype)
     n = a.numel()
     if n:
-        runtime.launch(add_kernel, (triton.cdiv(n, BLOCK),), (a, b, out, n), {"BLOCK": BLOCK},
+        runtime.launch(add_kernel, (triton.cdiv(n, BLOCK),), (a, b, out, n), dict(OPTIONS, BLOCK=BLOCK),
                        runtime.LaunchInfo("add", (tuple(a.shape),), a.dtype, flops=n,
                                           bytes=3 * n * a.element_size()))
     return out
@@ -74,7 +77,7 @@ def axpby(a, b=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.0):
         # Scalars go in as Python floats: runtime values, so a new value never recompiles.
         runtime.launch(axpby_kernel, _grid(n), (a, a if b is None else b, out, n, float(alpha), float(beta),
                                                 float(gamma)),
-                       {"HAS_B": b is not None, "BLOCK": BLOCK},
+                       dict(OPTIONS, HAS_B=b is not None, BLOCK=BLOCK),
                        runtime.LaunchInfo("axpby", (tuple(a.shape),), a.dtype, flops=(4 if b is not None else 2) * n,
                                           bytes=(3 if b is not None else 2) * n * a.element_size()))
     return out
@@ -114,7 +117,7 @@ def scale_by_scalar(a, s, scale: float = 1.0, *, shape=None, dtype=None):
     n = out.numel()
     if n:
         runtime.launch(scale_by_scalar_kernel, _grid(n), (out if a is None else a, s, out, n, float(scale)),
-                       {"HAS_A": a is not None, "BLOCK": BLOCK},
+                       dict(OPTIONS, HAS_A=a is not None, BLOCK=BLOCK),
                        runtime.LaunchInfo("scale_by_scalar", (tuple(out.shape),), out.dtype,
                                           flops=2 * n if a is not None else n,
                                           bytes=(2 if a is not None else 1) * n * out.element_size()))
@@ -139,7 +142,7 @@ def relu(x):
     out = runtime.empty(x.shape, x.dtype)
     n = x.numel()
     if n:
-        runtime.launch(relu_kernel, _grid(n), (x, out, n), {"BLOCK": BLOCK},
+        runtime.launch(relu_kernel, _grid(n), (x, out, n), dict(OPTIONS, BLOCK=BLOCK),
                        runtime.LaunchInfo("relu", (tuple(x.shape),), x.dtype, flops=n,
                                           bytes=2 * n * x.element_size()))
     return out
@@ -167,7 +170,7 @@ def relu_backward(grad, y):
     out = runtime.empty(grad.shape, grad.dtype)
     n = grad.numel()
     if n:
-        runtime.launch(relu_backward_kernel, _grid(n), (grad, y, out, n), {"BLOCK": BLOCK},
+        runtime.launch(relu_backward_kernel, _grid(n), (grad, y, out, n), dict(OPTIONS, BLOCK=BLOCK),
                        runtime.LaunchInfo("relu_backward", (tuple(grad.shape),), grad.dtype, flops=n,
                                           bytes=3 * n * grad.element_size()))
     return out

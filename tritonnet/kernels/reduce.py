@@ -8,6 +8,8 @@ from .. import runtime
 # Under the interpreter one program costs ~1 ms whatever its size: few, large blocks there.
 BLOCK = 16384 if runtime.INTERPRETED else 2048
 MAX_PARTIALS = 4 if runtime.INTERPRETED else 512
+# Many warps keep the sm_90 compile check of the interpreter's large blocks quick.
+OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {}
 
 
 @triton.jit
@@ -37,11 +39,12 @@ def _sum(x, scale: float, op: str):
     programs = min(triton.cdiv(n, BLOCK), MAX_PARTIALS)
     info = runtime.LaunchInfo(op, (tuple(x.shape),), x.dtype, flops=n, bytes=n * x.element_size())
     if programs == 1:
-        runtime.launch(sum_partials_kernel, (1,), (x, out, n, 1, float(scale)), {"BLOCK": BLOCK, "FINAL": True}, info)
+        runtime.launch(sum_partials_kernel, (1,), (x, out, n, 1, float(scale)),
+                       dict(OPTIONS, BLOCK=BLOCK, FINAL=True), info)
         return out
     partials = runtime.empty((programs,), torch.float32)
     runtime.launch(sum_partials_kernel, (programs,), (x, partials, n, programs, 1.0),
-                   {"BLOCK": BLOCK, "FINAL": False}, info)
+                   dict(OPTIONS, BLOCK=BLOCK, FINAL=False), info)
     block2 = triton.next_power_of_2(MAX_PARTIALS)  # one shape for every n: fewer specialisations
     runtime.launch(sum_partials_kernel, (1,), (partials, out, programs, 1, float(scale)),
                    {"BLOCK": block2, "FINAL": True},
