@@ -85,3 +85,37 @@ def test_bounds_checker_catches_an_unmasked_overrun(device):
         runtime.launch(add_kernel, (1,), (a, b, out, 16), {"BLOCK": 16})
     runtime.launch(add_kernel, (1,), (a, b, out, 10), {"BLOCK": 16})
     assert torch.equal(out, a + b)
+
+
+def test_graph_does_not_keep_intermediates_alive(device):
+    """Edges point at nodes, not tensors: an activation no op saved is freed with its last user."""
+    import gc
+    import weakref
+
+    x = tn.Tensor(torch.randn(8, device=device), requires_grad=True)
+    y = tn.tape.record("identity", add(x.data, x.data), (x,), lambda g: (add(g, g),))
+    z = tn.tape.record("identity", y.data.clone(), (y,), lambda g: (g,))  # saves nothing
+    y_ref, y_data_ref = weakref.ref(y), weakref.ref(y.data)
+    del y
+    gc.collect()
+    assert y_ref() is None and y_data_ref() is None
+    g = torch.randn(8, device=device)
+    z.backward(g)
+    assert torch.equal(x.grad, add(g, g))
+
+
+def test_saved_bytes_are_released_after_backward_and_when_the_graph_is_dropped(device):
+    import gc
+
+    x = tn.Tensor(torch.randn(16, device=device), requires_grad=True)
+    before = tn.tape.saved_bytes()
+    kept = torch.randn(16, device=device)
+    y = tn.tape.record("keep", x.data.clone(), (x,), lambda g: (g,), saved=(kept,))
+    assert tn.tape.saved_bytes() - before == 16 * 4
+    y.backward(torch.randn(16, device=device))
+    assert tn.tape.saved_bytes() == before
+    y = tn.tape.record("keep", x.data.clone(), (x,), lambda g: (g,), saved=(kept,))
+    assert tn.tape.saved_bytes() - before == 16 * 4
+    del y
+    gc.collect()
+    assert tn.tape.saved_bytes() == before

@@ -35,12 +35,17 @@ def no_grad():
 
 
 class Node:
-    """One recorded op: its inputs, the backward closure, and the tensors the closure holds."""
+    """One recorded op: the backward closure and where each input's gradient goes.
 
-    __slots__ = ("inputs", "backward_fn", "saved_bytes", "name")
+    ``inputs`` holds one edge per input: the Node that made it, the leaf Tensor itself (whose
+    ``.grad`` receives the gradient), or None where no gradient is needed. Edges never hold an
+    intermediate Tensor, so an activation is kept alive only if some op saved it for backward.
+    """
 
-    def __init__(self, name, inputs, backward_fn, saved_bytes):
-        self.name, self.inputs, self.backward_fn, self.saved_bytes = name, inputs, backward_fn, saved_bytes
+    __slots__ = ("name", "inputs", "backward_fn", "saved", "__weakref__")
+
+    def __init__(self, name, inputs, backward_fn, saved):
+        self.name, self.inputs, self.backward_fn, self.saved = name, inputs, backward_fn, saved
 
 
 _saved_bytes_live = 0
@@ -215,55 +220,54 @@ def _accumulate(existing, grad):
     return add(existing, grad)
 
 
-def _topological_order(root: Tensor) -> list:
+def _topological_order(root: Node) -> list:
+    """Nodes and leaf tensors reachable from ``root``, each after every vertex that feeds it grads."""
     order, seen = [], set()
     stack = [(root, False)]
     while stack:  # iterative DFS: deep nets must not hit Python's recursion limit
-        t, expanded = stack.pop()
-        node = t._node
+        vertex, expanded = stack.pop()
         if expanded:
-            order.append(t)
+            order.append(vertex)
             continue
-        if id(t) in seen:
+        if id(vertex) in seen:
             continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if node is not None:
-            for inp in node.inputs:
-                if inp is not None and inp.requires_grad and id(inp) not in seen:
-                    stack.append((inp, False))
+        seen.add(id(vertex))
+        stack.append((vertex, True))
+        if isinstance(vertex, Node):
+            stack.extend((edge, False) for edge in vertex.inputs if edge is not None and id(edge) not in seen)
     return order[::-1]
 
 
 def _backward(root: Tensor, grad: torch.Tensor) -> None:
-    global _saved_bytes_live
-    grads = {id(root): grad}
-    for t in _topological_order(root):
-        g = grads.pop(id(t), None)
-        node = t._node
-        if node is None:
-            if g is not None:
-                t.grad = _accumulate(t.grad, g)
-            continue
+    if root._node is None:  # a leaf: its gradient is the seed itself
+        root.grad = _accumulate(root.grad, grad)
+        return
+    grads = {id(root._node): grad}
+    for vertex in _topological_order(root._node):
+        g = grads.pop(id(vertex), None)
         if g is None:
             continue
-        if node.backward_fn is None:
+        if isinstance(vertex, Tensor):
+            vertex.grad = _accumulate(vertex.grad, g)
+            continue
+        if vertex.backward_fn is None:
             raise RuntimeError(
-                f"trying to backward through the graph a second time: the tensors {node.name} saved "
+                f"trying to backward through the graph a second time: the tensors {vertex.name} saved "
                 "were freed after the first backward"
             )
-        input_grads = node.backward_fn(g)
-        node.backward_fn = None  # frees what the closure saved
-        _saved_bytes_live -= node.saved_bytes
-        for inp, ig in zip(node.inputs, input_grads):
-            if inp is not None and inp.requires_grad and ig is not None:
-                grads[id(inp)] = _accumulate(grads.get(id(inp)), ig)
+        input_grads = vertex.backward_fn(g)
+        vertex.backward_fn = None  # frees what the closure saved
+        _release(vertex.saved)
+        for edge, input_grad in zip(vertex.inputs, input_grads):
+            if edge is not None and input_grad is not None:
+                grads[id(edge)] = _accumulate(grads.get(id(edge)), input_grad)
 
 
-def _release(node: Node) -> None:
+def _release(saved: list) -> None:
+    """Stop counting a node's saved bytes (after its backward, or when the graph is dropped)."""
     global _saved_bytes_live
-    if node.backward_fn is not None:
-        _saved_bytes_live -= node.saved_bytes
+    _saved_bytes_live -= saved[0]
+    saved[0] = 0
 
 
 def as_tensor(x, name: str = "input") -> Tensor:
@@ -284,9 +288,10 @@ def record(name: str, output: torch.Tensor, inputs, backward_fn, saved=()) -> Te
     global _saved_bytes_live
     out = Tensor(output)
     if is_grad_enabled() and any(i is not None and i.requires_grad for i in inputs):
-        nbytes = sum(s.numel() * s.element_size() for s in saved if s is not None)
+        edges = tuple(None if i is None or not i.requires_grad else (i._node or i) for i in inputs)
+        saved_cell = [sum(s.numel() * s.element_size() for s in saved if s is not None)]
         out.requires_grad = True
-        out._node = Node(name, tuple(inputs), backward_fn, nbytes)
-        _saved_bytes_live += nbytes
-        weakref.finalize(out, _release, out._node)
+        out._node = Node(name, edges, backward_fn, saved_cell)
+        _saved_bytes_live += saved_cell[0]
+        weakref.finalize(out._node, _release, saved_cell)
     return out
