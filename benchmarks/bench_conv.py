@@ -14,7 +14,9 @@ gradient in training).
 Each row: median ms, TFLOP/s, percent of the measured matmul peak for that precision (cuBLAS
 8192^3), cuDNN NCHW and channels_last times, the speed ratio cuDNN NCHW time / tritonnet time
 (> 1 means tritonnet is faster), and the floor max(FLOPs / peak, minimum bytes / copy bandwidth)
-with the percentage of it reached. The targets of issue 3 are evaluated at the end.
+with the percentage of it reached. LeNet rows are also timed replayed from CUDA graphs (both
+sides), which separates host launch cost from device time. The targets of issue 3 are evaluated
+at the end.
 
 Usage: python3 benchmarks/bench_conv.py --out DIR [--quick]
 Under Triton's interpreter it runs a tiny smoke version whose timings mean nothing.
@@ -198,6 +200,8 @@ def run(quick: bool, interpreted: bool, save):
                     row["cudnn_channels_last_ms"] = round(_median(r_fn, sets_cl, quick), 5)
                     row["speedup_vs_cudnn_nchw"] = round(row["cudnn_nchw_ms"] / ms, 3)
                     row["speedup_vs_cudnn_best"] = round(min(row["cudnn_nchw_ms"], row["cudnn_channels_last_ms"]) / ms, 3)
+                    if net == "lenet" and not interpreted:
+                        _graph_times(row, t_fn, r_fn, sets[0])
                     if op == "fwd+bias+relu" and prec == "bf16":
                         compile_jobs.append((row, r_fn, sets))
                     rows.append(row)
@@ -211,6 +215,21 @@ def run(quick: bool, interpreted: bool, save):
     finally:
         _set_precision("fp32")
     return rows, peak_info, time.perf_counter() - start
+
+
+def _graph_times(row, t_fn, r_fn, args):
+    """LeNet-sized kernels take microseconds, so eager timings there include the host's launch
+    cost; replaying both sides from a CUDA graph shows the device time alone."""
+    import triton.testing
+
+    for key, fn in (("tritonnet_graph_ms", t_fn), ("cudnn_nchw_graph_ms", r_fn)):
+        try:
+            row[key] = round(triton.testing.do_bench_cudagraph(lambda: fn(*args), rep=20), 5)
+        except Exception as exc:  # capture can fail; the eager timing stands
+            row[key] = None
+            row[key.replace("_ms", "_note")] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if row.get("tritonnet_graph_ms") and row.get("cudnn_nchw_graph_ms"):
+        row["speedup_vs_cudnn_graph"] = round(row["cudnn_nchw_graph_ms"] / row["tritonnet_graph_ms"], 3)
 
 
 def _compiled_row(row, r_fn, sets, quick, interpreted, elapsed):
@@ -256,8 +275,14 @@ def targets(rows):
         ("LeNet shapes >= 1.0x (bf16, every op)", 1.0,
          ratios(lambda r: r["net"] == "lenet" and r["precision"] == "bf16")),
     ]
-    return [{"target": name, "threshold": thr, "min_ratio": min(rs) if rs else None,
-             "ratios": rs, "met": bool(rs) and min(rs) >= thr} for name, thr, rs in checks]
+    result = [{"target": name, "threshold": thr, "min_ratio": min(rs) if rs else None,
+               "ratios": rs, "met": bool(rs) and min(rs) >= thr} for name, thr, rs in checks]
+    graph = [r["speedup_vs_cudnn_graph"] for r in rows
+             if r["net"] == "lenet" and r["precision"] == "bf16" and r.get("speedup_vs_cudnn_graph")]
+    result.append({"target": "LeNet shapes >= 1.0x, both sides replayed from CUDA graphs (device time only)",
+                   "threshold": 1.0, "min_ratio": min(graph) if graph else None, "ratios": graph,
+                   "met": bool(graph) and min(graph) >= 1.0})
+    return result
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@
 References are computed in float64 from the same (rounded) inputs. Outputs are poisoned by
 conftest, so a comparison also proves every element was written.
 """
+import gc
 import warnings
 
 import pytest
@@ -117,7 +118,16 @@ def test_conv2d_half_precision(seed, device, dtype, case):
     _check_all(ours, ref, TOL[dtype])
 
 
-def test_conv2d_without_bias_and_input_gradient(seed, device):
+@pytest.fixture
+def quiet_gc():
+    """tape.saved_bytes() is global: earlier tests' graphs collected mid-measurement would shift it."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def test_conv2d_without_bias_and_input_gradient(seed, device, quiet_gc):
     """No bias; x a constant (first layer): only dw is computed, and only x is saved."""
     x, wt, _ = _inputs(device, torch.float32, 2, 3, 8, 9, 5, 3, 1, bias=False)
     wp = tn.Tensor(wt, requires_grad=True)
@@ -130,7 +140,7 @@ def test_conv2d_without_bias_and_input_gradient(seed, device):
     _close(wp.grad, dw_ref, 1e-5, "dw")
 
 
-def test_saved_for_backward_is_input_weight_and_relu_output(seed, device):
+def test_saved_for_backward_is_input_weight_and_relu_output(seed, device, quiet_gc):
     x, wt, b = _inputs(device, torch.float32, 2, 3, 8, 8, 4, 3, 1)
     xt, wp, bp = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
     before = tape.saved_bytes()

@@ -567,6 +567,25 @@ class ConvGeometry:
                 self.dilation[0], self.dilation[1])
 
 
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _cached_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    return ConvGeometry(x_shape, w_shape, stride, padding, dilation, groups)
+
+
+def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    """ConvGeometry, memoised: a training step asks for the same few layers' geometry every call,
+    and at LeNet sizes the launch's host time matters as much as the kernel's."""
+    try:
+        return _cached_geometry(tuple(x_shape), tuple(w_shape), _hashable(stride), _hashable(padding),
+                                _hashable(dilation), groups)
+    except TypeError:  # something unhashable: validate without the cache (it raises the proper error)
+        return ConvGeometry(x_shape, w_shape, stride, padding, dilation, groups)
+
+
 def _check_pair(x, weight, bias=None):
     runtime.check_tensor(x, "x", ndim=None)
     runtime.check_tensor(weight, "weight", ndim=None)
@@ -612,7 +631,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     _check_pair(x, weight, bias)
     relu = _check_activation(activation)
-    geo = ConvGeometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    geo = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     y = runtime.empty(geo.out_shape, x.dtype)
@@ -661,7 +680,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(weight, "weight", ndim=4)
-    geo = ConvGeometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    geo = geometry(x_shape, weight.shape, stride, padding, dilation, groups)
     _check_grad(grad_out, weight, geo, out)
     dx = runtime.empty(tuple(x_shape), grad_out.dtype)
     o = out if out is not None else grad_out
@@ -733,7 +752,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(x, "x", ndim=4)
-    geo = ConvGeometry(x.shape, w_shape, stride, padding, dilation, groups)
+    geo = geometry(x.shape, w_shape, stride, padding, dilation, groups)
     if x.dtype != grad_out.dtype:
         raise TypeError(f"x must have grad_out's dtype {grad_out.dtype}, got {x.dtype}")
     if tuple(grad_out.shape) != geo.out_shape:
