@@ -141,6 +141,7 @@ def test_state_dict_round_trip_resumes_bitwise(seed, device):
             p.grad = gi
         opt.step()
     saved = copy.deepcopy(opt.state_dict())
+    assert isinstance(saved["state"][0]["step"], torch.Tensor)  # torch's layout
     saved["state"] = {str(k): v for k, v in saved["state"].items()}  # as after a JSON round trip
     for p, q in zip(resumed, ours):
         p.data.copy_(q.data)

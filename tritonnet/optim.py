@@ -70,7 +70,12 @@ class Optimizer:
         """torch.optim's layout: ``{"state": {index: {...}}, "param_groups": [{..., "params": [...]}]}``."""
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
         group["params"] = list(range(len(self.params)))
-        state = {i: dict(s) for i, s in self.state.items() if s}
+        state = {}
+        for i, entry in self.state.items():
+            if entry:
+                state[i] = dict(entry)
+                if "step" in entry:  # a Python float while training (no tensor per step); torch's form here
+                    state[i]["step"] = torch.tensor(float(entry["step"]), dtype=torch.float32)
         return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -100,7 +105,7 @@ class Optimizer:
                                          f"the parameter has {tuple(p.shape)}")
                     value = value.to(device=p.device, dtype=p.dtype).clone().contiguous()
                 elif name == "step":
-                    value = torch.tensor(float(value), dtype=torch.float32)
+                    value = float(value)
                 new_state[i][name] = value
         self.state = new_state
 
@@ -173,12 +178,12 @@ class Adam(Optimizer):
         for i, p, _ in entries:
             state = self.state[i]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                state["step"] = 0.0
                 state["exp_avg"] = torch.zeros_like(p.data)
                 state["exp_avg_sq"] = torch.zeros_like(p.data)
-            state["step"] = torch.tensor(float(state["step"]) + 1.0)
+            state["step"] += 1.0
         # Bias corrections depend on each parameter's step count: one launch per distinct count.
-        for (dtype, step), group_entries in _groups(entries, lambda e: float(self.state[e[0]]["step"])):
+        for (dtype, step), group_entries in _groups(entries, lambda e: self.state[e[0]]["step"]):
             states = [self.state[i] for i, _, _ in group_entries]
             _kernels.adam_step([p.data for _, p, _ in group_entries], [g for _, _, g in group_entries],
                                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
