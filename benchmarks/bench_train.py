@@ -94,7 +94,7 @@ def launch_totals(fn, args):
 
 
 def bench_steps(model_name, batch, quick, peaks, with_compile=True):
-    lr = train.DEFAULT_LR["adam"]
+    lr = train.TrainConfig(model=model_name).resolved().lr
     batches = make_batches(model_name, batch, 2 if quick or runtime.INTERPRETED else 4)
     row = {"model": model_name, "batch": batch, "optimizer": f"adam lr {lr}", "results": {}}
     steps = step_functions(model_name, lr, with_compile)

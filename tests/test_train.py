@@ -158,7 +158,7 @@ def test_training_losses_track_torch_step_by_step(seed, device):
             torch_opt.zero_grad()
             loss.backward()
             torch_opt.step()
-            expected.append(float(loss))
+            expected.append(float(loss.detach()))
     assert len(losses) == len(expected) == 6
     for step, (ours, theirs) in enumerate(zip(losses, expected)):
         assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, losses, expected)

@@ -24,6 +24,7 @@ def main(args) -> int:
     accuracy, loss = evaluate(model, dataset.test_images.to(device), dataset.test_labels.to(device),
                               batch_size=args.batch_size)
     n = len(dataset.test_labels)
-    print(f"{args.checkpoint}: {config.model} after {sidecar.get('epoch', '?')} epochs on {config.dataset}")
+    epochs = sidecar.get("epoch", "?")
+    print(f"{args.checkpoint}: {config.model} after {epochs} epoch{'' if epochs == 1 else 's'} on {config.dataset}")
     print(f"test accuracy: {accuracy * 100:.2f}% ({round(accuracy * n)}/{n}), test loss {loss:.4f}")
     return 0
