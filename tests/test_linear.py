@@ -74,8 +74,9 @@ def test_linear_forward_backward_matches_torch_half(seed, device, dtype):
 def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     """GPU tile configurations (launched, so the suite's compile check builds them too): several
     programs per axis, partial tiles and several K steps exercise the mask and program-id logic."""
-    _check(37, 150, 40, torch.float32, "relu", True, device, blocks=K.GPU_CONFIGS[0])
-    _check(70, 150, 90, torch.float16, "relu", True, device, blocks=K.GPU_CONFIGS[1])
+    _check(37, 150, 40, torch.float32, "relu", True, device, blocks=K.SMALL_CONFIGS[0])
+    _check(70, 150, 90, torch.float32, "relu", True, device, blocks=K.SMALL_CONFIGS[1])
+    _check(40, 70, 90, torch.float16, None, True, device, blocks=K.SMALL_CONFIGS[0])
 
 
 def test_relu_gate_follows_torch_at_zero_and_only_needed_grads_computed(seed, device):
@@ -137,11 +138,14 @@ def _gpu_specs():
     the forward (bias + ReLU epilogue) and weight-grad (gate + row sum) flag sets."""
     forward = dict(HAS_BIAS=True, RELU=True, HAS_GATE=False, HAS_ROWSUM=False)
     weight_grad = dict(HAS_BIAS=False, RELU=False, HAS_GATE=True, HAS_ROWSUM=True)
-    cases = [(2, "fp32", "tf32", weight_grad), (3, "fp32", "ieee", forward), (2, "bf16", "tf32", forward),
-             (3, "bf16", "tf32", weight_grad)]  # configs 0 and 1 are launched by the test above
+    tuned = K.TUNE_CONFIGS
+    # The small-product configurations are launched by the test above; these are the tuned ones.
+    cases = [(tuned[4][1], "fp32", "tf32", weight_grad), (tuned[4][2], "fp32", "ieee", forward),
+             (tuned[2][0], "bf16", "tf32", forward), (tuned[2][1], "bf16", "tf32", weight_grad),
+             (tuned[2][2], "fp16", "tf32", forward)]
+    assert {c[0] for c in cases} | set(K.SMALL_CONFIGS) == set(K.GPU_CONFIGS)
     specs = []
-    for config, tt, precision, flags in cases:
-        bm, bn, bk, warps, stages = K.GPU_CONFIGS[config]
+    for (bm, bn, bk, warps, stages), tt, precision, flags in cases:
         signature = {name: ("*" + tt if name.endswith("_ptr") else "i32") for name in K.matmul_kernel.arg_names}
         consts = dict(flags, PRECISION=precision, UPCAST=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
         signature.update({name: "constexpr" for name in consts})
