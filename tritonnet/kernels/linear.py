@@ -86,6 +86,15 @@ TUNE_CONFIGS = {
 GPU_CONFIGS = tuple(dict.fromkeys(SMALL_CONFIGS + TUNE_CONFIGS[4] + TUNE_CONFIGS[2]))  # every one used
 SMALL_FLOPS = 1 << 26
 _TUNED: dict = {}
+AUTOTUNE = not runtime.INTERPRETED
+
+
+def set_autotune(enabled: bool) -> bool:
+    """Turn the GPU timing trials for large products on or off (off: the first candidate of
+    each list); returns the previous value. Always off under the interpreter."""
+    global AUTOTUNE
+    previous, AUTOTUNE = AUTOTUNE, bool(enabled) and not runtime.INTERPRETED
+    return previous
 
 
 def _small_config(M, N):
@@ -166,6 +175,8 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         cfg = INTERPRETER_CONFIG
     elif 2 * M * N * K <= SMALL_FLOPS:
         cfg = _small_config(M, N)
+    elif not AUTOTUNE:
+        cfg = TUNE_CONFIGS[4 if size == 4 else 2][0]
     else:
         key = (M, N, K, dtype, tuple(sorted(flags.items())), a.stride(), b.stride(), g.stride())
         cfg = _tuned_config(key, run, TUNE_CONFIGS[4 if size == 4 else 2])
