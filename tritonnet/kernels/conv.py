@@ -26,8 +26,9 @@ The ReLU derivative is applied while loading dy (mask from the saved output) in 
 kernels, so there is no separate ReLU-backward pass.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
-sizes only; under the interpreter (and when a ``config`` is passed) one fixed config, large there
-because the interpreter's cost is per program and per op.
+sizes only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
+uses one fixed config per kernel; under the interpreter one fixed config is always used, large
+there because the interpreter's cost is per program and per op.
 """
 from __future__ import annotations
 
