@@ -42,8 +42,10 @@ def test_cross_entropy_many_classes_and_gpu_sized_blocks(seed, device):
     """Several row programs and a loop over class chunks (the online log-sum-exp across chunks)."""
     logits = torch.randn(37, 70, device=device) * 4
     target = torch.randint(0, 70, (37,), device=device, dtype=torch.int32)
-    _compare(logits, target.long(), "mean", 0.2, blocks=(16, 16))
+    _compare(logits, target.long(), "mean", 0.2, blocks=(16, 16))  # several programs, then the reduction
     _compare(logits, target.long(), "sum", 0.0, blocks=(16, 16))
+    _compare(logits, target.long(), "mean", 0.1, blocks=(16, 16, True))  # one program looping over row blocks
+    _compare(logits, target.long(), "sum", 0.0, blocks=K._blocks(37, 70)[:2] + (False,))
     logits = torch.randn(5, 1000, device=device)
     _compare(logits, torch.randint(0, 1000, (5,), device=device), "mean", 0.05)
 
@@ -66,6 +68,11 @@ def test_bad_labels_are_a_value_error(device):
         target = torch.tensor([0, 1, 2, bad, 4, 5], device=device)
         with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\)"):
             F.cross_entropy(tn.Tensor(logits, requires_grad=True), target)
+    target = torch.randint(0, 10, (40,), device=device)
+    target[33] = 10
+    for blocks in ((16, 16), (16, 16, True)):  # several programs + reduction; one looping program
+        with pytest.raises(ValueError, match=r"target has 1 label\(s\)"):
+            K.cross_entropy(torch.randn(40, 10, device=device), target, blocks=blocks)
     with pytest.raises(TypeError, match="target must have dtype"):
         F.cross_entropy(logits, torch.zeros(6, device=device))
     with pytest.raises(ValueError, match="one label per row"):

@@ -16,19 +16,10 @@ _NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
-def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr, B, C,
-                         stride_lb, stride_gb, grad_scale, smoothing,
-                         WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per row b of logits (B, C) (row stride stride_lb, unit column stride) with class target[b]
-    (B,) int32/int64:
-
-    row_loss[b] (B,) fp32 = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]
-    grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
-        grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
-    bad[b] (B,) int32 = 1 if target[b] is outside [0, C) (its loss and gradient are then 0).
-    Grid: (cdiv(B, BLOCK_B),); each program loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
-    """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale, smoothing,
+          WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Loss (fp32, 0 for bad labels), bad-label flags and -- with WRITE_GRAD -- the stored
+    gradient, for the BLOCK_B rows ``rows``."""
     in_b = rows < B
     target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
     bad = in_b & ((target < 0) | (target >= C))
@@ -49,8 +40,6 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
         x_target += tl.sum(tl.where(cols[None, :] == target[:, None], x, 0.0), axis=1)
     lse = row_max + tl.log(sum_exp)
     loss = lse - (1.0 - smoothing) * x_target - smoothing / C * sum_x
-    tl.store(row_loss_ptr + rows, tl.where(bad, 0.0, loss).to(row_loss_ptr.dtype.element_ty), mask=in_b)
-    tl.store(bad_ptr + rows, bad.to(tl.int32), mask=in_b)
     if WRITE_GRAD:
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
@@ -62,6 +51,44 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
             g = tl.where(bad[:, None], 0.0, g * grad_scale)
             tl.store(grad_ptr + rows[:, None] * stride_gb + cols[None, :], g.to(grad_ptr.dtype.element_ty),
                      mask=mask)
+    return tl.where(bad | (rows >= B), 0.0, loss), bad
+
+
+@triton.jit
+def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr, loss_ptr, bad_count_ptr,
+                         B, C, stride_lb, stride_gb, grad_scale, smoothing, scale,
+                         WRITE_GRAD: tl.constexpr, SINGLE: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+    """Softmax cross-entropy of logits (B, C) (row stride stride_lb, unit column stride) against
+    class indices target (B,) int32/int64. Per row b, with t = target[b]:
+
+    row loss = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]
+    grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
+        grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
+    A label outside [0, C) is flagged bad; its loss and gradient are 0.
+
+    SINGLE: one program loops over all rows in BLOCK_B blocks and writes loss[0] = scale * sum of
+    row losses (loss's dtype) and bad_count[0] (int32) itself: one launch for a whole small batch.
+    Otherwise grid (cdiv(B, BLOCK_B),): row_loss (B,) fp32 and bad (B,) int32 are written per row
+    for loss_reduce_kernel. Each row block loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
+    """
+    if SINGLE:
+        total = tl.zeros((BLOCK_B,), tl.float32)
+        bad_total = tl.zeros((BLOCK_B,), tl.int32)
+        for b0 in range(0, B, BLOCK_B):
+            rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
+            loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale,
+                              smoothing, WRITE_GRAD, BLOCK_B, BLOCK_C)
+            total += loss
+            bad_total += bad.to(tl.int32)
+        tl.store(loss_ptr, (tl.sum(total, axis=0) * scale).to(loss_ptr.dtype.element_ty))
+        tl.store(bad_count_ptr, tl.sum(bad_total, axis=0))
+    else:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+        loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale,
+                          smoothing, WRITE_GRAD, BLOCK_B, BLOCK_C)
+        tl.store(row_loss_ptr + rows, loss.to(row_loss_ptr.dtype.element_ty), mask=rows < B)
+        tl.store(bad_ptr + rows, bad.to(tl.int32), mask=rows < B)
 
 
 @triton.jit
@@ -82,13 +109,18 @@ def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale,
 
 
 REDUCE_BLOCK = 1024
+# Up to this many (padded) logits one program handles the whole batch and the reduction itself.
+SINGLE_LIMIT = 1 << 20 if runtime.INTERPRETED else 1 << 16
 
 
 def _blocks(B, C):
+    """(BLOCK_B, BLOCK_C, SINGLE) for a (B, C) problem."""
     block_c = max(16, min(triton.next_power_of_2(C), 4096 if runtime.INTERPRETED else 1024))
     if runtime.INTERPRETED:  # ~1 ms per program: whole batches per program, few distinct shapes,
-        return max(1, min(128, 8192 // block_c)), block_c  # tiles the sm_90 compile check builds quickly
-    return max(1, min(64, 4096 // block_c)), block_c
+        block_b = max(1, min(128, 8192 // block_c))  # tiles the sm_90 compile check builds quickly
+    else:
+        block_b = max(1, min(64, 4096 // block_c))
+    return block_b, block_c, B * block_c <= SINGLE_LIMIT
 
 
 def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0,
@@ -114,24 +146,27 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     target = target.contiguous()
-    row_loss = runtime.empty((B,), torch.float32)
-    bad = runtime.empty((B,), torch.int32)
-    grad = runtime.empty((B, C), logits.dtype) if need_grad else row_loss
-    scale = 1.0 / B if reduction == "mean" else 1.0
-    block_b, block_c = blocks if blocks is not None else _blocks(B, C)
-    size = logits.element_size()
-    runtime.launch(cross_entropy_kernel, (triton.cdiv(B, block_b),),
-                   (logits, target, row_loss, grad, bad, B, C, logits.stride(0), grad.stride(0) if need_grad else 0,
-                    float(scale), float(label_smoothing)),
-                   {"WRITE_GRAD": bool(need_grad), "BLOCK_B": block_b, "BLOCK_C": block_c},
-                   runtime.LaunchInfo("cross_entropy", ((B, C),), logits.dtype,
-                                      flops=(10 if need_grad else 6) * B * C,
-                                      bytes=B * C * size * (2 if need_grad else 1) + B * (target.element_size() + 8)))
+    grad = runtime.empty((B, C), logits.dtype) if need_grad else logits
     loss = runtime.empty((), logits.dtype)
     bad_count = runtime.empty((), torch.int32)
-    runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
-                   {"BLOCK": REDUCE_BLOCK},
-                   runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
+    scale = 1.0 / B if reduction == "mean" else 1.0
+    block_b, block_c, single = blocks if blocks is not None and len(blocks) == 3 else (
+        tuple(blocks) + (False,) if blocks is not None else _blocks(B, C))
+    # Per-row results only when several programs share the rows (then a second launch reduces them).
+    row_loss = loss if single else runtime.empty((B,), torch.float32)
+    bad = bad_count if single else runtime.empty((B,), torch.int32)
+    size = logits.element_size()
+    runtime.launch(cross_entropy_kernel, (1 if single else triton.cdiv(B, block_b),),
+                   (logits, target, row_loss, grad, bad, loss, bad_count, B, C, logits.stride(0),
+                    grad.stride(0) if need_grad else 0, float(scale), float(label_smoothing), float(scale)),
+                   {"WRITE_GRAD": bool(need_grad), "SINGLE": bool(single), "BLOCK_B": block_b, "BLOCK_C": block_c},
+                   runtime.LaunchInfo("cross_entropy", ((B, C),), logits.dtype,
+                                      flops=(10 if need_grad else 6) * B * C,
+                                      bytes=B * C * size * (2 if need_grad else 1) + B * target.element_size()))
+    if not single:
+        runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
+                       {"BLOCK": REDUCE_BLOCK},
+                       runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
     # While a CUDA graph is captured nothing may wait for the device: the check is skipped there
     # (bad rows still read nothing out of bounds; their loss and gradient are 0).
     capturing = not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
