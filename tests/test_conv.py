@@ -149,7 +149,8 @@ def test_saved_for_backward_is_input_weight_and_relu_output(seed, device, quiet_
     before = tape.saved_bytes()
     y2 = F.conv2d(xt, wp, bp, padding=1)  # kept alive: a dropped output frees what its node saved
     assert y2.requires_grad and y.requires_grad
-    assert tape.saved_bytes() - before == (x.numel() + wt.numel()) * 4
+    # The same x and weight again: the tape counts storages, so nothing new is held.
+    assert tape.saved_bytes() - before == 0
 
 
 def test_fused_relu_equals_conv_then_relu(seed, device):

@@ -119,3 +119,14 @@ def test_saved_bytes_are_released_after_backward_and_when_the_graph_is_dropped(d
     del y
     gc.collect()
     assert tn.tape.saved_bytes() == before
+
+
+def test_a_storage_saved_by_two_ops_counts_once(device):
+    x = tn.Tensor(torch.randn(32, device=device), requires_grad=True)
+    before = tn.tape.saved_bytes()
+    shared = torch.randn(32, device=device)
+    y = tn.tape.record("a", x.data.clone(), (x,), lambda g: (g,), saved=(shared,))
+    z = tn.tape.record("b", y.data.clone(), (y,), lambda g: (g,), saved=(shared[:16], y.data))
+    assert tn.tape.saved_bytes() - before == 32 * 4 + 32 * 4
+    z.backward(torch.randn(32, device=device))
+    assert tn.tape.saved_bytes() == before

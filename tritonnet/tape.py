@@ -48,12 +48,27 @@ class Node:
         self.name, self.inputs, self.backward_fn, self.saved = name, inputs, backward_fn, saved
 
 
-_saved_bytes_live = 0
+# Storage address -> [number of live nodes holding it, bytes]. Counting storages rather than
+# tensors means an activation saved by two ops (one's output, the next one's input) counts once,
+# as torch autograd's saved tensors do when measured by storage.
+_saved_storages: dict = {}
 
 
 def saved_bytes() -> int:
-    """Bytes currently held for backward by live nodes of the tape (freed ones not counted)."""
-    return _saved_bytes_live
+    """Bytes of the distinct storages live nodes of the tape hold for backward."""
+    return sum(nbytes for _, nbytes in _saved_storages.values())
+
+
+def _hold(saved) -> list:
+    keys = []
+    for tensor in saved:
+        if tensor is None:
+            continue
+        storage = tensor.untyped_storage()
+        entry = _saved_storages.setdefault(storage.data_ptr(), [0, storage.nbytes()])
+        entry[0] += 1
+        keys.append(storage.data_ptr())
+    return keys
 
 
 class Tensor:
@@ -263,11 +278,14 @@ def _backward(root: Tensor, grad: torch.Tensor) -> None:
                 grads[id(edge)] = _accumulate(grads.get(id(edge)), input_grad)
 
 
-def _release(saved: list) -> None:
-    """Stop counting a node's saved bytes (after its backward, or when the graph is dropped)."""
-    global _saved_bytes_live
-    _saved_bytes_live -= saved[0]
-    saved[0] = 0
+def _release(keys: list) -> None:
+    """Stop counting a node's saved storages (after its backward, or when the graph is dropped)."""
+    for key in keys:
+        entry = _saved_storages[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _saved_storages[key]
+    keys.clear()
 
 
 def as_tensor(x, name: str = "input") -> Tensor:
@@ -285,13 +303,11 @@ def record(name: str, output: torch.Tensor, inputs, backward_fn, saved=()) -> Te
     ``backward_fn(grad_output) -> tuple`` returns one gradient (or None) per input. ``saved``
     lists the torch.Tensors the closure keeps alive, so the tape can report saved-for-backward bytes.
     """
-    global _saved_bytes_live
     out = Tensor(output)
     if is_grad_enabled() and any(i is not None and i.requires_grad for i in inputs):
         edges = tuple(None if i is None or not i.requires_grad else (i._node or i) for i in inputs)
-        saved_cell = [sum(s.numel() * s.element_size() for s in saved if s is not None)]
+        saved_keys = _hold(saved)
         out.requires_grad = True
-        out._node = Node(name, edges, backward_fn, saved_cell)
-        _saved_bytes_live += saved_cell[0]
-        weakref.finalize(out._node, _release, saved_cell)
+        out._node = Node(name, edges, backward_fn, saved_keys)
+        weakref.finalize(out._node, _release, saved_keys)
     return out
