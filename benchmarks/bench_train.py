@@ -178,7 +178,10 @@ def main(argv=None) -> int:
     interpreted = runtime.INTERPRETED
     if interpreted:
         print("bench_train: running under Triton's interpreter: a smoke run, its timings mean nothing")
-    results = {"environment": bench.environment(), "memory": [], "steps": []}
+    # Both sides in IEEE fp32: tritonnet's default precision, and torch without cuDNN's default TF32.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    results = {"environment": bench.environment(), "precision": "fp32 (IEEE) on both sides", "memory": [],
+               "steps": []}
 
     memory_cases = [("lenet5", 16), ("digits_cnn", 8)] if interpreted else \
         [("lenet5", 64), ("lenet5", 256), ("digits_cnn", train.DEFAULT_BATCH_SIZE), ("cifar_cnn", 128)]
