@@ -94,38 +94,39 @@ def _make_sets(shape, dtype, count, channels_last=False):
 
 
 def _ops(pad):
-    """name -> (tritonnet fn, torch fn); each takes (x, w, b, gy, y) with y the saved ReLU output."""
+    """name -> (tritonnet fn, torch fn); each takes (x, w, b, gy, y, mask): y is the ReLU output torch
+    saves for its backward, mask the 1-bit-per-output ReLU gate tritonnet's training forward saves."""
     conv_bwd = torch.ops.aten.convolution_backward
 
-    def t_fwd(x, w, b, gy, y):
+    def t_fwd(x, w, b, gy, y, mask):
         return K.conv2d_forward(x, w, None, padding=pad)
 
-    def r_fwd(x, w, b, gy, y):
+    def r_fwd(x, w, b, gy, y, mask):
         return torch.nn.functional.conv2d(x, w, None, padding=pad)
 
-    def t_fused(x, w, b, gy, y):
+    def t_fused(x, w, b, gy, y, mask):
         return K.conv2d_forward(x, w, b, padding=pad, activation="relu")
 
-    def r_fused(x, w, b, gy, y):
+    def r_fused(x, w, b, gy, y, mask):
         return torch.relu(torch.nn.functional.conv2d(x, w, b, padding=pad))
 
-    def t_dgrad(x, w, b, gy, y):
+    def t_dgrad(x, w, b, gy, y, mask):
         return K.conv2d_input_grad(gy, w, x.shape, padding=pad)
 
-    def r_dgrad(x, w, b, gy, y):
+    def r_dgrad(x, w, b, gy, y, mask):
         return conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False])
 
-    def t_wgrad(x, w, b, gy, y):
+    def t_wgrad(x, w, b, gy, y, mask):
         return K.conv2d_weight_grad(gy, x, w.shape, padding=pad)
 
-    def r_wgrad(x, w, b, gy, y):
+    def r_wgrad(x, w, b, gy, y, mask):
         return conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False])
 
-    def t_bwd(x, w, b, gy, y, need_dx=True):
-        dx = K.conv2d_input_grad(gy, w, x.shape, padding=pad, out=y) if need_dx else None
-        return dx, K.conv2d_weight_grad(gy, x, w.shape, padding=pad, out=y, bias_grad=True)
+    def t_bwd(x, w, b, gy, y, mask, need_dx=True):
+        dx = K.conv2d_input_grad(gy, w, x.shape, padding=pad, relu_mask=mask) if need_dx else None
+        return dx, K.conv2d_weight_grad(gy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True)
 
-    def r_bwd(x, w, b, gy, y, need_dx=True):
+    def r_bwd(x, w, b, gy, y, mask, need_dx=True):
         gz = torch.ops.aten.threshold_backward(gy, y, 0)
         return conv_bwd(gz, x, w, [w.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
                         [need_dx, True, True])
@@ -174,9 +175,10 @@ def run(quick: bool, interpreted: bool, save):
                 sets_cl = [tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in s)
                            for s in sets]
                 ops = _ops(pad)
-                # the saved ReLU output each backward set gates with
-                sets = [s + (ops["fwd+bias+relu"][1](*s, None),) for s in sets]
-                sets_cl = [s + (ops["fwd+bias+relu"][1](*s, None),) for s in sets_cl]
+                # what each side's backward gates with: torch's saved ReLU output, tritonnet's bit mask
+                sets, sets_cl = ([s + (ops["fwd+bias+relu"][1](*s, None, None),
+                                       K.conv2d_forward(*s[:3], padding=pad, activation="relu", save_relu_mask=True)[1])
+                                  for s in group] for group in (sets, sets_cl))
                 for op in OPS[prec]:
                     if op == "dgrad" and c_in <= 3:
                         continue

@@ -140,17 +140,74 @@ def test_conv2d_without_bias_and_input_gradient(seed, device, quiet_gc):
     _close(wp.grad, dw_ref, 1e-5, "dw")
 
 
-def test_saved_for_backward_is_input_weight_and_relu_output(seed, device, quiet_gc):
-    x, wt, b = _inputs(device, torch.float32, 2, 3, 8, 8, 4, 3, 1)
+def _saved_storages(t):
+    """{storage address: bytes} of what t's node holds for backward."""
+    return {key: tape._saved_storages[key][1] for key in t._node.saved}
+
+
+def test_saved_for_backward_is_input_weight_and_relu_bit_mask(seed, device, quiet_gc):
+    """With the fused ReLU the tape holds x, w and one bit per output element, never the output."""
+    x, wt, b = _inputs(device, torch.float32, 2, 3, 9, 7, 5, 3, 1)  # 2*9*7 = 126 pixels: not whole bytes
     xt, wp, bp = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
     before = tape.saved_bytes()
     y = F.conv2d(xt, wp, bp, padding=1, activation="relu")
-    assert tape.saved_bytes() - before == (x.numel() + wt.numel() + y.numel()) * 4
+    mask_bytes = 5 * 16  # per out channel, cdiv(126, 8) bytes
+    saved = _saved_storages(y)
+    assert y.data.untyped_storage().data_ptr() not in saved, "the output must not be saved"
+    assert saved.pop(x.untyped_storage().data_ptr()) == x.numel() * 4
+    assert saved.pop(wt.untyped_storage().data_ptr()) == wt.numel() * 4
+    assert list(saved.values()) == [mask_bytes], "besides x and w, only the bit mask"
+    assert tape.saved_bytes() - before == (x.numel() + wt.numel()) * 4 + mask_bytes
     before = tape.saved_bytes()
     y2 = F.conv2d(xt, wp, bp, padding=1)  # kept alive: a dropped output frees what its node saved
     assert y2.requires_grad and y.requires_grad
-    # The same x and weight again: the tape counts storages, so nothing new is held.
+    # The same x and weight again, no ReLU: the tape counts storages, so nothing new is held.
     assert tape.saved_bytes() - before == 0
+    assert set(_saved_storages(y2)) == {x.untyped_storage().data_ptr(), wt.untyped_storage().data_ptr()}
+
+
+def _packed_bits(live, c_out):
+    """live: bool [N, C_out, OH, OW] -> the kernel's [C_out, cdiv(M, 8)] uint8 layout (bit m % 8 of byte m // 8)."""
+    rows = live.permute(1, 0, 2, 3).reshape(c_out, -1).to(torch.int32)
+    rows = torch.nn.functional.pad(rows, (0, -rows.shape[1] % 8)).reshape(c_out, -1, 8)
+    return (rows << torch.arange(8, device=rows.device)).sum(-1).to(torch.uint8)
+
+
+def test_relu_bit_mask_fully_written_with_torch_gates(seed, device):
+    """Several programs per axis, a partial last byte, NaN and exact zeros: every byte of the
+    (poisoned) mask is written, bit set exactly where torch's threshold_backward passes dy."""
+    x, wt, b = _inputs(device, torch.float32, 3, 2, 7, 5, 20, 3, 1)  # M = 105 pixels
+    x[1, 0, 3, 2] = float("nan")
+    wt[4] = 0.0  # channel 4 outputs exactly relu(b[4]) = 0 (NaN in image 1: 0 * NaN)
+    b[4] = -abs(b[4])
+    tiles = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
+    y, mask = conv_kernels.conv2d_forward(x, wt, b, padding=1, activation="relu", config=tiles, save_relu_mask=True)
+    assert mask.dtype == torch.uint8 and tuple(mask.shape) == (20, 14)
+    y_ref = torch.relu(torch.nn.functional.conv2d(x.double().cpu(), wt.double().cpu(), b.double().cpu(), padding=1))
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_ref)) and torch.isnan(y_ref).any()
+    assert (y_ref[[0, 2], 4] == 0).all()
+    assert torch.equal(mask.cpu(), _packed_bits(~(y.cpu() <= 0), 20))
+    assert torch.equal(mask.cpu(), _packed_bits(~(y_ref <= 0), 20))
+
+
+def test_inference_writes_no_mask(seed, device):
+    """No gradient wanted (constant inputs or no_grad): the forward is compiled without the mask store."""
+    seen = []
+
+    def observe(kernel, grid, args, constexprs, info, run):
+        seen.append(constexprs.get("SAVE_MASK"))
+        return run()
+
+    x, wt, b = _inputs(device, torch.float32, 2, 3, 6, 6, 4, 3, 1)
+    params = [tn.Tensor(t, requires_grad=True) for t in (wt, b)]
+    with runtime.observing(observe):
+        y_const = F.conv2d(x, wt, b, activation="relu")
+        with tn.no_grad():
+            y_nograd = F.conv2d(x, *params, activation="relu")
+        y_train = F.conv2d(x, *params, activation="relu")
+    assert seen == [False, False, True]
+    assert not y_const.requires_grad and not y_nograd.requires_grad and y_train.requires_grad
+    assert torch.equal(y_const.data, y_train.data) and torch.equal(y_nograd.data, y_train.data)
 
 
 def test_fused_relu_equals_conv_then_relu(seed, device):
@@ -211,13 +268,13 @@ def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     y_ref, dx_ref, dw_ref, db_ref = _reference(x, wt, b, gy, "relu", stride=2, padding=1, groups=2)
     tiles = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
     opts = dict(stride=2, padding=1, groups=2)
-    y = conv_kernels.conv2d_forward(x, wt, b, activation="relu", config=tiles, **opts)
+    y, mask = conv_kernels.conv2d_forward(x, wt, b, activation="relu", config=tiles, save_relu_mask=True, **opts)
     _close(y, y_ref, 1e-5, "y")
-    dx = conv_kernels.conv2d_input_grad(gy, wt, x.shape, out=y, config=tiles, **opts)
+    dx = conv_kernels.conv2d_input_grad(gy, wt, x.shape, relu_mask=mask, config=tiles, **opts)
     _close(dx, dx_ref, 1e-5, "dx")
     wtiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
-    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, out=y, bias_grad=True, split_k=3, config=wtiles,
-                                             **opts)
+    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, relu_mask=mask, bias_grad=True, split_k=3,
+                                             config=wtiles, **opts)
     _close(dw, dw_ref, 1e-5, "dw")
     _close(db, db_ref, 1e-5, "db")
     # window-outer walks (>= 32 channels per group) with the same small tiles
@@ -316,6 +373,13 @@ def test_bad_tensors_raise(device):
         F.conv2d(x, wt.to(wrong))
     with pytest.raises(ValueError, match="groups"):
         layers.Conv2d(4, 6, 3, groups=4)
+    with pytest.raises(ValueError, match="save_relu_mask needs activation='relu'"):
+        conv_kernels.conv2d_forward(x, wt, save_relu_mask=True)
+    gy = torch.randn(2, 5, 6, 6, device=device)
+    with pytest.raises(TypeError, match=r"relu_mask must have dtype in \(uint8\)"):
+        conv_kernels.conv2d_input_grad(gy, wt, x.shape, relu_mask=gy[0, 0])
+    with pytest.raises(ValueError, match=r"relu_mask must be the forward's contiguous bit mask of shape \(5, 9\)"):
+        conv_kernels.conv2d_weight_grad(gy, x, wt.shape, relu_mask=torch.ones(5, 8, dtype=torch.uint8, device=device))
 
 
 def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
@@ -342,13 +406,16 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
                 w = torch.randn(c_out, c_in, 3, 3, device=device).to(dtype)
                 b = torch.randn(c_out, device=device).to(dtype)
                 y = torch.randn(2, c_out, 8, 8, device=device).to(dtype)
+                training = dtype == torch.bfloat16 and c_in == 64  # the others: inference, no mask
                 for cfg in configs:
                     tiles = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                    conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles)
-                if dtype == torch.bfloat16 and c_in == 64:
-                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, out=y, config=tiles)
-                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, out=y, bias_grad=True, split_k=2,
-                                                    config=wtiles)
+                    out = conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles,
+                                                      save_relu_mask=training)
+                if training:
+                    mask = out[1]
+                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, relu_mask=mask, config=tiles)
+                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, relu_mask=mask, bias_grad=True,
+                                                    split_k=2, config=wtiles)
         finally:
             tn.set_float32_matmul_precision("highest")
     specs = list(recorder.specs.values())
@@ -357,5 +424,7 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
     assert any(s["constexprs"].get("PRECISION") == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in specs)
     assert len(specs) == 6, [(s["kernel"], s["constexprs"]) for s in specs]
     assert any(s["signature"].get("x_ptr") == "*bf16" and s["constexprs"]["MODE"] == 0 for s in specs)
+    assert sorted(s["constexprs"]["SAVE_MASK"] for s in specs if "SAVE_MASK" in s["constexprs"]) == [0, 0, 1, 1]
+    assert all(s["constexprs"]["RELU"] for s in specs if "RELU" in s["constexprs"]), "backward reads the mask"
     failures = compile_specs(specs)
     assert not failures, "\n\n".join(failures)

@@ -181,6 +181,7 @@ def mean_all(x):
 # ----------------------------------------------------------------------------- convolution (CONV)
 
 from .kernels import conv as _conv_kernels  # noqa: E402
+from .tape import is_grad_enabled as _conv_grad_enabled  # noqa: E402
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
@@ -188,16 +189,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     (None or "relu") applied in the same kernel as the bias.
 
     Saves only what the wanted gradients need: the input (for the weight's), the weight (for the
-    input's; a reference to the parameter, not a copy) and, with ReLU, the output (its sign gates
-    the gradient while the backward kernels load it).
+    input's; a reference to the parameter, not a copy) and, with ReLU, a bit mask of where the
+    output passes a gradient (1 bit per output element, written by the forward's epilogue only
+    when a gradient will be needed; the backward kernels gate dy with it as they load it).
     """
     x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
     b = as_tensor(bias, "bias") if bias is not None else None
     opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y = _conv_kernels.conv2d_forward(x.data, w.data, None if b is None else b.data, activation=activation, **opts)
     need_x, need_w = x.requires_grad, w.requires_grad
     need_b = b is not None and b.requires_grad
-    y_saved = y if activation == "relu" else None
+    save_mask = activation == "relu" and _conv_grad_enabled() and (need_x or need_w or need_b)
+    y = _conv_kernels.conv2d_forward(x.data, w.data, None if b is None else b.data, activation=activation,
+                                     save_relu_mask=save_mask, **opts)
+    y, relu_mask = y if save_mask else (y, None)
     x_saved = x.data if (need_w or need_b) else None
     w_saved = w.data if need_x else None
     x_shape, w_shape = tuple(x.shape), tuple(w.shape)
@@ -205,10 +209,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     def backward(grad):
         gx = gw = gb = None
         if need_x:
-            gx = _conv_kernels.conv2d_input_grad(grad, w_saved, x_shape, out=y_saved, **opts)
+            gx = _conv_kernels.conv2d_input_grad(grad, w_saved, x_shape, relu_mask=relu_mask, **opts)
         if need_w or need_b:
-            gw, gb = _conv_kernels.conv2d_weight_grad(grad, x_saved, w_shape, out=y_saved, bias_grad=need_b, **opts)
+            gw, gb = _conv_kernels.conv2d_weight_grad(grad, x_saved, w_shape, relu_mask=relu_mask,
+                                                      bias_grad=need_b, **opts)
         return gx, (gw if need_w else None), gb
 
-    return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, y_saved))
+    return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
 

@@ -22,8 +22,13 @@ phase only the kernel taps that land on an output pixel contribute, so no zeros 
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
 large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
 deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into wgrad.
-The ReLU derivative is applied while loading dy (mask from the saved output) in both backward
-kernels, so there is no separate ReLU-backward pass.
+The ReLU derivative is applied while loading dy in both backward kernels, so there is no separate
+ReLU-backward pass. It comes from a bit mask the forward's epilogue writes when a gradient will be
+needed (``save_relu_mask``, a constexpr: inference compiles and pays nothing for it), one bit per
+output element instead of keeping the whole output for backward. Its layout, ``[C_out, cdiv(M, 8)]``
+uint8 with bit ``m % 8`` of byte ``m // 8`` for output pixel ``m = (n*OH + oh)*OW + ow``, follows
+the forward's GEMM rows: every BLOCK_M tile (a multiple of 8 pixels, aligned) packs whole bytes, so
+no two programs share a byte.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
 sizes only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
@@ -55,17 +60,17 @@ WINDOW_OUTER_MIN_CHANNELS = 32
 _SHAPE_ARGS_FWD = [
     'H', 'W', 'OH', 'OW', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
     'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW', 'CG_IN', 'CG_OUT', 'K_RED',
-    'HAS_BIAS', 'RELU',
+    'HAS_BIAS', 'RELU', 'MASK_ROW',
 ]
 _SHAPE_ARGS_DGRAD = [
-    'H', 'W', 'OH', 'OW', 'M', 'C_IN', 'HP', 'WP', 'PH', 'PW', 'sdn', 'sdc', 'sdh', 'sdw', 'son', 'soc',
-    'soh', 'sow', 'swo', 'swc', 'swh', 'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h',
-    'dil_w', 'KW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W', 'NKH', 'NKW', 'CG_IN', 'CG_OUT', 'K_RED',
+    'H', 'W', 'OH', 'OW', 'M', 'C_IN', 'HP', 'WP', 'PH', 'PW', 'sdn', 'sdc', 'sdh', 'sdw', 'swo', 'swc',
+    'swh', 'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KW', 'KH0', 'KW0',
+    'KSTEP_H', 'KSTEP_W', 'NKH', 'NKW', 'CG_IN', 'CG_OUT', 'K_RED', 'MASK_ROW',
 ]
 _SHAPE_ARGS_WGRAD = [
-    'H', 'W', 'OH', 'OW', 'P', 'C_OUT', 'sdn', 'sdc', 'sdh', 'sdw', 'son', 'soc', 'soh', 'sow', 'sxn',
-    'sxc', 'sxh', 'sxw', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW',
-    'CG_IN', 'CG_OUT', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE',
+    'H', 'W', 'OH', 'OW', 'P', 'C_OUT', 'sdn', 'sdc', 'sdh', 'sdw', 'sxn', 'sxc', 'sxh', 'sxw', 'stride_h',
+    'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW', 'CG_IN', 'CG_OUT', 'K_W', 'SPLIT',
+    'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW',
 ]
 
 
@@ -88,13 +93,13 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
 def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
     H, W, OH, OW, M, C_OUT,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU,
-    MODE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
+    MODE: tl.constexpr, SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), one program per (BLOCK_N out channels, BLOCK_M output pixels, group).
@@ -102,6 +107,8 @@ def conv2d_fwd_kernel(
     x: [N, C_in, H, W] any strides (sx*). w: [C_out, CG_IN, KH, KW] any strides (sw*).
     b: [C_out] contiguous (read only if HAS_BIAS != 0). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
     HAS_BIAS and RELU are runtime ints (0/1): the epilogue branch is free, and fewer specialisations.
+    SAVE_MASK (with RELU = 1): also write the ReLU gradient's bit mask, mask: [C_OUT, MASK_ROW] uint8
+    contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
     Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
     """
@@ -174,37 +181,58 @@ def conv2d_fwd_kernel(
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
     y_off = (n_idx * C_OUT * OHW + p)[None, :] + (co_g * OHW)[:, None]
-    tl.store(y_ptr + y_off, tl.trans(acc).to(y_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    y_t = tl.trans(acc).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off, y_t, mask=m_mask[None, :] & n_mask[:, None])
+    if SAVE_MASK:
+        _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
-def _load_dy(dy_ptr, o_ptr, n_idx, co_g, oh, ow, mask,
-             sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU: tl.constexpr):
-    """dy at (n, co, oh, ow); with RELU, zero where the saved output is <= 0 (torch's threshold_backward)."""
+def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Pack the [BLOCK_N, BLOCK_M] output tile's ReLU gradient gate into BLOCK_M // 8 bytes per channel.
+
+    The gate is torch's threshold_backward on the stored (rounded) output: pass unless y <= 0, so
+    NaN passes and a tiny value rounded to 0 does not. Bits of pixels past M stay 0.
+    """
+    live = ((y_t.to(tl.float32) <= 0) == 0) & m_mask[None, :]  # fp32: bf16 compares break interpreted
+    bits = live.to(tl.int32) << (tl.arange(0, BLOCK_M) % 8)[None, :]
+    packed = tl.sum(tl.reshape(bits, [BLOCK_N, BLOCK_M // 8, 8]), axis=2)  # distinct bits: sum == or
+    byte = pid_m.to(tl.int64) * (BLOCK_M // 8) + tl.arange(0, BLOCK_M // 8)
+    tl.store(mask_ptr + (co_g * MASK_ROW)[:, None] + byte[None, :], packed.to(tl.uint8),
+             mask=n_mask[:, None] & (byte < MASK_ROW)[None, :])
+
+
+@triton.jit
+def _load_dy(dy_ptr, mask_ptr, n_idx, co_g, oh, ow, mask,
+             sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU: tl.constexpr):
+    """dy at (n, co, oh, ow); with RELU, zero where the forward's bit mask (see _store_relu_mask) is clear."""
     dy = tl.load(dy_ptr + n_idx * sdn + co_g * sdc + oh * sdh + ow * sdw, mask=mask, other=0.0)
     if RELU:
-        out = tl.load(o_ptr + n_idx * son + co_g * soc + oh * soh + ow * sow, mask=mask, other=0.0)
-        dy = tl.where(out.to(tl.float32) <= 0, tl.zeros_like(dy), dy)  # fp32: bf16 compares break interpreted
+        m = (n_idx * OH + oh) * OW + ow
+        byte = tl.load(mask_ptr + co_g * MASK_ROW + (m >> 3), mask=mask, other=0)
+        live = (byte.to(tl.int32) >> (m & 7).to(tl.int32)) & 1
+        dy = tl.where(live != 0, dy, tl.zeros_like(dy))
     return dy
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD)
 def conv2d_dgrad_kernel(
-    dy_ptr, o_ptr, w_ptr, dx_ptr,
+    dy_ptr, mask_ptr, w_ptr, dx_ptr,
     H, W, OH, OW, M, C_IN, HP, WP, PH, PW,
     sdn, sdc, sdh, sdw,
-    son, soc, soh, sow,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
-    CG_IN, CG_OUT, K_RED,
+    CG_IN, CG_OUT, K_RED, MASK_ROW,
     MODE: tl.constexpr, RELU: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i).
 
-    dy: [N, C_out, OH, OW] any strides (sd*). o: the saved output, same shape (so*), read only if RELU.
+    dy: [N, C_out, OH, OW] any strides (sd*). mask: the forward's ReLU bit mask [C_out, MASK_ROW]
+    uint8 (see conv2d_fwd_kernel), read only if RELU.
     w: [C_out, CG_IN, KH, KW] any strides (sw*). dx: [N, C_IN, H, W] contiguous.
     The phase has HP x WP input pixels per image; M = N*HP*WP. Its contributing taps are
     kh = KH0 + KSTEP_H*t (t < NKH), likewise kw; K_RED = CG_OUT*NKH*NKW. A phase no tap reaches
@@ -242,8 +270,8 @@ def conv2d_dgrad_kernel(
             oh = (ih[None, :] + pad_h - (kh * dil_h)[:, None]) // stride_h
             ow = (iw[None, :] + pad_w - (kw * dil_w)[:, None]) // stride_w
             a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-            a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh, ow, a_mask,
-                           sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh, ow, a_mask,
+                           sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
             b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -259,8 +287,8 @@ def conv2d_dgrad_kernel(
                     c = c0 + tl.arange(0, BLOCK_K)
                     c_mask = c < CG_OUT
                     co_g = co_base + c
-                    a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
-                                   sp_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+                    a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
+                                   sp_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
                     b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                                 mask=c_mask[:, None] & n_mask[None, :], other=0.0)
                     acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -269,8 +297,8 @@ def conv2d_dgrad_kernel(
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < CG_OUT
             co_g = co_base + c
-            a_t = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], ih[None, :], iw[None, :],
-                           m_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+            a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], ih[None, :], iw[None, :],
+                           m_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
             b = tl.load(w_ptr + (co_g * swo)[:, None] + w_col[None, :], mask=c_mask[:, None] & n_mask[None, :],
                         other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -282,22 +310,21 @@ def conv2d_dgrad_kernel(
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
 def conv2d_wgrad_kernel(
-    dy_ptr, o_ptr, x_ptr, dw_ptr,
+    dy_ptr, mask_ptr, x_ptr, dw_ptr,
     H, W, OH, OW, P, C_OUT,
     sdn, sdc, sdh, sdw,
-    son, soc, soh, sow,
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE,
+    CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
     RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[co, k] = sum_p dy[p, co] * x_window[p, k] (and db[co] = sum_p dy[p, co]) over one split of p.
 
-    dy: [N, C_out, OH, OW] (sd*), o: saved output, same shape (so*, read only if RELU),
-    x: [N, C_in, H, W] (sx*), all any strides. p runs over P = N*OH*OW output pixels, split s of
-    SPLIT covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
+    dy: [N, C_out, OH, OW] (sd*), x: [N, C_in, H, W] (sx*), both any strides; mask: the forward's
+    ReLU bit mask [C_out, MASK_ROW] uint8 (see conv2d_fwd_kernel), read only if RELU. p runs over
+    P = N*OH*OW output pixels, split s of SPLIT covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
     this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
@@ -336,8 +363,8 @@ def conv2d_wgrad_kernel(
         q = p % OHW
         oh = q // OW
         ow = q % OW
-        a = _load_dy(dy_ptr, o_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
-                     m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, son, soc, soh, sow, RELU)
+        a = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
+                     m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
         if HAS_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
         ih = (oh * stride_h)[None, :] + ihk[:, None]
@@ -551,6 +578,11 @@ class ConvGeometry:
         return (self.N, self.C_out, self.OH, self.OW)
 
     @property
+    def relu_mask_shape(self):
+        """The ReLU gradient's bit mask: per out channel, one bit per output pixel (N*OH*OW)."""
+        return (self.C_out, triton.cdiv(self.N * self.OH * self.OW, 8))
+
+    @property
     def macs(self) -> int:
         return self.N * self.OH * self.OW * self.C_out * self.CG_IN * self.KH * self.KW
 
@@ -622,34 +654,44 @@ def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                   config=None):
+                   config=None, save_relu_mask=False):
     """y = activation(conv2d(x, weight) + bias), torch semantics, one launch.
 
     x: [N, C_in, H, W] (any strides), weight: [C_out, C_in/groups, KH, KW], bias: [C_out] or None,
-    all one float dtype. Returns y [N, C_out, OH, OW] contiguous in that dtype. ``config``
+    all one float dtype. Returns y [N, C_out, OH, OW] contiguous in that dtype; with
+    ``save_relu_mask`` (needs activation="relu") returns ``(y, mask)``, mask being the ReLU
+    gradient's bit mask that conv2d_input_grad / conv2d_weight_grad take as ``relu_mask``
+    (uint8 ``ConvGeometry.relu_mask_shape``, 1 bit per output element). ``config``
     (``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` and optionally ``num_warps``/``num_stages``) fixes the
     tiles instead of autotuning (always fixed under the interpreter).
     """
     _check_pair(x, weight, bias)
     relu = _check_activation(activation)
+    if save_relu_mask not in (False, True):
+        raise TypeError(f"save_relu_mask must be a bool, got {save_relu_mask!r}")
+    if save_relu_mask and not relu:
+        raise ValueError(f"save_relu_mask needs activation='relu', got activation={activation!r}")
     geo = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     y = runtime.empty(geo.out_shape, x.dtype)
+    mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else None
     M = geo.N * geo.OH * geo.OW
     mode = geo.mode(geo.CG_IN)
-    args = (x, weight, bias if bias is not None else y, y, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out,
+    args = (x, weight, bias if bias is not None else y, y, mask if save_relu_mask else y,
+            geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out,
             *x.stride(), *weight.stride(), *geo.scalars(), geo.KH, geo.KW, geo.CG_IN, geo.CG_OUT,
-            geo.CG_IN * geo.KH * geo.KW, int(bias is not None), int(relu))
-    consts = {"MODE": mode, **_dot_flags(x.dtype)}
+            geo.CG_IN * geo.KH * geo.KW, int(bias is not None), int(relu), geo.relu_mask_shape[1])
+    consts = {"MODE": mode, "SAVE_MASK": bool(save_relu_mask), **_dot_flags(x.dtype)}
     esize = x.element_size()
     info = runtime.LaunchInfo(
         "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x.shape), tuple(weight.shape)), x.dtype,
         flops=2 * geo.macs + (y.numel() if bias is not None else 0) + (y.numel() if relu else 0),
-        bytes=(x.numel() + weight.numel() + y.numel() + (bias.numel() if bias is not None else 0)) * esize)
+        bytes=(x.numel() + weight.numel() + y.numel() + (bias.numel() if bias is not None else 0)) * esize
+        + (mask.numel() if save_relu_mask else 0))
     _launch_gemm(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, args, consts, info,
                  config)
-    return y
+    return (y, mask) if save_relu_mask else y
 
 
 def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, args, consts, info, config):
@@ -672,53 +714,85 @@ def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
     return first, step, len(range(first, ksize, step))
 
 
-def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1, groups=1, out=None,
+def _phase_class_taps(ksize: int, stride: int, pad: int, dil: int, phases: int) -> list:
+    """Per stride phase, how many taps kh fall in its class (kh*dil - pad = phase mod stride),
+    counting taps that only ever meet padding too, so that the phases' counts add up to ksize:
+    classes with no input row (the size is below the stride) are counted with the last phase."""
+    counts = [0] * phases
+    for kh in range(ksize):
+        counts[min((kh * dil - pad) % stride, phases - 1)] += 1
+    return counts
+
+
+def _shares(total: int, parts: int) -> list:
+    """``total`` split into ``parts`` integers that add up to it exactly."""
+    return [total * (i + 1) // parts - total * i // parts for i in range(parts)]
+
+
+def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
                       config=None):
-    """dx for y = conv2d(x, weight, ...) (with ReLU fused when ``out``, the saved y, is given).
+    """dx for y = conv2d(x, weight, ...); with ``relu_mask`` (conv2d_forward's, save_relu_mask=True)
+    for y = relu(conv2d(...)), the ReLU's derivative applied while loading grad_out.
 
     grad_out: [N, C_out, OH, OW] any strides; weight: [C_out, C_in/groups, KH, KW]; returns dx with
     shape ``x_shape``, contiguous, in grad_out's dtype. One launch per stride phase.
+
+    Work model (profiler): the launches' FLOPs add up to the forward's, 2 per multiply-add of the
+    convolution (a phase counts the taps of its class over every output pixel); their bytes add
+    up to the minimum for the whole gradient: read grad_out, the mask and the weight once, write
+    dx once (each phase counts its own dx pixels and an equal share of the reads).
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(weight, "weight", ndim=4)
     geo = geometry(x_shape, weight.shape, stride, padding, dilation, groups)
-    _check_grad(grad_out, weight, geo, out)
+    _check_grad(grad_out, weight, geo)
+    _check_relu_mask(relu_mask, geo)
+    relu = relu_mask is not None
     dx = runtime.empty(tuple(x_shape), grad_out.dtype)
-    o = out if out is not None else grad_out
+    mask = relu_mask if relu else grad_out
     sh, sw = geo.stride
     esize = grad_out.element_size()
-    for ph in range(min(sh, geo.H)):
+    phases_h, phases_w = min(sh, geo.H), min(sw, geo.W)
+    class_h = _phase_class_taps(geo.KH, sh, geo.padding[0], geo.dilation[0], phases_h)
+    class_w = _phase_class_taps(geo.KW, sw, geo.padding[1], geo.dilation[1], phases_w)
+    reads = _shares((grad_out.numel() + weight.numel()) * esize + (relu_mask.numel() if relu else 0),
+                    phases_h * phases_w)
+    for ph in range(phases_h):
         kh0, kstep_h, nkh = _phase_taps(ph, sh, geo.padding[0], geo.dilation[0], geo.KH)
         hp = len(range(ph, geo.H, sh))
-        for pw in range(min(sw, geo.W)):
+        for pw in range(phases_w):
             kw0, kstep_w, nkw = _phase_taps(pw, sw, geo.padding[1], geo.dilation[1], geo.KW)
             wp = len(range(pw, geo.W, sw))
             M = geo.N * hp * wp
             mode = geo.mode(geo.CG_OUT)
             red = geo.CG_OUT * nkh * nkw
-            args = (grad_out, o, weight, dx, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw,
-                    *grad_out.stride(), *o.stride(), *weight.stride(), *geo.scalars(), geo.KW,
-                    kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red)
-            consts = {"MODE": mode, "RELU": out is not None, **_dot_flags(grad_out.dtype)}
+            args = (grad_out, mask, weight, dx, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw,
+                    *grad_out.stride(), *weight.stride(), *geo.scalars(), geo.KW,
+                    kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red, geo.relu_mask_shape[1])
+            consts = {"MODE": mode, "RELU": relu, **_dot_flags(grad_out.dtype)}
+            macs = geo.N * geo.OH * class_h[ph] * geo.OW * class_w[pw] * geo.C_out * geo.CG_IN
             info = runtime.LaunchInfo(
-                "conv2d_dgrad" + ("_relu" if out is not None else ""), (tuple(grad_out.shape), tuple(weight.shape)),
-                grad_out.dtype, flops=2 * M * geo.CG_IN * red * geo.groups,
-                bytes=(grad_out.numel() * (2 if out is not None else 1) + weight.numel()) * esize // (sh * sw)
-                + M * geo.C_in * esize)
+                "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(grad_out.shape), tuple(weight.shape)),
+                grad_out.dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
             _launch_gemm(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN, geo.groups,
                          args, consts, info, config)
     return dx
 
 
-def _check_grad(grad_out, weight, geo, out):
+def _check_grad(grad_out, weight, geo):
     if tuple(grad_out.shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
     if weight.dtype != grad_out.dtype:
         raise TypeError(f"weight must have grad_out's dtype {grad_out.dtype}, got {weight.dtype}")
-    if out is not None:
-        runtime.check_tensor(out, "out", ndim=4)
-        if tuple(out.shape) != geo.out_shape:
-            raise ValueError(f"out must have the output's shape {geo.out_shape}, got {tuple(out.shape)}")
+
+
+def _check_relu_mask(relu_mask, geo):
+    if relu_mask is None:
+        return
+    runtime.check_tensor(relu_mask, "relu_mask", ndim=2, dtypes=(torch.uint8,))
+    if tuple(relu_mask.shape) != geo.relu_mask_shape or not relu_mask.is_contiguous():
+        raise ValueError(f"relu_mask must be the forward's contiguous bit mask of shape {geo.relu_mask_shape}, "
+                         f"got shape {tuple(relu_mask.shape)} with strides {relu_mask.stride()}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -743,9 +817,10 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
     return triton.cdiv(P, per), per
 
 
-def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, groups=1, out=None,
+def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
                        bias_grad=False, split_k=None, config=None):
-    """(dw, db) for y = conv2d(x, w, b, ...) (ReLU fused when ``out``, the saved y, is given).
+    """(dw, db) for y = conv2d(x, w, b, ...); with ``relu_mask`` (conv2d_forward's, save_relu_mask=True)
+    for y = relu(conv2d(...)), the ReLU's derivative applied while loading grad_out.
 
     grad_out: [N, C_out, OH, OW], x: [N, C_in, H, W], both any strides. dw has ``w_shape``; db is
     [C_out] when ``bias_grad`` else None; both contiguous in x's dtype. ``split_k`` fixes the number
@@ -758,24 +833,23 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
         raise TypeError(f"x must have grad_out's dtype {grad_out.dtype}, got {x.dtype}")
     if tuple(grad_out.shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
-    if out is not None:
-        runtime.check_tensor(out, "out", ndim=4)
+    _check_relu_mask(relu_mask, geo)
+    relu = relu_mask is not None
     K_W = geo.CG_IN * geo.KH * geo.KW
     P = geo.N * geo.OH * geo.OW
     L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
     split, per = wgrad_split(geo, split_k)
     flat = runtime.empty((L,), x.dtype)
     target = flat if split == 1 else runtime.empty((split, L), torch.float32)
-    o = out if out is not None else grad_out
-    args = (grad_out, o, x, target, geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out,
-            *grad_out.stride(), *o.stride(), *x.stride(), *geo.scalars(), geo.KH, geo.KW,
-            geo.CG_IN, geo.CG_OUT, K_W, split, per, L)
-    consts = {"RELU": out is not None, "HAS_BIAS": bool(bias_grad), **_dot_flags(x.dtype)}
+    args = (grad_out, relu_mask if relu else grad_out, x, target, geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out,
+            *grad_out.stride(), *x.stride(), *geo.scalars(), geo.KH, geo.KW,
+            geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
+    consts = {"RELU": relu, "HAS_BIAS": bool(bias_grad), **_dot_flags(x.dtype)}
     esize = x.element_size()
     info = runtime.LaunchInfo(
-        "conv2d_wgrad" + ("_relu" if out is not None else ""), (tuple(grad_out.shape), tuple(x.shape)), x.dtype,
+        "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(grad_out.shape), tuple(x.shape)), x.dtype,
         flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
-        bytes=(grad_out.numel() * (2 if out is not None else 1) + x.numel()) * esize
+        bytes=(grad_out.numel() + x.numel()) * esize + (relu_mask.numel() if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
     if config is None and AUTOTUNE:
         grid = lambda meta: (triton.cdiv(K_W, meta["BLOCK_N"]), triton.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
