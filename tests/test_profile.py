@@ -82,16 +82,30 @@ def test_flop_and_byte_models_match_hand_counts(seed, device):
     f4 = 4  # float32
     outputs = N * OC * H * W  # padding 1 keeps 7x9
     macs = outputs * C * K * K
+    relu_mask = OC * -(-N * H * W // 8)  # the ReLU's gradient: one bit per output, whole bytes per channel
     conv = _only(prof, "conv2d_fwd_relu")
     assert conv["flops"] == 2 * macs + outputs + outputs  # taps, bias add, ReLU
-    assert conv["bytes"] == (x.numel() + w.numel() + OC + outputs) * f4  # read x, w, b once; write y once
+    # read x, w, b once; write y and the ReLU's bit mask once
+    assert conv["bytes"] == (x.numel() + w.numel() + OC + outputs) * f4 + relu_mask
     dgrad = _only(prof, "conv2d_dgrad_relu")
     assert dgrad["flops"] == 2 * macs
-    # read dy and the saved y (its sign is the ReLU's gradient) and w; write dx
-    assert dgrad["bytes"] == (2 * outputs + w.numel() + x.numel()) * f4
+    # read dy, the bit mask and w; write dx
+    assert dgrad["bytes"] == (outputs + w.numel() + x.numel()) * f4 + relu_mask
     wgrad = _only(prof, "conv2d_wgrad_relu")
     assert wgrad["flops"] == 2 * macs + outputs  # + the bias gradient's sum over every output
-    assert wgrad["bytes"] == (2 * outputs + x.numel() + w.numel() + OC) * f4
+    assert wgrad["bytes"] == (outputs + x.numel() + w.numel() + OC) * f4 + relu_mask
+
+    # dgrad of convs that change the size, one launch per stride phase: together 2 FLOPs per
+    # multiply-add of the forward, and dy, w and dx moved once
+    for stride, padding, (oh, ow) in ((1, 0, (5, 7)), (2, 1, (4, 5)), (3, 0, (2, 3))):
+        with tn.profile(peaks=None) as strided:
+            y = F.conv2d(x, w, stride=stride, padding=padding)
+            y.backward(torch.randn(y.shape, device=device))
+        dgrad = _only(strided, "conv2d_dgrad")
+        assert dgrad["count"] == stride * stride
+        assert dgrad["total_flops"] == 2 * N * oh * ow * OC * C * K * K, (stride, padding)
+        assert dgrad["total_bytes"] == (N * OC * oh * ow + w.numel() + x.numel()) * f4, (stride, padding)
+    assert (2 * N * 5 * 7 * OC * C * K * K, 2 * N * 4 * 5 * OC * C * K * K) == (18900, 10800)  # as counted by hand
 
     windows = 2 * 3 * 4 * 5
     pool = _only(prof, "max_pool2d_forward")
