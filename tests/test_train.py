@@ -140,7 +140,16 @@ def small_digits(n_train, n_test):
     return ds
 
 
-def test_training_losses_track_torch_step_by_step(seed, device):
+@pytest.fixture
+def torch_ieee_fp32():
+    """torch's float32 reference without TF32 (cuDNN allows it for convolutions by default)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_training_losses_track_torch_step_by_step(seed, device, torch_ieee_fp32):
     config = train.TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, seed=seed).resolved()
     ds = small_digits(48, 8)
     model = models.create(config.model)
@@ -179,3 +188,15 @@ def test_same_seed_gives_bitwise_identical_weights(seed, device):
     first, second, other = run(seed), run(seed), run(seed + 1)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_tape_saves_at_most_0_6x_what_torch_autograd_saves(seed):
+    before = tn.tape.saved_bytes()
+    report = train.saved_for_backward("lenet5", batch_size=16, seed=seed)
+    # Both counts include at least the input images, which the first conv's weight gradient needs.
+    assert min(report["tritonnet_saved_bytes"], report["torch_saved_bytes"]) >= 16 * 28 * 28 * 4, report
+    assert report["ratio"] <= 0.6, report
+    assert tn.tape.saved_bytes() == before  # dropping the loss freed everything the graph saved
