@@ -15,7 +15,7 @@ python=${PYTHON:-python3}
 summary=$out/summary.txt
 : >"$summary"
 
-stages=${STAGES:-tests bench_pool bench_conv bench_linear bench_train bench profile train}
+stages=${STAGES:-tests bench_pool bench_conv bench_linear bench bench_train profile train}
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -35,15 +35,19 @@ stage() {  # stage NAME SECONDS COMMAND...
   $python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cudnn", torch.backends.cudnn.version())'
 } | tee "$out/environment.txt"
 
-# The suite with kernels compiled for this GPU. The sm_90 ahead-of-time check is for machines
-# without a GPU; here every kernel is compiled for real, so it is deselected.
-stage tests 200 $python -m pytest tests -q -p no:cacheprovider --durations=15 --deselect tests/test_zz_aot.py \
-  --junitxml="$out/tests.xml"
-for bench in pool conv linear train; do
-  [[ -f benchmarks/bench_$bench.py ]] && stage "bench_$bench" "${BENCH_LIMIT:-90}" $python benchmarks/bench_$bench.py --out "$out"
-done
-stage bench 240 $python -m tritonnet bench --out "$out"
-stage profile 90 $python -m tritonnet profile --out "$out"
-stage train 120 $python -m tritonnet train --checkpoint "$out/digits.safetensors"
+# The suite with kernels compiled for this GPU, in parallel workers when pytest-xdist is there
+# (JIT compilation of every specialisation dominates a serial run). The sm_90 ahead-of-time check
+# is for machines without a GPU; here every kernel is compiled for real, so it is deselected.
+workers=()
+$python -c 'import xdist' 2>/dev/null && workers=(-n "${TEST_WORKERS:-12}")
+stage tests 120 $python -m pytest tests -q -p no:cacheprovider "${workers[@]}" --durations=15 \
+  --deselect tests/test_zz_aot.py --junitxml="$out/tests.xml"
+stage bench_pool 50 $python benchmarks/bench_pool.py --out "$out"
+stage bench_conv 80 $python benchmarks/bench_conv.py --out "$out"
+stage bench_linear 50 $python benchmarks/bench_linear.py --out "$out"
+stage bench 140 $python -m tritonnet bench --out "$out" --budget-s 130
+stage bench_train 40 $python benchmarks/bench_train.py --out "$out" --budget-s 35
+stage profile 25 $python -m tritonnet profile --out "$out"
+stage train 60 $python -m tritonnet train --checkpoint "$out/digits.safetensors" --no-progress
 
 echo "--- summary"; cat "$summary"
