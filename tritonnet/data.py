@@ -73,7 +73,7 @@ def _normalised(name, train_x, train_y, test_x, test_y, num_classes, scale) -> D
 def load_digits(test_fraction: float = DIGITS_TEST_FRACTION, split_seed: int = DIGITS_SPLIT_SEED) -> Dataset:
     """scikit-learn's 8x8 digits (pixel values 0..16), N x 1 x 8 x 8, split with a fixed seed.
 
-    The split is stratified-free and seeded independently of the training seed, so changing
+    The split is a permutation drawn from its own fixed seed (not the training seed), so changing
     ``--seed`` changes initialisation and batch order but never which images are held out.
     """
     from sklearn.datasets import load_digits as sklearn_digits
