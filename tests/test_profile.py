@@ -214,8 +214,13 @@ def test_profile_command_on_a_training_step(tmp_path, capsys):
     traces = list(tmp_path.glob("*trace*.json"))
     assert len(traces) == 1
     trace = json.loads(traces[0].read_text())
-    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
-    ops = {e["args"]["op"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    # pid 0 is the device track; on a GPU a second track (pid 1) holds the host-side launch calls.
+    device_events = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 0]
+    names = {e["name"] for e in device_events}
+    ops = {e["args"]["op"] for e in device_events}
+    if not runtime.INTERPRETED:
+        host_events = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == 1]
+        assert len(host_events) == len(device_events)
     assert any("conv" in op for op in ops) and any("pool" in op for op in ops)
     assert any("cross_entropy" in op for op in ops) and any("sgd" in op for op in ops)
     assert len(names) >= 5
