@@ -1,12 +1,10 @@
 """Conv2d: torch.nn.Conv2d's parameters, names and default initialisation, on F.conv2d."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import functional as F
-from .module import Module, parameter
+from .module import Module, torch_default_parameters
 
 
 def _pair(value, name):
@@ -47,17 +45,8 @@ class Conv2d(Module):
         if self.padding == "same" and self.stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1 (as in torch), got stride={stride!r}")
         self.groups, self.activation = groups, activation
-        fan_in = in_channels // groups * kh * kw
-        # torch.nn.init.kaiming_uniform_(w, a=sqrt(5)) computes its bound exactly like this.
-        gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
-        bound = math.sqrt(3.0) * (gain / math.sqrt(fan_in))
-        self.weight = parameter(torch.empty(out_channels, in_channels // groups, kh, kw, dtype=dtype)
-                                .uniform_(-bound, bound))
-        if bias:
-            bound = 1 / math.sqrt(fan_in)
-            self.bias = parameter(torch.empty(out_channels, dtype=dtype).uniform_(-bound, bound))
-        else:
-            self.bias = None
+        self.weight, self.bias = torch_default_parameters(
+            (out_channels, in_channels // groups, kh, kw), in_channels // groups * kh * kw, bias, dtype)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,

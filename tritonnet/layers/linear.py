@@ -1,12 +1,10 @@
 """Linear: torch.nn.Linear's parameters, names and default initialisation, on F.linear."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import functional as F
-from .module import Module, parameter
+from .module import Module, torch_default_parameters
 
 
 class Linear(Module):
@@ -25,15 +23,7 @@ class Linear(Module):
         if activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', got {activation!r}")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
-        # torch.nn.init.kaiming_uniform_(w, a=sqrt(5)) computes its bound exactly like this.
-        gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
-        bound = math.sqrt(3.0) * (gain / math.sqrt(in_features))
-        self.weight = parameter(torch.empty(out_features, in_features, dtype=dtype).uniform_(-bound, bound))
-        if bias:
-            bound = 1 / math.sqrt(in_features)
-            self.bias = parameter(torch.empty(out_features, dtype=dtype).uniform_(-bound, bound))
-        else:
-            self.bias = None
+        self.weight, self.bias = torch_default_parameters((out_features, in_features), in_features, bias, dtype)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias, self.activation)

@@ -108,6 +108,24 @@ def parameter(data: torch.Tensor) -> Tensor:
     return Tensor(data.to(runtime.device()), requires_grad=True)
 
 
+def torch_default_parameters(weight_shape, fan_in: int, bias: bool, dtype: torch.dtype):
+    """Weight and bias initialised as torch.nn.Linear/Conv2d do, drawing from torch's generator in
+    the same order, so a seeded tritonnet layer equals a seeded torch one.
+
+    kaiming_uniform_(w, a=sqrt(5)) is uniform in +-gain*sqrt(3/fan_in) with gain = sqrt(2/(1+a^2)),
+    i.e. +-1/sqrt(fan_in); the bias is uniform in +-1/sqrt(fan_in). Returns (weight, bias or None).
+    """
+    import math
+
+    gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
+    bound = math.sqrt(3.0) * (gain / math.sqrt(fan_in))
+    weight = parameter(torch.empty(weight_shape, dtype=dtype).uniform_(-bound, bound))
+    if not bias:
+        return weight, None
+    bound = 1 / math.sqrt(fan_in)
+    return weight, parameter(torch.empty(weight_shape[0], dtype=dtype).uniform_(-bound, bound))
+
+
 class Sequential(Module):
     """Applies its modules in order; they are named ``"0"``, ``"1"``, ... like torch.nn.Sequential."""
 
