@@ -114,16 +114,19 @@ def conv2d_fwd_kernel(
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
-    g = tl.program_id(2).to(tl.int64)
+    g = tl.program_id(2)
 
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Index math in int32 (the launcher checks pixel counts and per-image extents fit): an int64
+    # division is a ~70-instruction subroutine call on the GPU. Only the per-image base is int64.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     OHW = OH * OW
     n_idx = offs_m // OHW
-    p = offs_m % OHW
+    p = offs_m - n_idx * OHW
     oh = p // OW
-    ow = p % OW
-    x_row = n_idx * sxn + g * CG_IN * sxc
+    ow = p - oh * OW
+    x_img = x_ptr + n_idx.to(tl.int64) * sxn
+    x_row = g * CG_IN * sxc
 
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = co < CG_OUT
@@ -145,7 +148,7 @@ def conv2d_fwd_kernel(
             ih = ih0[None, :] + (kh * dil_h)[:, None]
             iw = iw0[None, :] + (kw * dil_w)[:, None]
             a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_t = tl.load(x_ptr + x_row[None, :] + (c * sxc)[:, None] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
+            a_t = tl.load(x_img[None, :] + (x_row + c * sxc)[:, None] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -155,22 +158,22 @@ def conv2d_fwd_kernel(
             for kw in range(0, KW):
                 iw = ow * stride_w - pad_w + kw * dil_w
                 sp_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                sp_off = x_row + ih * sxh + iw * sxw
+                sp_ptr = x_img + (x_row + ih * sxh + iw * sxw)
                 w_off = w_col + kh * swh + kw * sww
                 for c0 in range(0, CG_IN, BLOCK_K):
                     c = c0 + tl.arange(0, BLOCK_K)
                     c_mask = c < CG_IN
-                    a_t = tl.load(x_ptr + sp_off[None, :] + (c * sxc)[:, None],
+                    a_t = tl.load(sp_ptr[None, :] + (c * sxc)[:, None],
                                   mask=sp_mask[None, :] & c_mask[:, None], other=0.0)
                     b = tl.load(w_ptr + w_off[None, :] + (c * swc)[:, None],
                                 mask=c_mask[:, None] & n_mask[None, :], other=0.0)
                     acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     else:
-        sp_off = x_row + oh * sxh + ow * sxw
+        sp_ptr = x_img + (x_row + oh * sxh + ow * sxw)
         for c0 in range(0, CG_IN, BLOCK_K):
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < CG_IN
-            a_t = tl.load(x_ptr + sp_off[None, :] + (c * sxc)[:, None], mask=m_mask[None, :] & c_mask[:, None],
+            a_t = tl.load(sp_ptr[None, :] + (c * sxc)[:, None], mask=m_mask[None, :] & c_mask[:, None],
                           other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + (c * swc)[:, None], mask=c_mask[:, None] & n_mask[None, :],
                         other=0.0)
@@ -180,9 +183,9 @@ def conv2d_fwd_kernel(
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
-    y_off = (n_idx * C_OUT * OHW + p)[None, :] + (co_g * OHW)[:, None]
+    y_pix = y_ptr + n_idx.to(tl.int64) * C_OUT * OHW + p
     y_t = tl.trans(acc).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + y_off, y_t, mask=m_mask[None, :] & n_mask[:, None])
+    tl.store(y_pix[None, :] + (co_g * OHW)[:, None], y_t, mask=m_mask[None, :] & n_mask[:, None])
     if SAVE_MASK:
         _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
 
@@ -198,20 +201,21 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
     live = ((y_t.to(tl.float32) <= 0) == 0) & m_mask[None, :]  # fp32: bf16 compares break interpreted
     bits = live.to(tl.int32) << (tl.arange(0, BLOCK_M) % 8)[None, :]
     packed = tl.sum(tl.reshape(bits, [BLOCK_N, BLOCK_M // 8, 8]), axis=2)  # distinct bits: sum == or
-    byte = pid_m.to(tl.int64) * (BLOCK_M // 8) + tl.arange(0, BLOCK_M // 8)
-    tl.store(mask_ptr + (co_g * MASK_ROW)[:, None] + byte[None, :], packed.to(tl.uint8),
+    byte = pid_m * (BLOCK_M // 8) + tl.arange(0, BLOCK_M // 8)
+    tl.store(mask_ptr + (co_g.to(tl.int64) * MASK_ROW)[:, None] + byte[None, :], packed.to(tl.uint8),
              mask=n_mask[:, None] & (byte < MASK_ROW)[None, :])
 
 
 @triton.jit
 def _load_dy(dy_ptr, mask_ptr, n_idx, co_g, oh, ow, mask,
              sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU: tl.constexpr):
-    """dy at (n, co, oh, ow); with RELU, zero where the forward's bit mask (see _store_relu_mask) is clear."""
-    dy = tl.load(dy_ptr + n_idx * sdn + co_g * sdc + oh * sdh + ow * sdw, mask=mask, other=0.0)
+    """dy at (n, co, oh, ow); with RELU, zero where the forward's bit mask (see _store_relu_mask) is clear.
+    Indices int32 (checked by the launchers); the image base and the mask's channel row in int64."""
+    dy = tl.load(dy_ptr + n_idx.to(tl.int64) * sdn + (co_g * sdc + oh * sdh + ow * sdw), mask=mask, other=0.0)
     if RELU:
         m = (n_idx * OH + oh) * OW + ow
-        byte = tl.load(mask_ptr + co_g * MASK_ROW + (m >> 3), mask=mask, other=0)
-        live = (byte.to(tl.int32) >> (m & 7).to(tl.int32)) & 1
+        byte = tl.load(mask_ptr + co_g.to(tl.int64) * MASK_ROW + (m >> 3), mask=mask, other=0)
+        live = (byte.to(tl.int32) >> (m & 7)) & 1
         dy = tl.where(live != 0, dy, tl.zeros_like(dy))
     return dy
 
@@ -241,15 +245,17 @@ def conv2d_dgrad_kernel(
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
-    g = tl.program_id(2).to(tl.int64)
+    g = tl.program_id(2)
 
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # int32, as in the forward
     m_mask = offs_m < M
     PHW = HP * WP
     n_idx = offs_m // PHW
-    q = offs_m % PHW
-    ih = PH + (q // WP) * stride_h
-    iw = PW + (q % WP) * stride_w
+    q = offs_m - n_idx * PHW
+    i_h = q // WP
+    i_w = q - i_h * WP
+    ih = PH + i_h * stride_h
+    iw = PW + i_w * stride_w
 
     ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = ci < CG_IN
@@ -266,9 +272,11 @@ def conv2d_dgrad_kernel(
             r = k % NT
             kh = KH0 + (r // NKW) * KSTEP_H
             kw = KW0 + (r % NKW) * KSTEP_W
-            # exact divisions: the phase was chosen so that these numerators are multiples of the stride
-            oh = (ih[None, :] + pad_h - (kh * dil_h)[:, None]) // stride_h
-            ow = (iw[None, :] + pad_w - (kw * dil_w)[:, None]) // stride_w
+            # oh = (ih + pad_h - kh*dil_h) / stride_h with ih = PH + i_h*stride_h, an exact division
+            # (the phase's taps make PH + pad_h - kh*dil_h a multiple of the stride): i_h plus a
+            # per-tap constant, so the [BLOCK_K, BLOCK_M] tile needs adds, not divisions.
+            oh = i_h[None, :] + ((PH + pad_h - kh * dil_h) // stride_h)[:, None]
+            ow = i_w[None, :] + ((PW + pad_w - kw * dil_w) // stride_w)[:, None]
             a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
             a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh, ow, a_mask,
                            sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
@@ -278,10 +286,10 @@ def conv2d_dgrad_kernel(
     elif MODE == WINDOW_OUTER:
         for th in range(0, NKH):
             kh = KH0 + th * KSTEP_H
-            oh = (ih + pad_h - kh * dil_h) // stride_h
+            oh = i_h + (PH + pad_h - kh * dil_h) // stride_h  # exact, see PACKED
             for tw in range(0, NKW):
                 kw = KW0 + tw * KSTEP_W
-                ow = (iw + pad_w - kw * dil_w) // stride_w
+                ow = i_w + (PW + pad_w - kw * dil_w) // stride_w
                 sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
                 for c0 in range(0, CG_OUT, BLOCK_K):
                     c = c0 + tl.arange(0, BLOCK_K)
@@ -304,8 +312,8 @@ def conv2d_dgrad_kernel(
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
 
     HW = H * W
-    dx_off = (n_idx * C_IN * HW + ih * W + iw)[None, :] + ((g * CG_IN + ci) * HW)[:, None]
-    tl.store(dx_ptr + dx_off, tl.trans(acc).to(dx_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    dx_pix = dx_ptr + n_idx.to(tl.int64) * C_IN * HW + (ih * W + iw)
+    tl.store(dx_pix[None, :] + ((g * CG_IN + ci) * HW)[:, None], tl.trans(acc).to(dx_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -333,8 +341,8 @@ def conv2d_wgrad_kernel(
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_z = tl.program_id(2)
-    g = (pid_z // SPLIT).to(tl.int64)
-    split = pid_z % SPLIT
+    g = pid_z // SPLIT
+    split = pid_z - g * SPLIT
 
     co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = co < CG_OUT
@@ -352,7 +360,7 @@ def conv2d_wgrad_kernel(
     iwk = kw * dil_w - pad_w
 
     OHW = OH * OW
-    p_start = split.to(tl.int64) * P_PER_SPLIT
+    p_start = split * P_PER_SPLIT  # int32 pixel indices (P < 2**31, checked by the launcher)
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -360,9 +368,9 @@ def conv2d_wgrad_kernel(
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
         n_idx = p // OHW
-        q = p % OHW
+        q = p - n_idx * OHW
         oh = q // OW
-        ow = q % OW
+        ow = q - oh * OW
         a = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
                      m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
         if HAS_BIAS:
@@ -370,11 +378,12 @@ def conv2d_wgrad_kernel(
         ih = (oh * stride_h)[None, :] + ihk[:, None]
         iw = (ow * stride_w)[None, :] + iwk[:, None]
         b_mask = p_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b_t = tl.load(x_ptr + (n_idx * sxn)[None, :] + x_col[:, None] + ih * sxh + iw * sxw, mask=b_mask, other=0.0)
+        b_t = tl.load((x_ptr + n_idx.to(tl.int64) * sxn)[None, :] + (x_col[:, None] + ih * sxh + iw * sxw),
+                      mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
 
     base = split.to(tl.int64) * SPLIT_STRIDE
-    dw_off = base + (co_g * K_W)[:, None] + k[None, :]
+    dw_off = base + (co_g.to(tl.int64) * K_W)[:, None] + k[None, :]
     tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & k_mask[None, :])
     if HAS_BIAS:
         if pid_n == 0:
@@ -639,6 +648,24 @@ def _dot_flags(dtype):
             "PRECISION": runtime.dot_precision(dtype)}
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _check_int32_indexing(geo, images=(), weight=None):
+    """The kernels index pixels and offsets inside one image in int32 (int64 only for the image's
+    base): refuse shapes where that could overflow. ``images`` are [N, C, H, W] tensors (any
+    strides), checked from their second dimension on."""
+    pixels = geo.N * max(geo.H * geo.W, geo.OH * geo.OW)
+    extent = max(geo.C_in * geo.H * geo.W, geo.C_out * geo.OH * geo.OW)
+    for t in images:
+        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(t.shape[1:], t.stride()[1:])) + 1)
+    if weight is not None:
+        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(weight.shape, weight.stride())) + 1)
+    if pixels > _INT32_MAX or extent > _INT32_MAX:
+        raise ValueError(f"conv2d shapes too large for 32-bit pixel indexing: {pixels} pixels, "
+                         f"{extent} elements per image (limit {_INT32_MAX})")
+
+
 def _check_activation(activation):
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
@@ -672,6 +699,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if save_relu_mask and not relu:
         raise ValueError(f"save_relu_mask needs activation='relu', got activation={activation!r}")
     geo = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_int32_indexing(geo, (x,), weight)
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     y = runtime.empty(geo.out_shape, x.dtype)
@@ -747,6 +775,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     geo = geometry(x_shape, weight.shape, stride, padding, dilation, groups)
     _check_grad(grad_out, weight, geo)
     _check_relu_mask(relu_mask, geo)
+    _check_int32_indexing(geo, (grad_out,), weight)
     relu = relu_mask is not None
     dx = runtime.empty(tuple(x_shape), grad_out.dtype)
     mask = relu_mask if relu else grad_out
@@ -834,6 +863,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     if tuple(grad_out.shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
     _check_relu_mask(relu_mask, geo)
+    _check_int32_indexing(geo, (grad_out, x))
     relu = relu_mask is not None
     K_W = geo.CG_IN * geo.KH * geo.KW
     P = geo.N * geo.OH * geo.OW
