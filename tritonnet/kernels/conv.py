@@ -137,18 +137,22 @@ def conv2d_fwd_kernel(
     if MODE == PACKED:
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
+        # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
+        x_pix = x_img + (x_row + ih0 * sxh + iw0 * sxw)
         KHW = KH * KW
         for k0 in range(0, K_RED, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < K_RED
             c = k // KHW
-            r = k % KHW
+            r = k - c * KHW
             kh = r // KW
-            kw = r % KW
-            ih = ih0[None, :] + (kh * dil_h)[:, None]
-            iw = iw0[None, :] + (kw * dil_w)[:, None]
+            kw = r - kh * KW
+            dh = kh * dil_h
+            dw = kw * dil_w
+            ih = ih0[None, :] + dh[:, None]
+            iw = iw0[None, :] + dw[:, None]
             a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_t = tl.load(x_img[None, :] + (x_row + c * sxc)[:, None] + ih * sxh + iw * sxw, mask=a_mask, other=0.0)
+            a_t = tl.load(x_pix[None, :] + (c * sxc + dh * sxh + dw * sxw)[:, None], mask=a_mask, other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -207,15 +211,15 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
 
 
 @triton.jit
-def _load_dy(dy_ptr, mask_ptr, n_idx, co_g, oh, ow, mask,
-             sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU: tl.constexpr):
-    """dy at (n, co, oh, ow); with RELU, zero where the forward's bit mask (see _store_relu_mask) is clear.
-    Indices int32 (checked by the launchers); the image base and the mask's channel row in int64."""
-    dy = tl.load(dy_ptr + n_idx.to(tl.int64) * sdn + (co_g * sdc + oh * sdh + ow * sdw), mask=mask, other=0.0)
+def _load_dy(dy_img, offs, mask_ptr, co_g, bit, mask, MASK_ROW, RELU: tl.constexpr):
+    """dy at pointer ``dy_img + offs`` (dy_img: the image's base, int64; offs: int32 offset of
+    (co, oh, ow) inside it); with RELU, zero where bit ``bit`` (output pixel (n*OH + oh)*OW + ow)
+    of out channel ``co_g``'s row of the forward's bit mask (see _store_relu_mask) is clear.
+    Callers build offs and bit as (per-pixel vector) + (per-k vector): one add per element."""
+    dy = tl.load(dy_img + offs, mask=mask, other=0.0)
     if RELU:
-        m = (n_idx * OH + oh) * OW + ow
-        byte = tl.load(mask_ptr + co_g.to(tl.int64) * MASK_ROW + (m >> 3), mask=mask, other=0)
-        live = (byte.to(tl.int32) >> (m & 7)) & 1
+        byte = tl.load(mask_ptr + co_g.to(tl.int64) * MASK_ROW + (bit >> 3), mask=mask, other=0)
+        live = (byte.to(tl.int32) >> (bit & 7)) & 1
         dy = tl.where(live != 0, dy, tl.zeros_like(dy))
     return dy
 
@@ -256,6 +260,10 @@ def conv2d_dgrad_kernel(
     i_w = q - i_h * WP
     ih = PH + i_h * stride_h
     iw = PW + i_w * stride_w
+    # dy is read at (oh, ow) = (i_h, i_w) + a per-tap constant (below): split into per-pixel parts
+    dy_img = dy_ptr + n_idx.to(tl.int64) * sdn
+    pix_off = i_h * sdh + i_w * sdw
+    pix_bit = (n_idx * OH + i_h) * OW + i_w
 
     ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = ci < CG_IN
@@ -268,35 +276,44 @@ def conv2d_dgrad_kernel(
         for k0 in range(0, K_RED, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < K_RED
-            co_g = co_base + k // NT
-            r = k % NT
-            kh = KH0 + (r // NKW) * KSTEP_H
-            kw = KW0 + (r % NKW) * KSTEP_W
+            co_r = k // NT
+            co_g = co_base + co_r
+            r = k - co_r * NT
+            t_h = r // NKW
+            kh = KH0 + t_h * KSTEP_H
+            kw = KW0 + (r - t_h * NKW) * KSTEP_W
             # oh = (ih + pad_h - kh*dil_h) / stride_h with ih = PH + i_h*stride_h, an exact division
             # (the phase's taps make PH + pad_h - kh*dil_h a multiple of the stride): i_h plus a
             # per-tap constant, so the [BLOCK_K, BLOCK_M] tile needs adds, not divisions.
-            oh = i_h[None, :] + ((PH + pad_h - kh * dil_h) // stride_h)[:, None]
-            ow = i_w[None, :] + ((PW + pad_w - kw * dil_w) // stride_w)[:, None]
+            doh = (PH + pad_h - kh * dil_h) // stride_h
+            dow = (PW + pad_w - kw * dil_w) // stride_w
+            oh = i_h[None, :] + doh[:, None]
+            ow = i_w[None, :] + dow[:, None]
             a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-            a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh, ow, a_mask,
-                           sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
+            a_t = _load_dy(dy_img[None, :], pix_off[None, :] + (co_g * sdc + doh * sdh + dow * sdw)[:, None],
+                           mask_ptr, co_g[:, None], pix_bit[None, :] + (doh * OW + dow)[:, None], a_mask,
+                           MASK_ROW, RELU)
             b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     elif MODE == WINDOW_OUTER:
         for th in range(0, NKH):
             kh = KH0 + th * KSTEP_H
-            oh = i_h + (PH + pad_h - kh * dil_h) // stride_h  # exact, see PACKED
+            doh = (PH + pad_h - kh * dil_h) // stride_h  # exact, see PACKED
+            oh = i_h + doh
             for tw in range(0, NKW):
                 kw = KW0 + tw * KSTEP_W
-                ow = i_w + (PW + pad_w - kw * dil_w) // stride_w
+                dow = (PW + pad_w - kw * dil_w) // stride_w
+                ow = i_w + dow
                 sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+                sp_off = pix_off + (doh * sdh + dow * sdw)
+                sp_bit = pix_bit + (doh * OW + dow)
                 for c0 in range(0, CG_OUT, BLOCK_K):
                     c = c0 + tl.arange(0, BLOCK_K)
                     c_mask = c < CG_OUT
                     co_g = co_base + c
-                    a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
-                                   sp_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
+                    a_t = _load_dy(dy_img[None, :], sp_off[None, :] + (co_g * sdc)[:, None], mask_ptr,
+                                   co_g[:, None], sp_bit[None, :], sp_mask[None, :] & c_mask[:, None], MASK_ROW, RELU)
                     b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                                 mask=c_mask[:, None] & n_mask[None, :], other=0.0)
                     acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -305,8 +322,8 @@ def conv2d_dgrad_kernel(
             c = c0 + tl.arange(0, BLOCK_K)
             c_mask = c < CG_OUT
             co_g = co_base + c
-            a_t = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], ih[None, :], iw[None, :],
-                           m_mask[None, :] & c_mask[:, None], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
+            a_t = _load_dy(dy_img[None, :], pix_off[None, :] + (co_g * sdc)[:, None], mask_ptr, co_g[:, None],
+                           pix_bit[None, :], m_mask[None, :] & c_mask[:, None], MASK_ROW, RELU)
             b = tl.load(w_ptr + (co_g * swo)[:, None] + w_col[None, :], mask=c_mask[:, None] & n_mask[None, :],
                         other=0.0)
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
@@ -355,9 +372,10 @@ def conv2d_wgrad_kernel(
     r = k % KHW
     kh = r // KW
     kw = r % KW
-    x_col = (g * CG_IN + ci) * sxc
     ihk = kh * dil_h - pad_h
     iwk = kw * dil_w - pad_w
+    x_col = (g * CG_IN + ci) * sxc + ihk * sxh + iwk * sxw  # the per-k part of every x offset
+    dy_row = co_g * sdc
 
     OHW = OH * OW
     p_start = split * P_PER_SPLIT  # int32 pixel indices (P < 2**31, checked by the launcher)
@@ -371,15 +389,18 @@ def conv2d_wgrad_kernel(
         q = p - n_idx * OHW
         oh = q // OW
         ow = q - oh * OW
-        a = _load_dy(dy_ptr, mask_ptr, n_idx[None, :], co_g[:, None], oh[None, :], ow[None, :],
-                     m_mask[:, None] & p_mask[None, :], sdn, sdc, sdh, sdw, OH, OW, MASK_ROW, RELU)
+        # p is the bit index of output pixel (n, oh, ow) in the ReLU mask
+        a = _load_dy((dy_ptr + n_idx.to(tl.int64) * sdn)[None, :], dy_row[:, None] + (oh * sdh + ow * sdw)[None, :],
+                     mask_ptr, co_g[:, None], p[None, :], m_mask[:, None] & p_mask[None, :], MASK_ROW, RELU)
         if HAS_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
-        ih = (oh * stride_h)[None, :] + ihk[:, None]
-        iw = (ow * stride_w)[None, :] + iwk[:, None]
+        oh_s = oh * stride_h
+        ow_s = ow * stride_w
+        ih = oh_s[None, :] + ihk[:, None]
+        iw = ow_s[None, :] + iwk[:, None]
         b_mask = p_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b_t = tl.load((x_ptr + n_idx.to(tl.int64) * sxn)[None, :] + (x_col[:, None] + ih * sxh + iw * sxw),
-                      mask=b_mask, other=0.0)
+        x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (oh_s * sxh + ow_s * sxw)
+        b_t = tl.load(x_pix[None, :] + x_col[:, None], mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
 
     base = split.to(tl.int64) * SPLIT_STRIDE
