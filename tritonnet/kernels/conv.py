@@ -435,22 +435,27 @@ def _cfg(bm, bn, bk, warps, stages):
 
 # GPU candidates. GEMM-N (out channels for fwd, in channels for dgrad) is small in these CNNs, so
 # the list spans BLOCK_N 16..128 and prunes by the actual size; BLOCK_M 128 keeps the tensor
-# cores busy on the long pixel dimension; BLOCK_K 32/64 with 3-4 stages hides the gather latency.
+# cores busy on the long pixel dimension. Chosen from the sm_90 compiler's output (regs, local-
+# memory spills and instructions per inner iteration; see benchmarks/CONV_NOTES.md): the gathers
+# hold many 64-bit addresses in registers, so 128x64 and wider tiles need 8 warps to avoid
+# spilling (128x64x64 with 4 warps spilled 2.3 KB per thread, 53-262 local loads per iteration),
+# and BLOCK_K 32 keeps the per-iteration gather small. num_stages only matters for fp32 (4-byte
+# gathers become cp.async); 16-bit gathers are not pipelined by the compiler either way.
 FWD_CONFIGS = [
     _cfg(128, 16, 32, 4, 3),
     _cfg(128, 32, 32, 4, 3),
-    _cfg(128, 64, 32, 4, 4),
+    _cfg(128, 64, 32, 8, 3),
     _cfg(128, 128, 32, 8, 3),
-    _cfg(128, 64, 64, 4, 3),
     _cfg(128, 128, 64, 8, 3),
 ]
 # wgrad: GEMM-M is out channels, GEMM-N the weight row (C_in*KH*KW), the reduction the pixels.
+# The former 128x64x64/4-warp, 128x128x64 and 64x32x128 (fp32) tiles spilled in the pixel loop.
 WGRAD_CONFIGS = [
     _cfg(16, 32, 128, 4, 3),
-    _cfg(64, 32, 128, 4, 3),
-    _cfg(64, 64, 64, 4, 3),
-    _cfg(128, 64, 64, 4, 3),
-    _cfg(128, 128, 64, 8, 3),
+    _cfg(64, 32, 64, 8, 3),
+    _cfg(64, 64, 32, 8, 3),
+    _cfg(128, 64, 32, 8, 3),
+    _cfg(128, 128, 32, 8, 3),
 ]
 
 
