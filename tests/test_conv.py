@@ -397,6 +397,7 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
     picks = [conv_kernels.FWD_CONFIGS[i] for i in (2, 4)]
     wcfg = conv_kernels.WGRAD_CONFIGS[3]
     wtiles = dict(wcfg.kwargs, num_warps=wcfg.num_warps, num_stages=wcfg.num_stages)
+    assert picks[0].maxnreg == 128, "the register-capped forward config is among those compiled"
     for dtype, precision, shapes in ((torch.bfloat16, "highest", ((3, 64, picks[:1]), (64, 128, picks))),
                                      (torch.float32, "high", ((64, 128, picks[:1]),))):
         tn.set_float32_matmul_precision(precision)
@@ -409,6 +410,8 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
                 training = dtype == torch.bfloat16 and c_in == 64  # the others: inference, no mask
                 for cfg in configs:
                     tiles = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    if cfg.maxnreg:
+                        tiles["maxnreg"] = cfg.maxnreg
                     out = conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles,
                                                       save_relu_mask=training)
                 if training:
