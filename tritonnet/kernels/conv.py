@@ -382,13 +382,19 @@ def conv2d_wgrad_kernel(
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # (n, oh, ow) of the chunk's pixels, divided out once here; each iteration then advances them
+    # by BLOCK_K = step_n*OHW + step_h*OW + step_w pixels with two conditional carries instead of
+    # two divisions per pixel (which were a third of the loop's instructions on sm_90).
+    p = p_start + tl.arange(0, BLOCK_K)
+    n_idx = p // OHW
+    oh = (p - n_idx * OHW) // OW
+    ow = p - n_idx * OHW - oh * OW
+    step_n = BLOCK_K // OHW
+    step_h = (BLOCK_K - step_n * OHW) // OW
+    step_w = BLOCK_K - step_n * OHW - step_h * OW
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
-        n_idx = p // OHW
-        q = p - n_idx * OHW
-        oh = q // OW
-        ow = q - oh * OW
         # p is the bit index of output pixel (n, oh, ow) in the ReLU mask
         a = _load_dy((dy_ptr + n_idx.to(tl.int64) * sdn)[None, :], dy_row[:, None] + (oh * sdh + ow * sdw)[None, :],
                      mask_ptr, co_g[:, None], p[None, :], m_mask[:, None] & p_mask[None, :], MASK_ROW, RELU)
@@ -402,6 +408,13 @@ def conv2d_wgrad_kernel(
         x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (oh_s * sxh + ow_s * sxw)
         b_t = tl.load(x_pix[None, :] + x_col[:, None], mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
+        ow += step_w
+        carry_w = (ow >= OW).to(tl.int32)
+        ow -= carry_w * OW
+        oh += step_h + carry_w
+        carry_h = (oh >= OH).to(tl.int32)
+        oh -= carry_h * OH
+        n_idx += step_n + carry_h
 
     base = split.to(tl.int64) * SPLIT_STRIDE
     dw_off = base + (co_g.to(tl.int64) * K_W)[:, None] + k[None, :]
