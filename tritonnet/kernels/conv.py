@@ -460,6 +460,7 @@ def _cfg(bm, bn, bk, warps, stages, maxnreg=None):
 # inner loop unchanged (161 instructions, no spill inside it) and two programs fit per SM.
 FWD_CONFIGS = [
     _cfg(128, 16, 32, 4, 3),
+    _cfg(64, 16, 32, 4, 3),  # twice the programs for LeNet's dgrad (392 -> 784 on 132 SMs)
     _cfg(128, 32, 32, 4, 3),
     _cfg(128, 64, 32, 8, 3, maxnreg=128),
     _cfg(128, 64, 32, 8, 3),
@@ -882,9 +883,15 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
         if runtime.INTERPRETED:
             split_k = 1
         else:
-            sms = _sm_count()
-            tiles = triton.cdiv(geo.CG_OUT, 64) * triton.cdiv(geo.CG_IN * geo.KH * geo.KW, 64) * geo.groups
-            split_k = max(1, min(triton.cdiv(2 * sms, tiles), P // 2048))
+            # Tiles of the largest config the autotuner keeps for this shape (see _prune_wgrad), so
+            # that even that one gets ~2 programs per SM; >= 512 pixels per split. (Counting 64x64
+            # tiles and >= 2048 pixels gave LeNet's wgrads 60-98 programs, 64->128 75, on 132 SMs.)
+            # The fp32 workspace this costs is split * C_out*C_in*KH*KW*4 bytes, small at these sizes.
+            k_w = geo.CG_IN * geo.KH * geo.KW
+            bm = min(128, max(16, _np2(geo.CG_OUT)))
+            bn = min(128, max(32, _np2(k_w)))
+            tiles = triton.cdiv(geo.CG_OUT, bm) * triton.cdiv(k_w, bn) * geo.groups
+            split_k = max(1, min(triton.cdiv(2 * _sm_count(), tiles), P // 512))
     split_k = max(1, min(int(split_k), P))
     grain = 16 if runtime.INTERPRETED else 128  # on the GPU, whole BLOCK_K tiles per split
     per = triton.cdiv(triton.cdiv(P, split_k), grain) * grain
