@@ -358,6 +358,17 @@ def test_bad_arguments_raise(device, make, error, match):
         F.conv2d(x, wt, **kwargs)
 
 
+def test_shapes_beyond_int32_indexing_raise():
+    """The kernels index pixels and in-image offsets in int32: the launchers' guard refuses more."""
+    big_batch = conv_kernels.ConvGeometry((2**15, 1, 256, 256), (4, 1, 1, 1), 1, 0, 1, 1)  # 2**31 pixels
+    with pytest.raises(ValueError, match="too large for 32-bit pixel indexing"):
+        conv_kernels._check_int32_indexing(big_batch)
+    big_image = conv_kernels.ConvGeometry((1, 2**16, 128, 256), (4, 2**16, 1, 1), 1, 0, 1, 1)  # 2**31 per image
+    with pytest.raises(ValueError, match="too large for 32-bit pixel indexing"):
+        conv_kernels._check_int32_indexing(big_image)
+    conv_kernels._check_int32_indexing(conv_kernels.ConvGeometry((2**14, 1, 128, 256), (4, 1, 1, 1), 1, 0, 1, 1))
+
+
 def test_bad_tensors_raise(device):
     x, wt = torch.randn(2, 3, 8, 8, device=device), torch.randn(5, 3, 3, 3, device=device)
     with pytest.raises(TypeError, match="x must have dtype"):
