@@ -308,7 +308,7 @@ def test_the_comparison_catches_an_unwritten_element(device):
     rows = 2 * 3 * 4
     runtime.launch(P.max_pool2d_forward_kernel, (rows // 4 - 1, 1),
                    (x, out, argmax, rows, 3, 8, 8, 4, 4, *x.stride(), *geo.kernel_args()),
-                   {"UNROLL": 2, "PAIR_W": 1, "BLOCK_R": 4, "BLOCK_W": 4})
+                   {"UNROLL": 2, "PAIR_W": 2, "ALIGN": 1, "BLOCK_R": 4, "BLOCK_W": 4})
     with pytest.raises(AssertionError, match="NaN"):
         assert_values_equal(out, ref)
 
@@ -589,5 +589,32 @@ def test_gpu_tile_specialisations_are_recorded_for_the_sm90_compile(device, monk
                 P.max_pool2d_indices(argmax, geo)
     assert sum(kern is P.max_pool2d_backward_tiled_kernel for kern, _ in seen) == 4  # the 2x2 cases
     forward = [c for kern, c in seen if kern is P.max_pool2d_forward_kernel]
-    assert {(c["BLOCK_R"], c["BLOCK_W"], c["UNROLL"], c["PAIR_W"]) for c in forward} == {(64, 16, 2, 1),
-                                                                                          (64, 16, 3, 0)}
+    assert {(c["BLOCK_R"], c["BLOCK_W"], c["UNROLL"], c["PAIR_W"]) for c in forward} == {(64, 16, 2, 2),
+                                                                                          (64, 16, 3, 3)}
+    assert {c["ALIGN"] for c in forward} == {4, 8}  # 16 bytes of rows of 32 (and fp32 28) columns; bf16 28: 4
+    tiled = [c for kern, c in seen if kern is P.max_pool2d_backward_tiled_kernel]
+    assert {c["ALIGN"] for c in tiled} == {16, 2}  # OW = 16 (VGG), 14 (LeNet)
+    assert {c["num_warps"] for c in forward if c["PAIR_W"] == 2} | {c["num_warps"] for c in tiled} == {16}
+    gather = [c for kern, c in seen if kern is P.max_pool2d_backward_gather_kernel]
+    assert {(c["CAND_H"], c["CAND_W"]) for c in gather} == {(2, 2)}  # the 3x3/s2 cases
+
+
+def test_alignment_promised_to_the_compiler_holds(device, monkeypatch):
+    """ALIGN is a promise the GPU compiler turns into vector loads: it must divide every stride and
+    width it covers, whatever the layout (a wrong promise would be a misaligned access on the GPU)."""
+    monkeypatch.setattr(P, "_INTERPRETER_TILES", False)
+    base = torch.randn(2, 6, 28, 30, device=device)
+    cases = {"contiguous 28": (base[..., :28].contiguous(), 4), "sliced columns": (base[..., 1:29], 2),
+             "width 10": (torch.randn(2, 3, 10, 10, device=device), 2),
+             "bf16 width 32": (torch.randn(2, 3, 32, 32, device=device).to(torch.bfloat16), 8),
+             "channels last": (base.contiguous(memory_format=torch.channels_last), 1),
+             "odd width": (torch.randn(1, 2, 9, 9, device=device), 1)}
+    for name, (x, expected) in cases.items():
+        geo = P.pool_geometry(x.shape, 2)
+        align = P._alignment(x, geo, P._pair_runs(geo, P._unroll(geo)))
+        assert align == expected, name
+        assert all(v % align == 0 for v in (*x.stride()[:3], geo.w)), name
+    for ow, expected in ((16, 16), (14, 2), (5, 1), (12, 4)):
+        assert P._power_of_two_dividing(ow) == expected
+    monkeypatch.setattr(P, "_INTERPRETER_TILES", True)  # the interpreter's specialisations stay few
+    assert P._alignment(cases["contiguous 28"][0], P.pool_geometry((2, 6, 28, 28), 2), 2) == 1

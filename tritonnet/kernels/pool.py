@@ -63,7 +63,7 @@ def max_pool2d_forward_kernel(
     R, C, H, W, OH, OW,
     stride_n, stride_c, stride_h, stride_w,
     KH, KW, SH, SW, PH, PW, DH, DW,
-    UNROLL: tl.constexpr, PAIR_W: tl.constexpr,
+    UNROLL: tl.constexpr, PAIR_W: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Max and compact argmax of every window.
@@ -73,11 +73,23 @@ def max_pool2d_forward_kernel(
     argmax: [N, C, OH, OW] contiguous, uint8/int16/int32: ``kh * KW + kw`` of the winner.
     Program (i, j) covers output rows [i*BLOCK_R, ...) and columns [j*BLOCK_W, ...).
     UNROLL: 0 (window loops at run time) or an unroll bound >= KH, KW.
-    PAIR_W (needs UNROLL, KW == 2, SW == 2, DW == 1): each kernel row is read as one contiguous
-    run of 2*BLOCK_W input columns and split into the two window columns (vectorised loads).
+    PAIR_W: 0, or KW (2 or 3) when SW == 2 and DW == 1 (needs UNROLL): each kernel row is read as
+    ceil(KW / 2) contiguous runs of 2*BLOCK_W input columns, each split into two window columns
+    (vector loads instead of one strided scalar load per window column; KW = 3 reads its third
+    column as the first half of a run shifted by two).
+    ALIGN: a power of two (elements) that divides stride_n, stride_c, stride_h and W, promised to
+    the compiler: rows of 28 or 10 columns (LeNet) are then read with vector loads too (Triton
+    only infers divisibility by 16 from argument values).
     Values are compared in float32 (exact for every input dtype; bf16 arithmetic is broken in the
     interpreter).
     """
+    if ALIGN > 1:
+        # (v // ALIGN) * ALIGN == v by the launcher's promise; written so, the compiler can see it
+        # (tl.multiple_of does not attach to scalar arguments)
+        stride_n = (stride_n // ALIGN) * ALIGN
+        stride_c = (stride_c // ALIGN) * ALIGN
+        stride_h = (stride_h // ALIGN) * ALIGN
+        W = (W // ALIGN) * ALIGN
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     row_ok = rows < R
@@ -96,21 +108,32 @@ def max_pool2d_forward_kernel(
 
     best = tl.full([BLOCK_R, BLOCK_W], float("-inf"), tl.float32)
     best_k = tl.full([BLOCK_R, BLOCK_W], -1, tl.int32)
-    if PAIR_W:
-        # input columns 2*ow - PW + {0, 1} of the tile's outputs, as one contiguous run
+    if PAIR_W > 0:
+        # Window columns 2m and 2m+1 of every output in the tile are one contiguous run of
+        # 2*BLOCK_W input columns starting at 2*ow - PW + 2m: read it with vector loads and split
+        # it into the two columns, instead of a strided scalar load per column. The load mask is
+        # only "inside the input" (a bound the compiler can see is aligned); which split element
+        # belongs to a real window is decided per column below.
         iw_run = tl.program_id(1) * (2 * BLOCK_W) + tl.arange(0, 2 * BLOCK_W) - PW
-        run_ok = (iw_run >= 0) & (iw_run < W) & (iw_run < 2 * OW - PW)
         for kh in tl.static_range(UNROLL):
             ih = ih0 + kh * DH
             h_ok = row_ok & (ih >= 0) & (ih < H) & (ih < ih_end)
             row_base = plane_base + ih.to(tl.int64) * stride_h
-            m2 = h_ok[:, None] & run_ok[None, :]
-            v2 = tl.load(x_ptr + row_base[:, None] + iw_run.to(tl.int64)[None, :] * stride_w,
-                         mask=m2, other=float("-inf")).to(tl.float32)
-            v_left, v_right = tl.split(tl.reshape(v2, [BLOCK_R, BLOCK_W, 2]))
-            m_left, m_right = tl.split(tl.reshape(m2, [BLOCK_R, BLOCK_W, 2]))
-            best, best_k = _take_max(v_left, m_left, kh * 2, best, best_k)
-            best, best_k = _take_max(v_right, m_right, kh * 2 + 1, best, best_k)
+            for m in tl.static_range((PAIR_W + 1) // 2):
+                run = iw_run + 2 * m
+                run_ok = (run >= 0) & (run < W)
+                v2 = tl.load(x_ptr + row_base[:, None] + run.to(tl.int64)[None, :] * stride_w,
+                             mask=h_ok[:, None] & run_ok[None, :], other=float("-inf")).to(tl.float32)
+                v_left, v_right = tl.split(tl.reshape(v2, [BLOCK_R, BLOCK_W, 2]))
+                iw_left = iw0 + 2 * m
+                ok_left = col_ok & (iw_left >= 0) & (iw_left < W)
+                best, best_k = _take_max(v_left, h_ok[:, None] & ok_left[None, :], kh * KW + 2 * m,
+                                         best, best_k)
+                if 2 * m + 1 < PAIR_W:
+                    iw_right = iw_left + 1
+                    ok_right = col_ok & (iw_right >= 0) & (iw_right < W)
+                    best, best_k = _take_max(v_right, h_ok[:, None] & ok_right[None, :], kh * KW + 2 * m + 1,
+                                             best, best_k)
     elif UNROLL > 0:
         for kh in tl.static_range(UNROLL):
             ih = ih0 + kh * DH
@@ -156,7 +179,8 @@ def max_pool2d_backward_gather_kernel(
     grad_out_ptr, argmax_ptr, grad_in_ptr,
     R, H, W, OH, OW,
     KH, KW, SH, SW, PH, PW, DH, DW,
-    UNROLL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    UNROLL: tl.constexpr, CAND_H: tl.constexpr, CAND_W: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """grad_in[p, ih, iw] = sum of grad_out over the windows that cover (ih, iw) and chose it.
 
@@ -167,7 +191,11 @@ def max_pool2d_backward_gather_kernel(
     ih = oh*SH - PH + kh*DH, so for each (kh, kw) there is at most one candidate window, found by
     one division per row and one per column. Candidates are summed in float32 in ascending
     (oh, ow) order (descending kh, kw), the order torch's kernels use, so results are reproducible.
-    UNROLL: 0 (loops at run time) or an unroll bound >= KH, KW.
+    CAND_H, CAND_W > 0: at most that many windows cover a position along each axis
+    (ceil(((K - 1) * D + 1) / S): 2 for 3x3/s2, 1 for 2x2/s2); the candidates are then enumerated
+    by window, oh = (ih + PH) // SH - a, instead of by kernel position, so 3x3/s2 issues 2x2 masked
+    load pairs per element instead of 3x3 (at most 4 of the 9 kernel positions can ever match).
+    Otherwise UNROLL: 0 (loops at run time) or an unroll bound >= KH, KW.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -181,7 +209,28 @@ def max_pool2d_backward_gather_kernel(
     u_min = iw + PW - KW * DW
 
     acc = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
-    if UNROLL > 0:
+    if CAND_H > 0:
+        th = ih + PH  # >= 0: truncating division is floor division here
+        tw = iw + PW
+        oh_last = th // SH
+        ow_last = tw // SW
+        for a in tl.static_range(CAND_H):
+            oh = oh_last - (CAND_H - 1 - a)  # ascending oh, as in the kernel-position order below
+            dh = th - oh * SH  # kh * DH, >= 0
+            kh = dh // DH
+            h_ok = row_ok & (oh >= 0) & (oh < OH) & (dh < KH * DH) & (kh * DH == dh)
+            out_row = out_plane + oh.to(tl.int64) * OW
+            for b in tl.static_range(CAND_W):
+                ow = ow_last - (CAND_W - 1 - b)
+                dw = tw - ow * SW
+                kw = dw // DW
+                w_ok = col_ok & (ow >= 0) & (ow < OW) & (dw < KW * DW) & (kw * DW == dw)
+                m = h_ok[:, None] & w_ok[None, :]
+                offsets = out_row[:, None] + ow[None, :]
+                chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
+                hit = m & (chosen == kh[:, None] * KW + kw[None, :])
+                acc += tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+    elif UNROLL > 0:
         for i in tl.static_range(UNROLL):
             kh = UNROLL - 1 - i
             t = ih + PH - kh * DH
@@ -213,7 +262,7 @@ def max_pool2d_backward_gather_kernel(
 def max_pool2d_backward_tiled_kernel(
     grad_out_ptr, argmax_ptr, grad_in_ptr,
     R, OW,
-    KH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    KH: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """The gather when the windows tile the input exactly: kernel (KH, 2) equal to the stride, no
     padding, no dilation, H = OH * KH and W = 2 * OW (2x2/s2 on even sizes, as in LeNet and VGG).
@@ -224,7 +273,11 @@ def max_pool2d_backward_tiled_kernel(
     rows (the two window columns joined), so no element needs a second look.
     grad_out, argmax: [N, C, OH, OW] contiguous; R = N * C * OH rows of OW windows.
     grad_in: [N, C, OH * KH, 2 * OW] contiguous; window row r covers input rows r * KH + kh.
+    ALIGN: a power of two that divides OW, promised to the compiler (vector loads and stores on
+    rows of 14 windows, as in LeNet; Triton only infers divisibility by 16 from argument values).
     """
+    if ALIGN > 1:
+        OW = (OW // ALIGN) * ALIGN  # unchanged (the launcher's promise), visibly a multiple of ALIGN
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     row_ok = rows < R
@@ -480,7 +533,7 @@ _INT32_MAX = 2**31 - 1
 # Under the interpreter a program costs ~1 ms whatever its size, so tiles there are large and
 # fixed (two shapes per kernel, not one per problem size): every specialisation the test suite
 # launches is also compiled for sm_90 in CI, and each distinct tile is another compile. On the GPU
-# a tile of 1024 elements per 4 warps keeps every SM busy with many loads in flight.
+# a tile of 1024 elements on 16 warps (see _warps) keeps every SM busy with loads in flight.
 _INTERPRETER_TILES = runtime.INTERPRETED
 _INTERPRETER_TILE = 4096
 _GPU_TILE = 1024
@@ -494,6 +547,18 @@ def _tiles(rows: int, cols: int):
         return _INTERPRETER_TILE // block_w, block_w
     block_w = min(triton.next_power_of_2(cols), _GPU_MAX_W)
     return max(1, min(_GPU_TILE // block_w, triton.next_power_of_2(rows))), block_w
+
+
+def _warps(block_r: int, block_w: int) -> int:
+    """num_warps for a tile: two outputs (windows) per thread. Compiled for sm_90, the 2x2/s2
+    forward and the tiled backward then keep each thread's window pair in registers from load to
+    store; at eight per thread (1024 outputs on the default 4 warps) the compiler re-lays the
+    split/joined pairs out through shared memory between load and store (the float32 tiled
+    backward: 15 barriers and scalar LDS per program; none at two per thread). Used for the 2x2
+    forward and the tiled backward only: the 3x3 forward and the gather keep 4 warps (eight per
+    thread), which spreads each row's index arithmetic over more outputs (about 160 against 215
+    instructions per output for the 3x3 forward) at the cost of a small shared-memory exchange."""
+    return max(1, min(16, block_r * block_w // 64))
 
 
 def _cast_block() -> int:
@@ -512,6 +577,46 @@ def _unroll(geo) -> int:
     """Compile-time unroll bound for the window loops: 2 or 3 for small windows, else 0 (loops)."""
     largest = max(geo.kernel)
     return 2 if largest <= 2 else 3 if largest == 3 else 0
+
+
+def _pair_runs(geo, unroll: int) -> int:
+    """The forward's PAIR_W: KW when windows of 2 or 3 columns step two columns (2x2/s2, 3x3/s2:
+    read as contiguous runs), else 0 (one strided load per window column)."""
+    if unroll > 0 and geo.kernel[1] in (2, 3) and geo.stride[1] == 2 and geo.dilation[1] == 1:
+        return geo.kernel[1]
+    return 0
+
+
+def _gather_candidates(geo) -> tuple:
+    """(CAND_H, CAND_W) for the gather backward: how many windows can cover one input position
+    along each axis, ceil(extent / stride) (2 for 3x3/s2, 1 for 2x2/s2), or (0, 0) above 3 (the
+    kernel then enumerates every kernel position instead)."""
+    cand = tuple(-(-((k - 1) * d + 1) // s) for k, s, d in zip(geo.kernel, geo.stride, geo.dilation))
+    return cand if max(cand) <= 3 else (0, 0)
+
+
+def _alignment(x4, geo, pair_w: int) -> int:
+    """The forward's ALIGN: the largest power of two, up to 16 bytes of elements, dividing the
+    input's batch, channel and row strides and its width, when rows are read as contiguous runs
+    (PAIR_W, unit column stride); 1 otherwise, and under the interpreter (where it changes nothing
+    but would multiply the specialisations the sm_90 check compiles)."""
+    if _INTERPRETER_TILES or not pair_w or x4.stride(3) != 1:
+        return 1
+    align = 16 // x4.element_size()
+    for v in (*x4.stride()[:3], geo.w):
+        align = min(align, _power_of_two_dividing(v))
+    return align
+
+
+def _power_of_two_dividing(value: int, limit: int = 16) -> int:
+    """The largest power of two up to ``limit`` dividing ``value``; 1 under the interpreter (see
+    :func:`_alignment`)."""
+    if _INTERPRETER_TILES:
+        return 1
+    align = limit
+    while align > 1 and value % align:
+        align //= 2
+    return align
 
 
 def _check_rows(rows: int, name: str):
@@ -542,7 +647,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     _check_rows(rows, "input")
     block_r, block_w = tile or _tiles(rows, geo.out_w)
     unroll = _unroll(geo)
-    pair_w = int(unroll > 0 and geo.kernel[1] == 2 and geo.stride[1] == 2 and geo.dilation[1] == 1)
+    pair_w = _pair_runs(geo, unroll)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
     n_out = rows * geo.out_w
     es = x.element_size()
@@ -550,7 +655,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         max_pool2d_forward_kernel, grid,
         (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
          *geo.kernel_args()),
-        {"UNROLL": unroll, "PAIR_W": pair_w, "BLOCK_R": block_r, "BLOCK_W": block_w},
+        {"UNROLL": unroll, "PAIR_W": pair_w, "ALIGN": _alignment(x4, geo, pair_w), "BLOCK_R": block_r,
+         "BLOCK_W": block_w, "num_warps": _warps(block_r, block_w) if pair_w == 2 else 4},
         runtime.LaunchInfo("max_pool2d_forward", (tuple(x.shape), tuple(out.shape)), x.dtype,
                            flops=n_out * geo.window,
                            bytes=min_forward_bytes(geo, es)))
@@ -626,7 +732,9 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         block_r, block_w = tile or _tiles(rows, geo.out_w)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
         runtime.launch(max_pool2d_backward_tiled_kernel, grid, (grad_out, argmax, grad_in, rows, geo.out_w),
-                       {"KH": geo.kernel[0], "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+                       {"KH": geo.kernel[0], "ALIGN": _power_of_two_dividing(geo.out_w), "BLOCK_R": block_r,
+                        "BLOCK_W": block_w,
+                        "num_warps": _warps(block_r, block_w)}, info)
         return grad_in
     if deterministic:
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
@@ -634,10 +742,12 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         _check_rows(rows, "grad_input")
         block_r, block_w = tile or _tiles(rows, geo.w)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.w, block_w))
+        cand_h, cand_w = _gather_candidates(geo)
         runtime.launch(max_pool2d_backward_gather_kernel, grid,
                        (grad_out, argmax, grad_in, rows, geo.h, geo.w, geo.out_h, geo.out_w,
                         *geo.kernel_args()),
-                       {"UNROLL": _unroll(geo), "BLOCK_R": block_r, "BLOCK_W": block_w}, info)
+                       {"UNROLL": _unroll(geo), "CAND_H": cand_h, "CAND_W": cand_w, "BLOCK_R": block_r,
+                        "BLOCK_W": block_w}, info)
         return grad_in
 
     # A zero-filled float32 accumulator: the scatter adds into it (a memset, not arithmetic).
