@@ -14,7 +14,8 @@ Cases, from real small CNNs: N=256, C=64, 32x32 (a VGG-style CIFAR net) and N=25
 - the ratio torch time / tritonnet time (> 1: tritonnet is faster);
 - beside ``time_op``'s median, ``queued_gpu_ms``: the same call timed with the stream kept busy
   while the host queues it, so host launch cost cannot land inside the events (see
-  ``_queued_gpu_ms``; POOL_NOTES.md says why), and ``wall_ms``;
+  ``_queued_gpu_ms``; POOL_NOTES.md says why), ``profiled_kernel_ms`` (the kernels' own
+  durations from torch.profiler) and ``wall_ms``;
 - the bytes kept for backward: tritonnet's tape (the compact argmax) against what torch autograd
   actually saves (measured with saved-tensor hooks: the input and the int64 indices).
 
@@ -103,13 +104,39 @@ def _queued_gpu_ms(fn, args_sets, reps=40, head_start_cycles=1_000_000):
     return times[len(times) // 2]
 
 
-def _timed(fn, args_sets, min_bytes, copy_gbs):
+def _profiled_kernel_ms(fn, args_sets, calls=10):
+    """Device time of the kernels one call launches, from CUDA's own kernel records (torch.profiler
+    / CUPTI): no events around Python, so no host time can land in it. Inputs rotate as in time_op
+    but L2 is not flushed (a flush would be a kernel of its own), so a small case may partly run
+    from L2. Sum over the calls' kernels / calls."""
+    if runtime.INTERPRETED:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    for i in range(3):
+        fn(*args_sets[i % len(args_sets)])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fn(*args_sets[i % len(args_sets)])
+        torch.cuda.synchronize()
+    total_us = sum(e.time_range.elapsed_us() for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    return total_us / calls / 1e3
+
+
+def _timed(fn, args_sets, min_bytes, copy_gbs, profiled=True):
     t = bench.time_op(fn, args_sets)
     ms = t["p50"]
     gbs = min_bytes / (ms * 1e-3) / 1e9
     floor_ms = min_bytes / (copy_gbs * 1e9) * 1e3
     gpu_ms = _queued_gpu_ms(fn, args_sets)
-    return {"ms": t, "queued_gpu_ms": gpu_ms, "wall_ms": _wall_ms(fn, args_sets), "min_bytes": min_bytes,
+    try:
+        kernel_ms = _profiled_kernel_ms(fn, args_sets) if profiled else None
+    except Exception as exc:  # a profiler that cannot start is a missing column, not a failed run
+        kernel_ms = {"error": _error(exc)}
+    return {"ms": t, "queued_gpu_ms": gpu_ms, "profiled_kernel_ms": kernel_ms,
+            "wall_ms": _wall_ms(fn, args_sets), "min_bytes": min_bytes,
             "gb_s": gbs, "pct_copy_bw": 100 * gbs / copy_gbs, "floor_ms": floor_ms,
             "pct_of_floor": 100 * floor_ms / ms,
             "queued_pct_copy_bw": None if gpu_ms is None else 100 * floor_ms / gpu_ms}
@@ -180,7 +207,7 @@ def run_case(shape_name, shape, window_name, k, s, dtype_name, dtype, copy_gbs, 
             try:
                 compiled = bench.compiled(lambda *a, _fn=fn: _fn(*a))
                 compiled(*sets[0])
-                table[name] = _timed(compiled, sets, nbytes, copy_gbs)
+                table[name] = _timed(compiled, sets, nbytes, copy_gbs, profiled=False)
             except Exception as exc:  # record and go on: a compile failure is a result, not a crash
                 table[name] = {"error": _error(exc)}
     else:
@@ -226,7 +253,9 @@ def _fmt(r):
         return f"{(r.get('error') or r.get('skipped', ''))[:40]:>40}"
     queued = "" if r.get("queued_gpu_ms") is None else (
         f" | queued {r['queued_gpu_ms']:7.4f} ms {r['queued_pct_copy_bw']:5.1f}% bw")
-    return (f"{r['ms']['p50']:8.4f} ms {r['gb_s']:8.1f} GB/s {r['pct_copy_bw']:5.1f}% bw{queued}"
+    kernels = r.get("profiled_kernel_ms")
+    kernels = f" | kernels {kernels:7.4f} ms" if isinstance(kernels, float) else ""
+    return (f"{r['ms']['p50']:8.4f} ms {r['gb_s']:8.1f} GB/s {r['pct_copy_bw']:5.1f}% bw{queued}{kernels}"
             f" | wall {r['wall_ms']:7.4f} ms")
 
 
