@@ -130,16 +130,22 @@ def _timed(fn, args_sets, min_bytes, copy_gbs, profiled=True):
     ms = t["p50"]
     gbs = min_bytes / (ms * 1e-3) / 1e9
     floor_ms = min_bytes / (copy_gbs * 1e9) * 1e3
-    gpu_ms = _queued_gpu_ms(fn, args_sets)
+    try:  # the two diagnostic timings are missing columns when they fail, not a failed run
+        gpu_ms = _queued_gpu_ms(fn, args_sets)
+    except Exception as exc:
+        gpu_ms, gpu_error = None, _error(exc)
+    else:
+        gpu_error = None
     try:
         kernel_ms = _profiled_kernel_ms(fn, args_sets) if profiled else None
-    except Exception as exc:  # a profiler that cannot start is a missing column, not a failed run
+    except Exception as exc:
         kernel_ms = {"error": _error(exc)}
     return {"ms": t, "queued_gpu_ms": gpu_ms, "profiled_kernel_ms": kernel_ms,
             "wall_ms": _wall_ms(fn, args_sets), "min_bytes": min_bytes,
             "gb_s": gbs, "pct_copy_bw": 100 * gbs / copy_gbs, "floor_ms": floor_ms,
             "pct_of_floor": 100 * floor_ms / ms,
-            "queued_pct_copy_bw": None if gpu_ms is None else 100 * floor_ms / gpu_ms}
+            "queued_pct_copy_bw": None if gpu_ms is None else 100 * floor_ms / gpu_ms,
+            **({"queued_error": gpu_error} if gpu_error else {})}
 
 
 def _torch_saved_bytes(fn, x):
