@@ -635,7 +635,7 @@ class ConvGeometry:
     @property
     def relu_mask_shape(self):
         """The ReLU gradient's bit mask: per out channel, one bit per output pixel (N*OH*OW)."""
-        return (self.C_out, triton.cdiv(self.N * self.OH * self.OW, 8))
+        return (self.C_out, runtime.cdiv(self.N * self.OH * self.OW, 8))
 
     @property
     def macs(self) -> int:
@@ -719,7 +719,7 @@ def _check_activation(activation):
 
 
 def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
-    return lambda meta: (triton.cdiv(cols, meta[cols_per_tile_key]), triton.cdiv(rows, meta[rows_per_tile_key]),
+    return lambda meta: (runtime.cdiv(cols, meta[cols_per_tile_key]), runtime.cdiv(rows, meta[rows_per_tile_key]),
                          depth)
 
 
@@ -775,7 +775,7 @@ def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, args, consts, info
     if config is None:
         config = _fixed_config(kind)
     blocks, options = _split_config(config)
-    grid = (triton.cdiv(cols, blocks["BLOCK_N"]), triton.cdiv(rows, blocks["BLOCK_M"]), groups)
+    grid = (runtime.cdiv(cols, blocks["BLOCK_N"]), runtime.cdiv(rows, blocks["BLOCK_M"]), groups)
     runtime.launch(kernel, grid, args, {**consts, **blocks, **options}, info)
 
 
@@ -890,12 +890,12 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
             k_w = geo.CG_IN * geo.KH * geo.KW
             bm = min(128, max(16, _np2(geo.CG_OUT)))
             bn = min(128, max(32, _np2(k_w)))
-            tiles = triton.cdiv(geo.CG_OUT, bm) * triton.cdiv(k_w, bn) * geo.groups
-            split_k = max(1, min(triton.cdiv(2 * _sm_count(), tiles), P // 512))
+            tiles = runtime.cdiv(geo.CG_OUT, bm) * runtime.cdiv(k_w, bn) * geo.groups
+            split_k = max(1, min(runtime.cdiv(2 * _sm_count(), tiles), P // 512))
     split_k = max(1, min(int(split_k), P))
     grain = 16 if runtime.INTERPRETED else 128  # on the GPU, whole BLOCK_K tiles per split
-    per = triton.cdiv(triton.cdiv(P, split_k), grain) * grain
-    return triton.cdiv(P, per), per
+    per = runtime.cdiv(runtime.cdiv(P, split_k), grain) * grain
+    return runtime.cdiv(P, per), per
 
 
 def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
@@ -934,16 +934,16 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
         bytes=(grad_out.numel() + x.numel()) * esize + (relu_mask.numel() if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
     if config is None and AUTOTUNE:
-        grid = lambda meta: (triton.cdiv(K_W, meta["BLOCK_N"]), triton.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
+        grid = lambda meta: (runtime.cdiv(K_W, meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
                              geo.groups * split)
         runtime.launch(conv2d_wgrad_autotuned, grid, args, consts, info)
     else:
         blocks, options = _split_config(config or _fixed_config("wgrad"))
-        grid = (triton.cdiv(K_W, blocks["BLOCK_N"]), triton.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
+        grid = (runtime.cdiv(K_W, blocks["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
         runtime.launch(conv2d_wgrad_kernel, grid, args, {**consts, **blocks, **options}, info)
     if split > 1:
         block = 16384 if runtime.INTERPRETED else 1024
-        runtime.launch(splitk_reduce_kernel, (triton.cdiv(L, block),), (target, flat, L, split), {"BLOCK": block},
+        runtime.launch(splitk_reduce_kernel, (runtime.cdiv(L, block),), (target, flat, L, split), {"BLOCK": block},
                        runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x.dtype, flops=split * L,
                                           bytes=split * L * 4 + L * esize))
     dw = flat[: geo.C_out * K_W].view(tuple(w_shape))

@@ -32,7 +32,7 @@ def add(a, b):
     out = runtime.empty(a.shape, a.dtype)
     n = a.numel()
     if n:
-        runtime.launch(add_kernel, (triton.cdiv(n, BLOCK),), (a, b, out, n), dict(OPTIONS, BLOCK=BLOCK),
+        runtime.launch(add_kernel, (runtime.cdiv(n, BLOCK),), (a, b, out, n), dict(OPTIONS, BLOCK=BLOCK),
                        runtime.LaunchInfo("add", (tuple(a.shape),), a.dtype, flops=n,
                                           bytes=3 * n * a.element_size()))
     return out
@@ -45,7 +45,7 @@ def _check_same(a, b, name_a="a", name_b="b"):
 
 
 def _grid(n):
-    return (triton.cdiv(n, BLOCK),)
+    return (runtime.cdiv(n, BLOCK),)
 
 
 @triton.jit

@@ -99,7 +99,7 @@ def set_autotune(enabled: bool) -> bool:
 
 def _small_config(M, N):
     # Enough 64x64 tiles to occupy most SMs -> 64x64; otherwise 32x32 tiles for more programs.
-    return SMALL_CONFIGS[1] if triton.cdiv(M, 64) * triton.cdiv(N, 64) >= 64 else SMALL_CONFIGS[0]
+    return SMALL_CONFIGS[1] if runtime.cdiv(M, 64) * runtime.cdiv(N, 64) >= 64 else SMALL_CONFIGS[0]
 
 
 # Under the interpreter one program costs ~1 ms whatever its tile, so tiles are large; and one
@@ -164,7 +164,7 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         constexprs = dict(flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
         if len(cfg) > 3:
             constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
-        grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+        grid = (runtime.cdiv(M, bm), runtime.cdiv(N, bn))
         if direct:
             return matmul_kernel[grid](*args, **constexprs)
         return runtime.launch(matmul_kernel, grid, args, constexprs, info)

@@ -115,7 +115,7 @@ SINGLE_LIMIT = 1 << 20 if runtime.INTERPRETED else 1 << 16
 
 def _blocks(B, C):
     """(BLOCK_B, BLOCK_C, SINGLE) for a (B, C) problem."""
-    block_c = max(16, min(triton.next_power_of_2(C), 4096 if runtime.INTERPRETED else 1024))
+    block_c = max(16, min(runtime.next_power_of_2(C), 4096 if runtime.INTERPRETED else 1024))
     if runtime.INTERPRETED:  # ~1 ms per program: whole batches per program, few distinct shapes,
         block_b = max(1, min(128, 8192 // block_c))  # tiles the sm_90 compile check builds quickly
     else:
@@ -156,7 +156,7 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     row_loss = loss if single else runtime.empty((B,), torch.float32)
     bad = bad_count if single else runtime.empty((B,), torch.int32)
     size = logits.element_size()
-    runtime.launch(cross_entropy_kernel, (1 if single else triton.cdiv(B, block_b),),
+    runtime.launch(cross_entropy_kernel, (1 if single else runtime.cdiv(B, block_b),),
                    (logits, target, row_loss, grad, bad, loss, bad_count, B, C, logits.stride(0),
                     grad.stride(0) if need_grad else 0, float(scale), float(label_smoothing), float(scale)),
                    {"WRITE_GRAD": bool(need_grad), "SINGLE": bool(single), "BLOCK_B": block_b, "BLOCK_C": block_c},

@@ -198,14 +198,14 @@ def _tables(groups, names):
     for i, n in enumerate(numels):
         addresses = [g[i].data_ptr() for g in groups]
         values += addresses + [addresses[-1]] * (4 - len(addresses)) + [n, chunks]
-        chunks += triton.cdiv(n, BLOCK)
+        chunks += runtime.cdiv(n, BLOCK)
         if n % vec or any(a % 16 for a in addresses):
             vec = 1
     return _device_table(values), chunks, numels, vec
 
 
 def _launch_constants(params, vec):
-    return {"BLOCK": BLOCK, "BLOCK_T": max(16, triton.next_power_of_2(len(params))), "VEC": vec}
+    return {"BLOCK": BLOCK, "BLOCK_T": max(16, runtime.next_power_of_2(len(params))), "VEC": vec}
 
 
 def _bytes(numels, dtype, streams):

@@ -36,7 +36,7 @@ def _sum(x, scale: float, op: str):
         out.fill_(0.0 if op == "sum" else float("nan"))  # torch: sum of nothing is 0, mean is NaN
         return out
     # The partition depends only on n, so the summation order (and the result) is reproducible.
-    programs = min(triton.cdiv(n, BLOCK), MAX_PARTIALS)
+    programs = min(runtime.cdiv(n, BLOCK), MAX_PARTIALS)
     info = runtime.LaunchInfo(op, (tuple(x.shape),), x.dtype, flops=n, bytes=n * x.element_size())
     if programs == 1:
         runtime.launch(sum_partials_kernel, (1,), (x, out, n, 1, float(scale)),
@@ -45,7 +45,7 @@ def _sum(x, scale: float, op: str):
     partials = runtime.empty((programs,), torch.float32)
     runtime.launch(sum_partials_kernel, (programs,), (x, partials, n, programs, 1.0),
                    dict(OPTIONS, BLOCK=BLOCK, FINAL=False), info)
-    block2 = triton.next_power_of_2(MAX_PARTIALS)  # one shape for every n: fewer specialisations
+    block2 = runtime.next_power_of_2(MAX_PARTIALS)  # one shape for every n: fewer specialisations
     runtime.launch(sum_partials_kernel, (1,), (partials, out, programs, 1, float(scale)),
                    {"BLOCK": block2, "FINAL": True},
                    runtime.LaunchInfo(op + "_final", ((programs,),), partials.dtype, flops=programs,
