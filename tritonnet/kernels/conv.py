@@ -701,12 +701,18 @@ def _check_int32_indexing(geo, images=(), weight=None):
     """The kernels index pixels and offsets inside one image in int32 (int64 only for the image's
     base): refuse shapes where that could overflow. ``images`` are [N, C, H, W] tensors (any
     strides), checked from their second dimension on."""
+    _check_int32_layouts(geo, [(t.shape, t.stride()) for t in images],
+                         None if weight is None else (weight.shape, weight.stride()))
+
+
+def _check_int32_layouts(geo, images=(), weight=None):
+    """_check_int32_indexing on (shape, strides) pairs, for the launch plans (which see no tensors)."""
     pixels = geo.N * max(geo.H * geo.W, geo.OH * geo.OW)
     extent = max(geo.C_in * geo.H * geo.W, geo.C_out * geo.OH * geo.OW)
-    for t in images:
-        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(t.shape[1:], t.stride()[1:])) + 1)
+    for shape, strides in images:
+        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(shape[1:], strides[1:])) + 1)
     if weight is not None:
-        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(weight.shape, weight.stride())) + 1)
+        extent = max(extent, sum((d - 1) * abs(st) for d, st in zip(*weight)) + 1)
     if pixels > _INT32_MAX or extent > _INT32_MAX:
         raise ValueError(f"conv2d shapes too large for 32-bit pixel indexing: {pixels} pixels, "
                          f"{extent} elements per image (limit {_INT32_MAX})")
@@ -721,6 +727,57 @@ def _check_activation(activation):
 def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
     return lambda meta: (runtime.cdiv(cols, meta[cols_per_tile_key]), runtime.cdiv(rows, meta[rows_per_tile_key]),
                          depth)
+
+
+# ----------------------------------------------------------------------------- launch plans
+#
+# A training step launches the same few layers with the same shapes every call, and at LeNet sizes
+# the host's time per launch matters as much as the kernel's. So everything a launch needs that
+# depends only on shapes, strides, dtype and options (validation of the geometry, the int32 guard,
+# grid, scalar arguments, constexprs, the profiler's LaunchInfo) is computed once per such key by a
+# memoised plan builder; a call then only checks its tensors, allocates outputs and launches.
+# Errors are raised by the builder and never cached, so bad arguments raise on every call.
+
+
+class _Launch:
+    """One launch's shape-dependent parts: kernel, grid, the scalar arguments that follow the
+    tensor arguments, constexprs (with tiles and compile options) and the LaunchInfo."""
+
+    __slots__ = ("kernel", "grid", "tail", "consts", "info")
+
+    def __init__(self, kernel, grid, tail, consts, info):
+        self.kernel, self.grid, self.tail, self.consts, self.info = kernel, grid, tail, consts, info
+
+    def __call__(self, tensors):
+        runtime.launch(self.kernel, self.grid, tensors + self.tail, self.consts, self.info)
+
+
+def _config_key(config):
+    return None if config is None else tuple(sorted(dict(config).items()))
+
+
+def _planned(builder, *key):
+    """``builder(*key)`` memoised; unhashable options (which the builder rejects) bypass the cache."""
+    try:
+        return builder(*key)
+    except TypeError:
+        return builder.__wrapped__(*key)
+
+
+def _gemm_launch(kernel, autotuned, kind, rows, cols, groups, tail, consts, info, config):
+    """The _Launch of a forward or dgrad GEMM: autotuned on the GPU unless ``config`` fixes the tiles."""
+    if config is None and AUTOTUNE:
+        return _Launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), tail, consts, info)
+    blocks, options = _split_config(dict(config) if config is not None else _fixed_config(kind))
+    grid = (runtime.cdiv(cols, blocks["BLOCK_N"]), runtime.cdiv(rows, blocks["BLOCK_M"]), groups)
+    return _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -744,39 +801,37 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         raise TypeError(f"save_relu_mask must be a bool, got {save_relu_mask!r}")
     if save_relu_mask and not relu:
         raise ValueError(f"save_relu_mask needs activation='relu', got activation={activation!r}")
-    geo = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    _check_int32_indexing(geo, (x,), weight)
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
+    save_relu_mask = bool(save_relu_mask)
+    geo, launch = _planned(_forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None,
+                           x.dtype, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu,
+                           save_relu_mask, runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
     y = runtime.empty(geo.out_shape, x.dtype)
-    mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else None
-    M = geo.N * geo.OH * geo.OW
-    mode = geo.mode(geo.CG_IN)
-    args = (x, weight, bias if bias is not None else y, y, mask if save_relu_mask else y,
-            geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out,
-            *x.stride(), *weight.stride(), *geo.scalars(), geo.KH, geo.KW, geo.CG_IN, geo.CG_OUT,
-            geo.CG_IN * geo.KH * geo.KW, int(bias is not None), int(relu), geo.relu_mask_shape[1])
-    consts = {"MODE": mode, "SAVE_MASK": bool(save_relu_mask), **_dot_flags(x.dtype)}
-    esize = x.element_size()
-    info = runtime.LaunchInfo(
-        "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x.shape), tuple(weight.shape)), x.dtype,
-        flops=2 * geo.macs + (y.numel() if bias is not None else 0) + (y.numel() if relu else 0),
-        bytes=(x.numel() + weight.numel() + y.numel() + (bias.numel() if bias is not None else 0)) * esize
-        + (mask.numel() if save_relu_mask else 0))
-    _launch_gemm(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, args, consts, info,
-                 config)
+    mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
+    launch((x, weight, bias if bias is not None else y, y, mask))
     return (y, mask) if save_relu_mask else y
 
 
-def _launch_gemm(kernel, autotuned, kind, rows, cols, groups, args, consts, info, config):
-    if config is None and AUTOTUNE:
-        runtime.launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), args, consts, info)
-        return
-    if config is None:
-        config = _fixed_config(kind)
-    blocks, options = _split_config(config)
-    grid = (runtime.cdiv(cols, blocks["BLOCK_N"]), runtime.cdiv(rows, blocks["BLOCK_M"]), groups)
-    runtime.launch(kernel, grid, args, {**consts, **blocks, **options}, info)
+@functools.lru_cache(maxsize=512)
+def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
+                  save_mask, precision, autotune, config):
+    """(geometry, _Launch) of conv2d_forward; ``precision`` and ``autotune`` key the global settings."""
+    geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
+    M = geo.N * geo.OH * geo.OW
+    tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
+            geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, int(has_bias), int(relu), geo.relu_mask_shape[1])
+    consts = {"MODE": geo.mode(geo.CG_IN), "SAVE_MASK": save_mask, **_dot_flags(dtype)}
+    esize = torch.empty((), dtype=dtype).element_size()
+    y_numel = _numel(geo.out_shape)
+    info = runtime.LaunchInfo(
+        "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x_shape), tuple(w_shape)), dtype,
+        flops=2 * geo.macs + (y_numel if has_bias else 0) + (y_numel if relu else 0),
+        bytes=(_numel(x_shape) + _numel(w_shape) + y_numel + (geo.C_out if has_bias else 0)) * esize
+        + (_numel(geo.relu_mask_shape) if save_mask else 0))
+    return geo, _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
+                             consts, info, config)
 
 
 def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
@@ -818,19 +873,37 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(weight, "weight", ndim=4)
-    geo = geometry(x_shape, weight.shape, stride, padding, dilation, groups)
-    _check_grad(grad_out, weight, geo)
-    _check_relu_mask(relu_mask, geo)
-    _check_int32_indexing(geo, (grad_out,), weight)
     relu = relu_mask is not None
-    dx = runtime.empty(tuple(x_shape), grad_out.dtype)
-    mask = relu_mask if relu else grad_out
+    x_shape = tuple(x_shape)
+    geo, launches = _planned(_dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape,
+                             weight.stride(), weight.dtype, x_shape, _hashable(stride), _hashable(padding),
+                             _hashable(dilation), groups, relu, runtime.dot_precision(grad_out.dtype), AUTOTUNE,
+                             _config_key(config))
+    _check_relu_mask(relu_mask, geo)
+    dx = runtime.empty(x_shape, grad_out.dtype)
+    tensors = (grad_out, relu_mask if relu else grad_out, weight, dx)
+    for launch in launches:
+        launch(tensors)
+    return dx
+
+
+@functools.lru_cache(maxsize=512)
+def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape, stride, padding, dilation, groups,
+                relu, precision, autotune, config):
+    """(geometry, [_Launch per stride phase]) of conv2d_input_grad."""
+    geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    if tuple(g_shape) != geo.out_shape:
+        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(g_shape)}")
+    if w_dtype != g_dtype:
+        raise TypeError(f"weight must have grad_out's dtype {g_dtype}, got {w_dtype}")
+    _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     sh, sw = geo.stride
-    esize = grad_out.element_size()
+    esize = torch.empty((), dtype=g_dtype).element_size()
+    launches = []
     phases_h, phases_w = min(sh, geo.H), min(sw, geo.W)
     class_h = _phase_class_taps(geo.KH, sh, geo.padding[0], geo.dilation[0], phases_h)
     class_w = _phase_class_taps(geo.KW, sw, geo.padding[1], geo.dilation[1], phases_w)
-    reads = _shares((grad_out.numel() + weight.numel()) * esize + (relu_mask.numel() if relu else 0),
+    reads = _shares((_numel(g_shape) + _numel(w_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0),
                     phases_h * phases_w)
     for ph in range(phases_h):
         kh0, kstep_h, nkh = _phase_taps(ph, sh, geo.padding[0], geo.dilation[0], geo.KH)
@@ -841,24 +914,17 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
             M = geo.N * hp * wp
             mode = geo.mode(geo.CG_OUT)
             red = geo.CG_OUT * nkh * nkw
-            args = (grad_out, mask, weight, dx, geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw,
-                    *grad_out.stride(), *weight.stride(), *geo.scalars(), geo.KW,
-                    kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red, geo.relu_mask_shape[1])
-            consts = {"MODE": mode, "RELU": relu, **_dot_flags(grad_out.dtype)}
+            tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
+                    *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red,
+                    geo.relu_mask_shape[1])
+            consts = {"MODE": mode, "RELU": relu, **_dot_flags(g_dtype)}
             macs = geo.N * geo.OH * class_h[ph] * geo.OW * class_w[pw] * geo.C_out * geo.CG_IN
             info = runtime.LaunchInfo(
-                "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(grad_out.shape), tuple(weight.shape)),
-                grad_out.dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
-            _launch_gemm(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN, geo.groups,
-                         args, consts, info, config)
-    return dx
-
-
-def _check_grad(grad_out, weight, geo):
-    if tuple(grad_out.shape) != geo.out_shape:
-        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
-    if weight.dtype != grad_out.dtype:
-        raise TypeError(f"weight must have grad_out's dtype {grad_out.dtype}, got {weight.dtype}")
+                "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(w_shape)),
+                g_dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
+            launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
+                                         geo.groups, tail, consts, info, config))
+    return geo, tuple(launches)
 
 
 def _check_relu_mask(relu_mask, geo):
@@ -909,43 +975,60 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(x, "x", ndim=4)
-    geo = geometry(x.shape, w_shape, stride, padding, dilation, groups)
-    if x.dtype != grad_out.dtype:
-        raise TypeError(f"x must have grad_out's dtype {grad_out.dtype}, got {x.dtype}")
-    if tuple(grad_out.shape) != geo.out_shape:
-        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(grad_out.shape)}")
-    _check_relu_mask(relu_mask, geo)
-    _check_int32_indexing(geo, (grad_out, x))
     relu = relu_mask is not None
+    bias_grad = bool(bias_grad)
+    geo, split, launch, reduce = _planned(
+        _wgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, x.shape, x.stride(), x.dtype, tuple(w_shape),
+        _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bias_grad, split_k,
+        runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
+    _check_relu_mask(relu_mask, geo)
+    K_W = geo.CG_IN * geo.KH * geo.KW
+    L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
+    flat = runtime.empty((L,), x.dtype)
+    target = flat if split == 1 else runtime.empty((split, L), torch.float32)
+    launch((grad_out, relu_mask if relu else grad_out, x, target))
+    if reduce is not None:
+        reduce((target, flat))
+    dw = flat[: geo.C_out * K_W].view(geo.C_out, geo.CG_IN, geo.KH, geo.KW)
+    db = flat[geo.C_out * K_W:] if bias_grad else None
+    return dw, db
+
+
+@functools.lru_cache(maxsize=512)
+def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape, stride, padding, dilation, groups,
+                relu, bias_grad, split_k, precision, autotune, config):
+    """(geometry, SPLIT, wgrad _Launch, split-K reduce _Launch or None) of conv2d_weight_grad."""
+    geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    if x_dtype != g_dtype:
+        raise TypeError(f"x must have grad_out's dtype {g_dtype}, got {x_dtype}")
+    if tuple(g_shape) != geo.out_shape:
+        raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(g_shape)}")
+    _check_int32_layouts(geo, [(g_shape, g_stride), (x_shape, x_stride)])
     K_W = geo.CG_IN * geo.KH * geo.KW
     P = geo.N * geo.OH * geo.OW
     L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
     split, per = wgrad_split(geo, split_k)
-    flat = runtime.empty((L,), x.dtype)
-    target = flat if split == 1 else runtime.empty((split, L), torch.float32)
-    args = (grad_out, relu_mask if relu else grad_out, x, target, geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out,
-            *grad_out.stride(), *x.stride(), *geo.scalars(), geo.KH, geo.KW,
+    tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, *x_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
-    consts = {"RELU": relu, "HAS_BIAS": bool(bias_grad), **_dot_flags(x.dtype)}
-    esize = x.element_size()
+    consts = {"RELU": relu, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
+    esize = torch.empty((), dtype=x_dtype).element_size()
     info = runtime.LaunchInfo(
-        "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(grad_out.shape), tuple(x.shape)), x.dtype,
+        "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(x_shape)), x_dtype,
         flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
-        bytes=(grad_out.numel() + x.numel()) * esize + (relu_mask.numel() if relu else 0)
+        bytes=(_numel(g_shape) + _numel(x_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
     if config is None and AUTOTUNE:
         grid = lambda meta: (runtime.cdiv(K_W, meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
                              geo.groups * split)
-        runtime.launch(conv2d_wgrad_autotuned, grid, args, consts, info)
+        launch = _Launch(conv2d_wgrad_autotuned, grid, tail, consts, info)
     else:
-        blocks, options = _split_config(config or _fixed_config("wgrad"))
+        blocks, options = _split_config(dict(config) if config is not None else _fixed_config("wgrad"))
         grid = (runtime.cdiv(K_W, blocks["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
-        runtime.launch(conv2d_wgrad_kernel, grid, args, {**consts, **blocks, **options}, info)
+        launch = _Launch(conv2d_wgrad_kernel, grid, tail, {**consts, **blocks, **options}, info)
+    reduce = None
     if split > 1:
         block = 16384 if runtime.INTERPRETED else 1024
-        runtime.launch(splitk_reduce_kernel, (runtime.cdiv(L, block),), (target, flat, L, split), {"BLOCK": block},
-                       runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x.dtype, flops=split * L,
-                                          bytes=split * L * 4 + L * esize))
-    dw = flat[: geo.C_out * K_W].view(tuple(w_shape))
-    db = flat[geo.C_out * K_W:] if bias_grad else None
-    return dw, db
+        reduce = _Launch(splitk_reduce_kernel, (runtime.cdiv(L, block),), (L, split), {"BLOCK": block},
+                         runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x_dtype, flops=split * L,
+                                            bytes=split * L * 4 + L * esize))
+    return geo, split, launch, reduce
