@@ -95,7 +95,8 @@ def check_tensor(t, name: str, *, ndim=None, dtypes=FLOAT_DTYPES) -> torch.Tenso
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != DEVICE.type:
+    # is_cuda / is_cpu: a flag read, where t.device builds a torch.device object (every launch checks)
+    if not (t.is_cuda if DEVICE.type == "cuda" else t.is_cpu):
         raise ValueError(
             f"{name} must be on device '{DEVICE.type}' (tritonnet runs in {mode()} mode), got '{t.device}'"
         )
