@@ -12,6 +12,8 @@ operand is loaded (the "gate") rather than materialised. The bias gradient is th
 weight-grad product's A operand, accumulated by the programs of the first column of tiles, so it
 costs no extra pass over g. No split-K and no atomics: results are reproducible bit for bit.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -145,29 +147,16 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         return (c, rs) if rowsum else c
     if gate is not None and gate.shape != a.shape:
         raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
-    precision = runtime.dot_precision(dtype)
-    # The interpreter computes bf16 wrongly: load bf16, compute in fp32 there.
-    upcast = runtime.INTERPRETED and dtype == torch.bfloat16
     g = gate if gate is not None else a
-    flags = {"HAS_BIAS": bias is not None, "RELU": bool(relu), "HAS_GATE": gate is not None,
-             "HAS_ROWSUM": bool(rowsum), "PRECISION": precision, "UPCAST": upcast}
-    args = (a, b, c, bias if bias is not None else c, g, rs if rs is not None else c, M, N, K,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-            g.stride(0), g.stride(1))
-    size = a.element_size()
-    info = runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
-                              bytes=size * (M * K * (2 if gate is not None else 1) + K * N + M * N
-                                            + (N if bias is not None else 0) + (M if rowsum else 0)))
+    tensors = (a, b, c, bias if bias is not None else c, g, rs if rs is not None else c)
+    key = (M, N, K, a.stride(), b.stride(), c.stride(), g.stride(), dtype, bias is not None, bool(relu),
+           gate is not None, bool(rowsum), runtime.dot_precision(dtype))
 
     def run(cfg, direct=False):
-        bm, bn, bk = cfg[:3]
-        constexprs = dict(flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-        if len(cfg) > 3:
-            constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
-        grid = (runtime.cdiv(M, bm), runtime.cdiv(N, bn))
+        grid, tail, constexprs, info = _matmul_plan(*key, cfg)
         if direct:
-            return matmul_kernel[grid](*args, **constexprs)
-        return runtime.launch(matmul_kernel, grid, args, constexprs, info)
+            return matmul_kernel[grid](*tensors, *tail, **constexprs)
+        return runtime.launch(matmul_kernel, grid, tensors + tail, constexprs, info)
 
     if blocks is not None:
         cfg = tuple(blocks)
@@ -176,12 +165,33 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
     elif 2 * M * N * K <= SMALL_FLOPS:
         cfg = _small_config(M, N)
     elif not AUTOTUNE:
-        cfg = TUNE_CONFIGS[4 if size == 4 else 2][0]
+        cfg = TUNE_CONFIGS[4 if a.element_size() == 4 else 2][0]
     else:
-        key = (M, N, K, dtype, tuple(sorted(flags.items())), a.stride(), b.stride(), g.stride())
-        cfg = _tuned_config(key, run, TUNE_CONFIGS[4 if size == 4 else 2])
+        cfg = _tuned_config(key, run, TUNE_CONFIGS[4 if a.element_size() == 4 else 2])
     run(cfg)
     return (c, rs) if rowsum else c
+
+
+@functools.lru_cache(maxsize=1024)
+def _matmul_plan(M, N, K, a_stride, b_stride, c_stride, g_stride, dtype, has_bias, relu, has_gate, rowsum,
+                 precision, cfg):
+    """(grid, scalar arguments, constexprs, LaunchInfo) of one matmul launch: computed once per
+    shape, layout, flags and tile config, since a training step repeats the same few products and
+    at small sizes the host's time per launch matters as much as the kernel's."""
+    # The interpreter computes bf16 wrongly: load bf16, compute in fp32 there.
+    upcast = runtime.INTERPRETED and dtype == torch.bfloat16
+    bm, bn, bk = cfg[:3]
+    constexprs = {"HAS_BIAS": has_bias, "RELU": relu, "HAS_GATE": has_gate, "HAS_ROWSUM": rowsum,
+                  "PRECISION": precision, "UPCAST": upcast, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+    if len(cfg) > 3:
+        constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
+    grid = (runtime.cdiv(M, bm), runtime.cdiv(N, bn))
+    tail = (M, N, K, *a_stride, *b_stride, *c_stride, *g_stride)
+    size = torch.empty((), dtype=dtype).element_size()
+    info = runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
+                              bytes=size * (M * K * (2 if has_gate else 1) + K * N + M * N
+                                            + (N if has_bias else 0) + (M if rowsum else 0)))
+    return grid, tail, constexprs, info
 
 
 def _check_linear(x, weight, bias):
