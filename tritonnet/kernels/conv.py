@@ -43,6 +43,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
 
@@ -741,15 +742,28 @@ def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
 
 class _Launch:
     """One launch's shape-dependent parts: kernel, grid, the scalar arguments that follow the
-    tensor arguments, constexprs (with tiles and compile options) and the LaunchInfo."""
+    tensor arguments, constexprs (with tiles and compile options) and the LaunchInfo.
 
-    __slots__ = ("kernel", "grid", "tail", "consts", "info")
+    An autotuned launch goes through the Autotuner once; its chosen config is then kept here and
+    later calls launch the kernel directly with it (same kernel, config and grid as the Autotuner
+    would use: the plan's key fixes every argument of the Autotuner's key), skipping the
+    Autotuner's per-call dicts over ~35 arguments and its key rebuild."""
+
+    __slots__ = ("kernel", "grid", "tail", "consts", "info", "direct")
 
     def __init__(self, kernel, grid, tail, consts, info):
         self.kernel, self.grid, self.tail, self.consts, self.info = kernel, grid, tail, consts, info
+        self.direct = None
 
     def __call__(self, tensors):
+        if self.direct is not None:
+            kernel, grid, consts = self.direct
+            runtime.launch(kernel, grid, tensors + self.tail, consts, self.info)
+            return
         runtime.launch(self.kernel, self.grid, tensors + self.tail, self.consts, self.info)
+        if isinstance(self.kernel, Autotuner) and getattr(self.kernel, "best_config", None) is not None:
+            chosen = self.kernel.best_config.all_kwargs()
+            self.direct = (self.kernel.fn, self.grid(chosen), {**self.consts, **chosen})
 
 
 def _config_key(config):
