@@ -68,6 +68,20 @@ def _stub_kernels():
     return originals
 
 
+def _NO_TIMING(fn, quantiles=None):
+    """The Autotuner's timing, stubbed: every config 'takes' 1 ms (the kernels are stubbed too)."""
+    fn()
+    return [1.0, 1.0, 1.0]
+
+
+def _stub_autotuning():
+    """Turn conv autotuning on under the interpreter (as on a GPU) with no timing."""
+    for tuner in (conv_kernels.conv2d_fwd_autotuned, conv_kernels.conv2d_dgrad_autotuned,
+                  conv_kernels.conv2d_wgrad_autotuned):
+        tuner.do_bench = _NO_TIMING
+    conv_kernels.AUTOTUNE = True
+
+
 def _sync():
     if not runtime.INTERPRETED:
         torch.cuda.synchronize()
@@ -164,7 +178,26 @@ def lenet_cases(batch: int, dtype_name: str = "fp32"):
 
     # One real step so every parameter has a gradient and momentum buffers exist.
     step()
-    cases = [
+    cases = []
+    if (runtime.INTERPRETED and conv_kernels.conv2d_fwd_autotuned.do_bench is _NO_TIMING
+            and hasattr(conv_kernels, "_forward_plan")):  # (the launch plans, absent in older versions)
+        # The GPU's conv path: Autotuner dispatch on every call against the launcher's bypass
+        # (the tuned config launched directly), both with the kernel stubbed out.
+        tensors = (a1.data, conv2.weight.data, conv2.bias.data, c2, mask2)
+        geo2, plan = conv_kernels._forward_plan(
+            a1.shape, a1.data.stride(), conv2.weight.shape, conv2.weight.data.stride(), True, dtype, 1, 0, 1, 1,
+            True, True, runtime.dot_precision(dtype), True, None)
+        plan(tensors)  # tunes, then plan.direct holds the chosen config
+
+        def conv2_fwd_through_autotuner():
+            runtime.launch(plan.kernel, plan.grid, tensors + plan.tail, plan.consts, plan.info)
+
+        def conv2_fwd_direct():
+            plan(tensors)
+
+        cases += [("conv2d fwd launch via Autotuner.run (GPU path)", conv2_fwd_through_autotuner),
+                  ("conv2d fwd launch, tuned config direct", conv2_fwd_direct)]
+    cases += [
         ("conv2d fwd+relu (conv2, tape)", conv2_forward),
         ("conv2d backward: dgrad+wgrad (conv2)", conv2_backward),
         ("max_pool2d fwd (pool2, tape)", pool_forward),
@@ -188,6 +221,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("stub", "real"), default=None,
                         help="stub: kernels not executed (default under the interpreter); real: GPU default")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--conv-autotune", action="store_true",
+                        help="stub mode: conv launches autotuned as on a GPU (timing stubbed)")
     parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before/after)")
     args = parser.parse_args(argv)
     mode = args.mode or ("stub" if runtime.INTERPRETED else "real")
@@ -196,6 +231,8 @@ def main(argv=None) -> int:
     if not runtime.INTERPRETED:
         conv_kernels.set_autotune(True)
     originals = _stub_kernels() if mode == "stub" else []
+    if mode == "stub" and args.conv_autotune:
+        _stub_autotuning()
     try:
         return _measure(args, mode)
     finally:
@@ -223,6 +260,8 @@ def _measure(args, mode) -> int:
                                 "launches": None, "us_per_launch": None})
     what = ("host Python path, kernels stubbed out (Triton's run() not called)" if mode == "stub"
             else "wall time per call including kernels, device synchronised per timing loop")
+    if mode == "stub" and args.conv_autotune:
+        what += "; conv autotuned as on a GPU (Autotuner timing stubbed)"
     print(f"# tritonnet host overhead, LeNet-5 batch {args.batch} fp32, mode={mode}: {what}")
     print(f"# {runtime.describe()}")
     print(f"{'op':48s} {'us/call':>10s} {'launches':>9s} {'us/launch':>10s}")
