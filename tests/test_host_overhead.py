@@ -103,3 +103,30 @@ def test_host_overhead_benchmark_smoke(tmp_path):
     step = rows["LeNet whole step (zero_grad, fwd, bwd, SGD)"]
     assert result["mode"] == ("stub" if runtime.INTERPRETED else "real")
     assert step["us_per_call"] > 0 and rows["conv2d fwd+relu (conv2, tape)"]["launches"] in (1, None)
+
+
+def test_optimizer_launcher_still_names_the_bad_tensor(seed, device):
+    from tritonnet.kernels import optim as optim_kernels
+
+    params = [torch.randn(3, 5, device=device), torch.randn(7, device=device)]
+    grads = [torch.randn_like(p) for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    expected = [p - 0.1 * g for p, g in zip(params, grads)]
+    optim_kernels.sgd_step(params, grads, buffers, lr=0.1, momentum=0.9)
+    for p, e in zip(params, expected):
+        _close(p, e, "sgd first step")
+    bad_cases = [
+        (ValueError, r"grads\[0\] must be contiguous", [torch.randn(5, 3, device=device).t(), grads[1]], buffers),
+        (ValueError, r"grads\[1\] must be contiguous", [grads[0], torch.randn(8, device=device)], buffers),
+        (ValueError, r"grads\[1\] must be contiguous .* and dtype torch.float32, got \(7,\) torch.float16",
+         [grads[0], grads[1].half()], buffers),
+        (ValueError, r"momentum_buffers\[0\] must be on device", grads, [torch.empty(3, 5, device="meta"),
+                                                                           buffers[1]]),
+        (TypeError, r"grads\[1\] must be a torch.Tensor", [grads[0], 1.0], buffers),
+    ]
+    for error, message, g, b in bad_cases:
+        with pytest.raises(error, match=message):
+            optim_kernels.sgd_step(params, g, b, lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"params\[0\] must have dtype"):
+        optim_kernels.sgd_step([torch.ones(3, dtype=torch.int32, device=device)], [torch.ones(3, device=device)],
+                               None, lr=0.1)

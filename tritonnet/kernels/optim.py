@@ -184,13 +184,19 @@ def _device_table(values):
 def _tables(groups, names):
     """Validate tensors; return the device address table, the number of chunks and the numels."""
     params = groups[0]
+    runtime.check_tensor(params[0], "params[0]")
     dtype = params[0].dtype
+    on_cuda = runtime.DEVICE.type == "cuda"
     for name, group in zip(names, groups):
         for i, t in enumerate(group):
+            # One cheap test for the common case (every step checks ~3 tensors per parameter);
+            # the full check, with its argument-naming errors, only when it fails.
+            if (isinstance(t, torch.Tensor) and t.dtype == dtype and (t.is_cuda if on_cuda else t.is_cpu)
+                    and t.shape == params[i].shape and t.is_contiguous()):
+                continue
             runtime.check_tensor(t, f"{name}[{i}]")
-            if t.dtype != dtype or t.shape != params[i].shape or not t.is_contiguous():
-                raise ValueError(f"{name}[{i}] must be contiguous with params[{i}]'s shape "
-                                 f"{tuple(params[i].shape)} and dtype {dtype}, got {tuple(t.shape)} {t.dtype}")
+            raise ValueError(f"{name}[{i}] must be contiguous with params[{i}]'s shape "
+                             f"{tuple(params[i].shape)} and dtype {dtype}, got {tuple(t.shape)} {t.dtype}")
     numels = [p.numel() for p in params]
     values, chunks = [], 0
     # 16-byte accesses need 16-byte aligned addresses and numels that end on a 16-byte boundary.
@@ -209,7 +215,7 @@ def _launch_constants(params, vec):
 
 
 def _bytes(numels, dtype, streams):
-    return sum(numels) * torch.empty((), dtype=dtype).element_size() * streams
+    return sum(numels) * dtype.itemsize * streams
 
 
 def sgd_step(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
