@@ -16,6 +16,9 @@ Two modes:
   synchronisation, so a launch-bound op shows its wall time per call as a user sees it.
 
 Usage: python3 benchmarks/bench_host_overhead.py --out DIR [--quick] [--mode stub|real] [--batch 256]
+                                                [--conv-autotune] [--label NAME]
+On a GPU run it twice, ``--mode stub`` and ``--mode real`` (different --out): the difference per
+op is Triton's own launch cost plus any kernel time not hidden behind the host.
 Writes ``host_overhead.json`` to DIR and prints a table. Under the interpreter the numbers are
 the interpreter-mode Python path on this CPU; on the GPU the path differs slightly (CUDA caching
 allocator instead of CPU malloc, Triton's launcher, no ``item()`` on a CPU tensor).
