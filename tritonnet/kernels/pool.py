@@ -545,8 +545,8 @@ def _tiles(rows: int, cols: int):
     if _INTERPRETER_TILES:
         block_w = 16 if cols <= 16 else 64
         return _INTERPRETER_TILE // block_w, block_w
-    block_w = min(triton.next_power_of_2(cols), _GPU_MAX_W)
-    return max(1, min(_GPU_TILE // block_w, triton.next_power_of_2(rows))), block_w
+    block_w = min(runtime.next_power_of_2(cols), _GPU_MAX_W)
+    return max(1, min(_GPU_TILE // block_w, runtime.next_power_of_2(rows))), block_w
 
 
 def _warps(block_r: int, block_w: int) -> int:
@@ -648,7 +648,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     block_r, block_w = tile or _tiles(rows, geo.out_w)
     unroll = _unroll(geo)
     pair_w = _pair_runs(geo, unroll)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
     n_out = rows * geo.out_w
     es = x.element_size()
     runtime.launch(
@@ -730,7 +730,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         rows = geo.n * geo.c * geo.out_h
         _check_rows(rows * geo.kernel[0], "grad_input")
         block_r, block_w = tile or _tiles(rows, geo.out_w)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+        grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
         runtime.launch(max_pool2d_backward_tiled_kernel, grid, (grad_out, argmax, grad_in, rows, geo.out_w),
                        {"KH": geo.kernel[0], "ALIGN": _power_of_two_dividing(geo.out_w), "BLOCK_R": block_r,
                         "BLOCK_W": block_w,
@@ -741,7 +741,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         rows = geo.n * geo.c * geo.h
         _check_rows(rows, "grad_input")
         block_r, block_w = tile or _tiles(rows, geo.w)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.w, block_w))
+        grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.w, block_w))
         cand_h, cand_w = _gather_candidates(geo)
         runtime.launch(max_pool2d_backward_gather_kernel, grid,
                        (grad_out, argmax, grad_in, rows, geo.h, geo.w, geo.out_h, geo.out_w,
@@ -755,7 +755,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "grad_output")
     block_r, block_w = tile or _tiles(rows, geo.out_w)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
     runtime.launch(max_pool2d_backward_scatter_kernel, grid,
                    (grad_out, argmax, acc, rows, geo.h, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
                    {"BLOCK_R": block_r, "BLOCK_W": block_w}, info)
@@ -763,7 +763,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         return acc
     grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
     n = acc.numel()
-    runtime.launch(cast_kernel, (triton.cdiv(n, _cast_block()),), (acc, grad_in, n), {"BLOCK": _cast_block()},
+    runtime.launch(cast_kernel, (runtime.cdiv(n, _cast_block()),), (acc, grad_in, n), {"BLOCK": _cast_block()},
                    runtime.LaunchInfo("cast", (shape,), grad_out.dtype, flops=0, bytes=n * (4 + es)))
     return grad_in
 
@@ -781,7 +781,7 @@ def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
         return indices
     rows = geo.n * geo.c * geo.out_h
     block_r, block_w = tile or _tiles(rows, geo.out_w)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(geo.out_w, block_w))
+    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
     n_out = rows * geo.out_w
     runtime.launch(max_pool2d_indices_kernel, grid,
                    (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
