@@ -76,7 +76,7 @@ def test_launch_plans_are_reused_and_bad_arguments_raise_on_every_call(device):
     for _ in range(2):  # errors are raised by the plan builder and never cached
         with pytest.raises(ValueError, match="channel mismatch"):
             conv_kernels.conv2d_forward(x, torch.randn(4, 2, 3, 3, device=device))
-        with pytest.raises(ValueError, match="stride must be an int or a pair"):
+        with pytest.raises(TypeError, match="stride must be an int or a pair"):
             conv_kernels.conv2d_forward(x, w, stride={1: 2})  # unhashable: validated uncached
         with pytest.raises(ValueError, match="grad_out must have the output's shape"):
             conv_kernels.conv2d_input_grad(torch.randn(2, 4, 5, 5, device=device), w, x.shape)

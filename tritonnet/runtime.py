@@ -111,6 +111,15 @@ def check_tensor(t, name: str, *, ndim=None, dtypes=FLOAT_DTYPES) -> torch.Tenso
     return t
 
 
+def pair(value, name: str) -> tuple:
+    """An int, or a tuple/list of one or two ints (as torch accepts), as a pair of ints; anything
+    else is a TypeError naming ``name``."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if len(items) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return (int(items[0]), int(items[-1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
 # ----------------------------------------------------------------------------- output allocation
 
 _POISON = False

@@ -565,15 +565,6 @@ def _split_config(config):
 # ----------------------------------------------------------------------------- argument handling
 
 
-def _pair(value, name: str):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-
-
 class ConvGeometry:
     """Validated shapes and options of one conv2d: everything the three kernels need."""
 
@@ -598,8 +589,8 @@ class ConvGeometry:
         if min(self.N, self.C_out, self.CG_IN, self.KH, self.KW) < 1:
             raise ValueError(f"x {tuple(x_shape)} and weight {tuple(w_shape)} must have no empty dimension")
         self.CG_OUT = self.C_out // groups
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.stride = runtime.pair(stride, "stride")
+        self.dilation = runtime.pair(dilation, "dilation")
         if min(self.stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride!r}")
         if min(self.dilation) < 1:
@@ -618,7 +609,7 @@ class ConvGeometry:
             # torch puts the odd extra row/column of 'same' padding at the bottom/right
             self.padding = (pad_total[0] // 2, pad_total[1] // 2)
         else:
-            self.padding = _pair(padding, "padding")
+            self.padding = runtime.pair(padding, "padding")
             if min(self.padding) < 0:
                 raise ValueError(f"padding must be >= 0, got {padding!r}")
             pad_total = (2 * self.padding[0], 2 * self.padding[1])

@@ -375,14 +375,6 @@ def max_pool2d_indices_kernel(
 # ----------------------------------------------------------------------------- geometry
 
 
-def _pair(value, name: str) -> tuple:
-    """An int, or a tuple/list of one or two ints (as torch accepts), as a pair of ints."""
-    items = list(value) if isinstance(value, (tuple, list)) else [value]
-    if len(items) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        return (int(items[0]), int(items[-1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-
-
 def _output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
     """torch's pooling_output_shape: floor (or ceil) division, then ceil_mode's last-window rule."""
     numerator = size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
@@ -452,12 +444,12 @@ class PoolGeometry:
 
 def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Validate the window arguments alone; return (kernel, stride, padding, dilation) as pairs."""
-    kernel = _pair(kernel_size, "kernel_size")
+    kernel = runtime.pair(kernel_size, "kernel_size")
     # torch: stride None (or empty) means stride = kernel_size
     stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
-        else _pair(stride, "stride")
-    padding = _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+        else runtime.pair(stride, "stride")
+    padding = runtime.pair(padding, "padding")
+    dilation = runtime.pair(dilation, "dilation")
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     for name, value, low in (("kernel_size", kernel, 1), ("stride", stride, 1), ("padding", padding, 0),

@@ -4,15 +4,8 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
+from .. import runtime
 from .module import Module, torch_default_parameters
-
-
-def _pair(value, name):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 class Conv2d(Module):
@@ -38,10 +31,10 @@ class Conv2d(Module):
             raise ValueError(f"activation must be None or 'relu', got {activation!r}")
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
-        kh, kw = _pair(kernel_size, "kernel_size")
+        kh, kw = runtime.pair(kernel_size, "kernel_size")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
+        self.stride, self.dilation = runtime.pair(stride, "stride"), runtime.pair(dilation, "dilation")
+        self.padding = padding if isinstance(padding, str) else runtime.pair(padding, "padding")
         if self.padding == "same" and self.stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1 (as in torch), got stride={stride!r}")
         self.groups, self.activation = groups, activation
