@@ -109,6 +109,19 @@ def assert_grad_matches(ours, x, config, grad_out, indices):
     assert torch.allclose(ours.double(), ref.double(), rtol=2 * rtol, atol=2 * rtol * magnitude.max().item())
 
 
+def assert_matches_torch(x, config, device):
+    """Values and torch's indices bitwise, and the deterministic gradient, against torch."""
+    ref, ref_idx = torch_pool(x, config)
+    out, idx = F.max_pool2d(x, *config, return_indices=True)
+    assert_values_equal(out.data, ref)
+    assert torch.equal(idx.data, ref_idx)
+    grad_out = torch.randn(ref.shape, device=device).to(x.dtype)
+    xt = tn.Tensor(x, requires_grad=True)
+    F.max_pool2d(xt, *config).backward(grad_out)
+    assert_grad_matches(xt.grad, x, config, grad_out, ref_idx)
+    return ref
+
+
 # ----------------------------------------------------------------------------- values and indices
 
 
@@ -145,14 +158,7 @@ def test_planted_ties_go_to_the_first_maximum(seed, device):
             x = torch.randint(-1, 2, (3, 2, 9, 10), device=device).to(dtype)
             x[0, 0] = 1.0  # a plane of equal values: every window is one big tie
             x[1, 1, :, ::2] = 2.0  # ties at the stride's period
-            ref, ref_idx = torch_pool(x, config)
-            out, idx = F.max_pool2d(x, *config, return_indices=True)
-            assert_values_equal(out.data, ref)
-            assert torch.equal(idx.data, ref_idx)
-            grad_out = torch.randn(ref.shape, device=device).to(dtype)
-            xt = tn.Tensor(x, requires_grad=True)
-            F.max_pool2d(xt, *config).backward(grad_out)
-            assert_grad_matches(xt.grad, x, config, grad_out, ref_idx)
+            assert_matches_torch(x, config, device)
 
 
 def test_nan_propagates_like_torch(seed, device):
@@ -163,15 +169,7 @@ def test_nan_propagates_like_torch(seed, device):
             x.view(-1)[torch.randperm(x.numel(), device=device)[:30]] = float("nan")
             x[1, 2, 2:5, 2:5] = float("nan")  # windows with several NaNs
             x[0, 1, 0, :] = float("inf")      # +inf beside NaN
-            ref, ref_idx = torch_pool(x, config)
-            out, idx = F.max_pool2d(x, *config, return_indices=True)
-            assert torch.isnan(ref).any()
-            assert_values_equal(out.data, ref)
-            assert torch.equal(idx.data, ref_idx)
-            grad_out = torch.randn(ref.shape, device=device).to(dtype)
-            xt = tn.Tensor(x, requires_grad=True)
-            F.max_pool2d(xt, *config).backward(grad_out)
-            assert_grad_matches(xt.grad, x, config, grad_out, ref_idx)
+            assert torch.isnan(assert_matches_torch(x, config, device)).any()
 
 
 def test_all_minus_inf_windows_and_padding_never_wins(seed, device):
