@@ -1,7 +1,9 @@
 """Compile, for the H100 (sm_90), every kernel specialisation the suite launched under the interpreter.
 
-Named to run last: it compiles what the other tests recorded. Run alone, it first exercises the
-launchers through tests/aot_cases.py's smoke calls so it still covers every kernel.
+Named to run last: it compiles what the other tests recorded (tests/conftest.py's RECORDER), so
+run it with the test files whose kernels it should check; alone, it has nothing to compile and
+says so. Specialisations only the GPU path uses (autotune configs, tensor-core operand types) are
+compiled by the kernel's own test file.
 """
 from conftest import RECORDER
 
