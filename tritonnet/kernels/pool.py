@@ -58,6 +58,19 @@ def _visit_column(x_ptr, row_base, h_ok, iw, w_ok, W, stride_w, k, best, best_k)
 
 
 @triton.jit
+def _row_tile(R, ROW_LEN, COLS, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's tile of a [R, COLS] grid whose rows are grouped ROW_LEN to a plane.
+
+    Returns the tile's rows and columns, their in-bounds masks, each row's plane and its row
+    inside the plane: one integer division per row, none per element.
+    """
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    plane = rows // ROW_LEN
+    return rows, cols, rows < R, cols < COLS, plane, rows - plane * ROW_LEN
+
+
+@triton.jit
 def max_pool2d_forward_kernel(
     x_ptr, out_ptr, argmax_ptr,
     R, C, H, W, OH, OW,
@@ -90,12 +103,7 @@ def max_pool2d_forward_kernel(
         stride_c = (stride_c // ALIGN) * ALIGN
         stride_h = (stride_h // ALIGN) * ALIGN
         W = (W // ALIGN) * ALIGN
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    row_ok = rows < R
-    col_ok = ow < OW
-    plane = rows // OH
-    oh = rows - plane * OH
+    rows, ow, row_ok, col_ok, plane, oh = _row_tile(R, OH, OW, BLOCK_R, BLOCK_W)
     n = plane // C
     c = plane - n * C
     plane_base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
@@ -197,12 +205,7 @@ def max_pool2d_backward_gather_kernel(
     load pairs per element instead of 3x3 (at most 4 of the 9 kernel positions can ever match).
     Otherwise UNROLL: 0 (loops at run time) or an unroll bound >= KH, KW.
     """
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    row_ok = rows < R
-    col_ok = iw < W
-    plane = rows // H
-    ih = rows - plane * H
+    rows, iw, row_ok, col_ok, plane, ih = _row_tile(R, H, W, BLOCK_R, BLOCK_W)
     out_plane = plane.to(tl.int64) * OH * OW
     # kh < KH  <=>  ih + PH - kh*DH > t_min (vector compares: see the forward kernel)
     t_min = ih + PH - KH * DH
@@ -315,12 +318,7 @@ def max_pool2d_backward_scatter_kernel(
     grad_in: [N, C, H, W] contiguous float32, zeroed by the caller. Summation order across
     overlapping windows depends on scheduling: not reproducible bit for bit (kept for comparison).
     """
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    row_ok = rows < R
-    col_ok = ow < OW
-    plane = rows // OH
-    oh = rows - plane * OH
+    rows, ow, row_ok, col_ok, plane, oh = _row_tile(R, OH, OW, BLOCK_R, BLOCK_W)
     mask = row_ok[:, None] & col_ok[None, :]
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
@@ -357,11 +355,7 @@ def max_pool2d_indices_kernel(
     argmax: [N, C, OH, OW] contiguous (compact ``kh * KW + kw``); indices: same shape, int64.
     R = N * C * OH rows of OW outputs.
     """
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    row_ok = rows < R
-    col_ok = ow < OW
-    oh = rows % OH
+    rows, ow, row_ok, col_ok, _, oh = _row_tile(R, OH, OW, BLOCK_R, BLOCK_W)
     mask = row_ok[:, None] & col_ok[None, :]
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
