@@ -23,7 +23,6 @@ Under Triton's interpreter it runs a tiny smoke version whose timings mean nothi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -288,13 +287,8 @@ def targets(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for bench_conv.json")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and precisions, shorter timings")
-    args = parser.parse_args(argv)
-    interpreted = runtime.INTERPRETED
-    if interpreted:
-        print("Triton interpreter (no GPU): tiny smoke run; these timings mean nothing.")
+    args = bench.script_parser(__doc__, "conv", "fewer shapes and precisions, shorter timings").parse_args(argv)
+    interpreted = bench.announce_mode("conv")
     path = os.path.join(args.out, "bench_conv.json")
     environment = bench.environment()
     started = time.perf_counter()

@@ -19,7 +19,6 @@ Under Triton's interpreter it runs a tiny smoke version whose timings mean nothi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -267,13 +266,8 @@ def _format(row):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for bench_linear.json")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and dtypes, shorter timing")
-    args = parser.parse_args(argv)
-    interpreted = runtime.INTERPRETED
-    if interpreted:
-        print("Triton interpreter (no GPU): a tiny smoke run; its timings mean nothing.")
+    args = bench.script_parser(__doc__, "linear", "fewer shapes and dtypes, shorter timing").parse_args(argv)
+    interpreted = bench.announce_mode("linear")
     start = time.perf_counter()
     torch.manual_seed(0)
     peaks = measure_peaks()

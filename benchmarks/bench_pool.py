@@ -28,7 +28,6 @@ Under Triton's interpreter it runs a tiny smoke version whose timings mean nothi
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -266,19 +265,14 @@ def _fmt(r):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="directory for bench_pool.json")
-    parser.add_argument("--quick", action="store_true", help="float32 2x2/s2 only")
+    parser = bench.script_parser(__doc__, "pool", "float32 2x2/s2 only")
     parser.add_argument("--compile", action="store_true",
                         help="also run torch.compile in the interpreter smoke run (CPU inductor; slow)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start  # noqa: E731
 
-    interpreted = runtime.INTERPRETED
-    if interpreted:
-        print("bench_pool: running under Triton's interpreter (no GPU): a smoke run on tiny shapes; "
-              "its timings mean nothing.")
+    interpreted = bench.announce_mode("pool")
     shapes = SMOKE_SHAPES if interpreted else SHAPES
     windows = {"2x2/s2": WINDOWS["2x2/s2"]} if args.quick else WINDOWS
     dtypes = {"fp32": DTYPES["fp32"]} if args.quick else DTYPES

@@ -16,7 +16,6 @@ Under Triton's interpreter it runs a tiny smoke version and says that its timing
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -160,9 +159,7 @@ def bench_epoch(quick):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for bench_train.json")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser = bench.script_parser(__doc__, "train", "fewer repetitions")
     parser.add_argument("--budget-s", type=float, default=90.0,
                         help="skip the remaining parts once this many seconds have passed (default 90)")
     args = parser.parse_args(argv)
@@ -175,9 +172,7 @@ def main(argv=None) -> int:
         print(f"bench_train: over the {args.budget_s:.0f} s budget, skipping {part}")
         return True
 
-    interpreted = runtime.INTERPRETED
-    if interpreted:
-        print("bench_train: running under Triton's interpreter: a smoke run, its timings mean nothing")
+    interpreted = bench.announce_mode("train")
     # Both sides in IEEE fp32: tritonnet's default precision, and torch without cuDNN's default TF32.
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     results = {"environment": bench.environment(), "precision": "fp32 (IEEE) on both sides", "memory": [],

@@ -100,6 +100,26 @@ def environment() -> dict:
     }
 
 
+def script_parser(doc: str, name: str, quick_help: str):
+    """The command line every ``benchmarks/bench_<name>.py`` shares: ``--out DIR`` (where
+    ``bench_<name>.json`` goes) and ``--quick``; scripts add their own options to it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0])
+    parser.add_argument("--out", required=True, help=f"directory for bench_{name}.json")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def announce_mode(name: str) -> bool:
+    """Say, under the interpreter, that this is a smoke run whose timings mean nothing; return
+    whether it is one."""
+    if runtime.INTERPRETED:
+        print(f"bench_{name}: running under Triton's interpreter (no GPU): a smoke run on tiny shapes; "
+              "its timings mean nothing.", flush=True)
+    return runtime.INTERPRETED
+
+
 def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
