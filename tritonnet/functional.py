@@ -7,13 +7,16 @@ Arguments may be ``tn.Tensor`` or plain ``torch.Tensor`` (constants); results ar
 """
 from __future__ import annotations
 
-from .tape import as_tensor, record  # noqa: F401
+from .kernels import conv as _conv_kernels
+from .kernels import elementwise as _ew
+from .kernels import linear as _linear_kernels
+from .kernels import loss as _loss_kernels
+from .kernels import pool as _pool_kernels
+from .kernels import reduce as _reduce
+from .tape import Tensor, as_tensor, is_grad_enabled, record
 
 
-# ----------------------------------------------------------------------------- max pool (POOL)
-
-from .kernels import pool as _pool_kernels  # noqa: E402
-from .tape import Tensor as _Tensor  # noqa: E402
+# ----------------------------------------------------------------------------- max pool
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -37,18 +40,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
     result = record("max_pool2d", out, (x,), backward, saved=(argmax,))
     if return_indices:
-        return result, _Tensor(_pool_kernels.max_pool2d_indices(argmax, geo))
+        return result, Tensor(_pool_kernels.max_pool2d_indices(argmax, geo))
     return result
 
 
-# ----------------------------------------------------------------------------- linear, relu, loss, arithmetic (TRAINKERNELS)
-
-from .kernels import elementwise as _ew  # noqa: E402
-from .kernels import linear as _linear_kernels  # noqa: E402
-from .kernels import loss as _loss_kernels  # noqa: E402
-from .kernels import reduce as _reduce  # noqa: E402
-from .tape import Tensor as _TapeTensor  # noqa: E402
-from .tape import is_grad_enabled as _tape_grad_enabled  # noqa: E402
+# ----------------------------------------------------------------------------- linear, relu, loss, arithmetic
 
 
 def linear(x, weight, bias=None, activation=None):
@@ -117,8 +113,8 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
     [0, C) raise ValueError.
     """
     z = as_tensor(logits, "logits")
-    t = target.data if isinstance(target, _TapeTensor) else target
-    want_grad = z.requires_grad and _tape_grad_enabled()
+    t = target.data if isinstance(target, Tensor) else target
+    want_grad = z.requires_grad and is_grad_enabled()
     loss, grad_logits = _loss_kernels.cross_entropy(z.data, t, reduction, label_smoothing, need_grad=want_grad)
 
     def backward(grad):
@@ -178,10 +174,7 @@ def mean_all(x):
                   lambda grad: (_ew.scale_by_scalar(None, grad, 1.0 / max(n, 1), shape=shape, dtype=dtype),))
 
 
-# ----------------------------------------------------------------------------- convolution (CONV)
-
-from .kernels import conv as _conv_kernels  # noqa: E402
-from .tape import is_grad_enabled as _conv_grad_enabled  # noqa: E402
+# ----------------------------------------------------------------------------- convolution
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
@@ -198,7 +191,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     need_x, need_w = x.requires_grad, w.requires_grad
     need_b = b is not None and b.requires_grad
-    save_mask = activation == "relu" and _conv_grad_enabled() and (need_x or need_w or need_b)
+    save_mask = activation == "relu" and is_grad_enabled() and (need_x or need_w or need_b)
     y = _conv_kernels.conv2d_forward(x.data, w.data, None if b is None else b.data, activation=activation,
                                      save_relu_mask=save_mask, **opts)
     y, relu_mask = y if save_mask else (y, None)
