@@ -86,6 +86,16 @@ def _mma(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _split_pixels(pixels, H, W):
+    """Flat pixel indices of an [N, H, W] grid as (image, row, column), in int32: an int64
+    division is a ~70-instruction subroutine call on the GPU (the launchers check the sizes fit)."""
+    n = pixels // (H * W)
+    rest = pixels - n * (H * W)
+    row = rest // W
+    return n, row, rest - row * W
+
+
 # Layout note for all three kernels: NCHW is contiguous along output/input pixels, so every
 # gathered tile is built with the pixel index as its LAST dimension ([K, M], then tl.trans into
 # the dot; stores likewise). Triton orders threads along the last dimension when it cannot prove
@@ -121,11 +131,9 @@ def conv2d_fwd_kernel(
     # division is a ~70-instruction subroutine call on the GPU. Only the per-image base is int64.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
+    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
     OHW = OH * OW
-    n_idx = offs_m // OHW
-    p = offs_m - n_idx * OHW
-    oh = p // OW
-    ow = p - oh * OW
+    p = offs_m - n_idx * OHW  # the pixel within its image, for the epilogue's store
     x_img = x_ptr + n_idx.to(tl.int64) * sxn
     x_row = g * CG_IN * sxc
 
@@ -254,11 +262,7 @@ def conv2d_dgrad_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # int32, as in the forward
     m_mask = offs_m < M
-    PHW = HP * WP
-    n_idx = offs_m // PHW
-    q = offs_m - n_idx * PHW
-    i_h = q // WP
-    i_w = q - i_h * WP
+    n_idx, i_h, i_w = _split_pixels(offs_m, HP, WP)
     ih = PH + i_h * stride_h
     iw = PW + i_w * stride_w
     # dy is read at (oh, ow) = (i_h, i_w) + a per-tap constant (below): split into per-pixel parts
@@ -386,10 +390,7 @@ def conv2d_wgrad_kernel(
     # (n, oh, ow) of the chunk's pixels, divided out once here; each iteration then advances them
     # by BLOCK_K = step_n*OHW + step_h*OW + step_w pixels with two conditional carries instead of
     # two divisions per pixel (which were a third of the loop's instructions on sm_90).
-    p = p_start + tl.arange(0, BLOCK_K)
-    n_idx = p // OHW
-    oh = (p - n_idx * OHW) // OW
-    ow = p - n_idx * OHW - oh * OW
+    n_idx, oh, ow = _split_pixels(p_start + tl.arange(0, BLOCK_K), OH, OW)
     step_n = BLOCK_K // OHW
     step_h = (BLOCK_K - step_n * OHW) // OW
     step_w = BLOCK_K - step_n * OHW - step_h * OW
