@@ -3,6 +3,7 @@
 References are computed in float64 from the same (rounded) inputs. Outputs are poisoned by
 conftest, so a comparison also proves every element was written.
 """
+import contextlib
 import gc
 import warnings
 
@@ -190,17 +191,24 @@ def test_relu_bit_mask_fully_written_with_torch_gates(seed, device):
     assert torch.equal(mask.cpu(), _packed_bits(~(y_ref <= 0), 20))
 
 
-def test_inference_writes_no_mask(seed, device):
-    """No gradient wanted (constant inputs or no_grad): the forward is compiled without the mask store."""
+@contextlib.contextmanager
+def launched_constexpr(name):
+    """The value of constexpr ``name`` in every launch inside the block, in launch order."""
     seen = []
 
     def observe(kernel, grid, args, constexprs, info, run):
-        seen.append(constexprs.get("SAVE_MASK"))
+        seen.append(constexprs.get(name))
         return run()
 
+    with runtime.observing(observe):
+        yield seen
+
+
+def test_inference_writes_no_mask(seed, device):
+    """No gradient wanted (constant inputs or no_grad): the forward is compiled without the mask store."""
     x, wt, b = _inputs(device, torch.float32, 2, 3, 6, 6, 4, 3, 1)
     params = [tn.Tensor(t, requires_grad=True) for t in (wt, b)]
-    with runtime.observing(observe):
+    with launched_constexpr("SAVE_MASK") as seen:
         y_const = F.conv2d(x, wt, b, activation="relu")
         with tn.no_grad():
             y_nograd = F.conv2d(x, *params, activation="relu")
@@ -229,14 +237,8 @@ def test_fused_relu_equals_conv_then_relu(seed, device):
 
 def test_tf32_mode_runs_tf32_dots(seed, device):
     """set_float32_matmul_precision('high') switches the fp32 dots to TF32 (ieee by default)."""
-    seen = []
-
-    def observe(kernel, grid, args, constexprs, info, run):
-        seen.append(constexprs.get("PRECISION"))
-        return run()
-
     x, wt, b = _inputs(device, torch.float32, 2, 3, 8, 8, 5, 3, 1)
-    with runtime.observing(observe):
+    with launched_constexpr("PRECISION") as seen:
         F.conv2d(x, wt, b, padding=1)
         tn.set_float32_matmul_precision("high")
         try:
