@@ -91,7 +91,8 @@ GRID = [
     (2, 6, 9, 8, 12, 3, 2, 1, 1, 6, "relu"),               # depthwise with multiplier 2, stride 2
     (2, 8, 5, 7, 12, 1, 1, 0, 1, 1, "relu"),               # 1x1: plain GEMM path
     (2, 8, 7, 7, 12, 1, 2, 0, 1, 1, None),                 # 1x1 stride 2: dgrad phases no tap reaches
-    (3, 40, 6, 5, 34, 3, 1, 1, 1, 1, "relu"),              # >= 32 channels: window-outer walk
+    (3, 40, 6, 5, 34, 3, 1, 1, 1, 1, "relu"),              # >= 32 channels: channels-last kernels
+    (2, 64, 7, 6, 64, 3, 2, 1, 1, 2, "relu"),              # channels-last, 32 per group, stride-2 phases
     (100, 3, 6, 6, 5, 3, 1, 1, 1, 1, "relu"),              # batch 100
     (2, 3, 13, 11, 5, 5, 2, "valid", 2, 1, None),          # 5x5, stride 2, dilation 2
     (2, 3, 13, 13, 4, 3, 3, 2, 2, 1, "relu"),              # stride 3 with dilation 2 (taps skip phases)
@@ -108,9 +109,10 @@ def test_conv2d_matches_torch_float32(seed, device, case):
 
 
 @pytest.mark.parametrize("dtype, case", [
-    (torch.float16, GRID[2]), (torch.float16, GRID[10]),
-    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[10]),
-], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100"])
+    (torch.float16, GRID[2]), (torch.float16, GRID[11]),
+    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[11]),
+    (torch.float16, GRID[10]),
+], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100", "fp16-wide-groups"])
 def test_conv2d_half_precision(seed, device, dtype, case):
     n, c_in, h, w, c_out, k, s, p, d, g, act = case
     x, wt, b = _inputs(device, dtype, n, c_in, h, w, c_out, k, g)
@@ -287,6 +289,41 @@ def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     _close(conv_kernels.conv2d_input_grad(gy, wt, x.shape, padding=1, config=tiles), dx_ref, 1e-5, "dx wide")
 
 
+def test_channels_last_kernels_stage_only_what_is_not_channels_last(seed, device):
+    """Wide layers run on channels-last operands: an NHWC x is read as it is, grad_out is staged
+    once (with the ReLU gate) for both gradients, and wgrad's split-K stays bitwise reproducible."""
+    x, wt, b = _inputs(device, torch.float32, 2, 32, 6, 7, 40, 3, 1)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(2, 40, 6, 7, device=device)
+    y_ref, dx_ref, dw_ref, db_ref = _reference(x, wt, b, gy, "relu", padding=1)
+    launches = []
+
+    def count(kernel, grid, args, constexprs, info, run):
+        launches.append(info.op)
+        return run()
+
+    with runtime.observing(count):
+        y, mask = conv_kernels.conv2d_forward(x_cl, wt, b, padding=1, activation="relu", save_relu_mask=True)
+        assert launches == ["to_channels_last", "conv2d_fwd_relu"], "x is NHWC already: only the weight is staged"
+        launches.clear()
+        dx, dw, db = conv_kernels.conv2d_backward(gy, x_cl, wt, x.shape, wt.shape, padding=1, relu_mask=mask,
+                                                  bias_grad=True)
+        assert launches.count("to_channels_last") == 2, launches  # grad_out once, dgrad's weight once
+    _close(y, y_ref, 1e-5, "y")
+    _close(dx, dx_ref, 1e-5, "dx")
+    _close(dw, dw_ref, 1e-5, "dw")
+    _close(db, db_ref, 1e-5, "db")
+    # an NHWC grad_out without ReLU is read as it is; NCHW x is staged; split-K reproducible
+    gy_cl = gy.contiguous(memory_format=torch.channels_last)
+    _, dx_ref, dw_ref, db_ref = _reference(x, wt, b, gy, None, padding=1)
+    _close(conv_kernels.conv2d_input_grad(gy_cl, wt, x.shape, padding=1), dx_ref, 1e-5, "dx from NHWC grad_out")
+    first = conv_kernels.conv2d_weight_grad(gy_cl, x, wt.shape, padding=1, bias_grad=True, split_k=3)
+    again = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, bias_grad=True, split_k=3)
+    _close(first[0], dw_ref, 1e-5, "dw split 3")
+    _close(first[1], db_ref, 1e-5, "db split 3")
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), "split-K not reproducible"
+
+
 def test_wgrad_split_k_is_deterministic(seed, device):
     x, wt, _ = _inputs(device, torch.float32, 6, 3, 11, 11, 5, 3, 1)
     gy = torch.randn(6, 5, 11, 11, device=device)
@@ -405,13 +442,19 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
 
     monkeypatch.setattr(runtime, "_OBSERVERS", [record_only])
     monkeypatch.setattr(runtime, "INTERPRETED", False)  # so bf16 keeps its tensor-core operands
-    # each compile costs a second or more: one packed and two window-outer forward configs, one
-    # dgrad and one wgrad config in bf16, and the TF32 forward
-    picks = [conv_kernels.FWD_CONFIGS[i] for i in (3, 5)]
-    wcfg = conv_kernels.WGRAD_CONFIGS[3]
-    wtiles = dict(wcfg.kwargs, num_warps=wcfg.num_warps, num_stages=wcfg.num_stages)
-    assert picks[0].maxnreg == 128, "the register-capped forward config is among those compiled"
-    for dtype, precision, shapes in ((torch.bfloat16, "highest", ((3, 64, picks[:1]), (64, 128, picks))),
+    monkeypatch.setattr(conv_kernels, "_sm_count", lambda: 132)  # the H100's, for the split-K sizing
+    # each compile costs a second or more: a packed forward (the RGB stem) and two channels-last
+    # forward configs, one dgrad and one wgrad config in bf16 (with the staging kernels), and TF32
+    packed = conv_kernels.FWD_CONFIGS[3]
+    picks = [conv_kernels.CL_CONFIGS[i] for i in (1, 2)]
+    wcfg = conv_kernels.WGRAD_CL_CONFIGS[1]
+    assert packed.maxnreg == 128, "the register-capped packed config is among those compiled"
+
+    def tiles(cfg):
+        return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                    **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+
+    for dtype, precision, shapes in ((torch.bfloat16, "highest", ((3, 64, [packed]), (64, 128, picks))),
                                      (torch.float32, "high", ((64, 128, picks[:1]),))):
         tn.set_float32_matmul_precision(precision)
         try:
@@ -422,25 +465,25 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
                 y = torch.randn(2, c_out, 8, 8, device=device).to(dtype)
                 training = dtype == torch.bfloat16 and c_in == 64  # the others: inference, no mask
                 for cfg in configs:
-                    tiles = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                    if cfg.maxnreg:
-                        tiles["maxnreg"] = cfg.maxnreg
-                    out = conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles,
+                    out = conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles(cfg),
                                                       save_relu_mask=training)
                 if training:
-                    mask = out[1]
-                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, relu_mask=mask, config=tiles)
-                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, relu_mask=mask, bias_grad=True,
-                                                    split_k=2, config=wtiles)
+                    conv_kernels.conv2d_backward(y, x, w, x.shape, w.shape, padding=1, relu_mask=out[1],
+                                                 bias_grad=True)
+                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, relu_mask=out[1], config=tiles(picks[0]))
+                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, relu_mask=out[1], bias_grad=True,
+                                                    split_k=2, config=tiles(wcfg))
         finally:
             tn.set_float32_matmul_precision("highest")
     specs = list(recorder.specs.values())
-    bf16 = [s for s in specs if s["signature"]["x_ptr" if "x_ptr" in s["signature"] else "dy_ptr"] == "*bf16"]
-    assert bf16 and all(s["constexprs"]["DOT_FP32"] is False for s in bf16), "bf16 must reach tl.dot as bf16"
-    assert any(s["constexprs"].get("PRECISION") == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in specs)
-    assert len(specs) == 6, [(s["kernel"], s["constexprs"]) for s in specs]
-    assert any(s["signature"].get("x_ptr") == "*bf16" and s["constexprs"]["MODE"] == 0 for s in specs)
+    kernels = sorted({s["kernel"] for s in specs})
+    assert kernels == ["conv2d_dgrad_cl_kernel", "conv2d_fwd_cl_kernel", "conv2d_fwd_kernel",
+                       "conv2d_wgrad_cl_kernel", "to_channels_last_kernel"], kernels
+    gemms = [s for s in specs if s["kernel"].startswith("conv2d")]
+    assert all(s["constexprs"]["DOT_FP32"] is False for s in gemms), "bf16 must reach tl.dot as bf16"
+    assert any(s["constexprs"]["PRECISION"] == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in gemms)
     assert sorted(s["constexprs"]["SAVE_MASK"] for s in specs if "SAVE_MASK" in s["constexprs"]) == [0, 0, 1, 1]
-    assert all(s["constexprs"]["RELU"] for s in specs if "RELU" in s["constexprs"]), "backward reads the mask"
+    assert {s["constexprs"]["RELU_MASK"] for s in specs if s["kernel"] == "to_channels_last_kernel"} == {0, 1}, \
+        "dy is staged with the ReLU gate"
     failures = compile_specs(specs)
     assert not failures, "\n\n".join(failures)

@@ -200,13 +200,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x_shape, w_shape = tuple(x.shape), tuple(w.shape)
 
     def backward(grad):
-        gx = gw = gb = None
-        if need_x:
-            gx = _conv_kernels.conv2d_input_grad(grad, w_saved, x_shape, relu_mask=relu_mask, **opts)
-        if need_w or need_b:
-            gw, gb = _conv_kernels.conv2d_weight_grad(grad, x_saved, w_shape, relu_mask=relu_mask,
-                                                      bias_grad=need_b, **opts)
-        return gx, (gw if need_w else None), gb
+        return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=relu_mask,
+                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b, **opts)
 
     return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
 

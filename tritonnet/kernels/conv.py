@@ -1,34 +1,39 @@
 """2-D convolution as implicit GEMMs: forward (+bias +ReLU), input gradient (dgrad), weight gradient (wgrad).
 
 No im2col buffer exists in device memory: each kernel computes, per tile, which input element
-every (row, reduction index) pair of its GEMM reads, and loads it straight from the NCHW tensor
+every (row, reduction index) pair of its GEMM reads, and loads it straight from the operand
 (out-of-image positions are masked to zero, which is what padding means).
 
     forward   y[n, co, oh, ow]      M = N*OH*OW pixels   x  N = C_out/g   reduce over C_in/g * KH * KW
     dgrad     dx[n, ci, ih, iw]     M = N*H*W pixels     x  N = C_in/g    reduce over C_out/g * (valid kh, kw)
     wgrad     dw[co, ci, kh, kw]    M = C_out/g          x  N = C_in/g*KH*KW   reduce over N*OH*OW
 
-How the reduction dimension is walked (``MODE``):
+Two families of kernels, chosen per layer by the width of the GEMM's reduction over channels:
 
-- ``PACKED``: kernel window and channels are one index ``k = c*KH*KW + kh*KW + kw`` (torch's weight
-  layout), so C_in = 1 or 3 with a 5x5 window is a reduction of 25 or 75, not 16 padded channels
-  per tap.
-- ``WINDOW_OUTER``: for wide layers (>= 32 channels per group) the loops are kh, kw outside and
-  channel chunks inside, so the spatial index math and masks are computed once per tap.
-- ``PLAIN_GEMM``: 1x1, stride 1, no padding: the convolution *is* a GEMM over channels.
+- **packed** (narrow layers: < 32 channels per group on the reduced side, LeNet, the RGB stem):
+  kernel window and channels are one reduction index ``k = c*KH*KW + kh*KW + kw`` (torch's weight
+  layout), gathered straight from NCHW, so C_in = 1 or 3 with a 5x5 window is a reduction of 25
+  or 75, not 16 padded channels per tap.
+- **channels-last** (``_cl``; >= 32 channels per group, and every 1x1 stride-1 convolution, which
+  is then a plain GEMM over channels): the launcher stages the activation operand as NHWC and the
+  weight with the GEMM's N side contiguous (``kernels/layout.py``; skipped when x already is
+  channels-last). One flat loop walks (tap, channel chunk); each step loads a [pixels, channels]
+  tile whose rows are contiguous channels: 16-byte vector loads, which the compiler turns into
+  multi-stage asynchronous copies. (The NCHW gather of 16-bit elements is one 2-byte load per
+  lane, which cp.async cannot take: the H200 measured those layers at 0.02-0.1x cuDNN.)
 
 dgrad with stride > 1 is launched once per stride phase (input rows ``ih = ph + s*i``); within a
 phase only the kernel taps that land on an output pixel contribute, so no zeros are multiplied.
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
 large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
 deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into wgrad.
-The ReLU derivative is applied while loading dy in both backward kernels, so there is no separate
-ReLU-backward pass. It comes from a bit mask the forward's epilogue writes when a gradient will be
-needed (``save_relu_mask``, a constexpr: inference compiles and pays nothing for it), one bit per
-output element instead of keeping the whole output for backward. Its layout, ``[C_out, cdiv(M, 8)]``
-uint8 with bit ``m % 8`` of byte ``m // 8`` for output pixel ``m = (n*OH + oh)*OW + ow``, follows
-the forward's GEMM rows: every BLOCK_M tile (a multiple of 8 pixels, aligned) packs whole bytes, so
-no two programs share a byte.
+The ReLU derivative is applied while loading dy (packed) or while staging dy (channels-last), so
+there is no separate ReLU-backward pass. It comes from a bit mask the forward's epilogue writes
+when a gradient will be needed (``save_relu_mask``, a constexpr: inference compiles and pays
+nothing for it), one bit per output element instead of keeping the whole output for backward.
+Its layout, ``[C_out, cdiv(M, 8)]`` uint8 with bit ``m % 8`` of byte ``m // 8`` for output pixel
+``m = (n*OH + oh)*OW + ow``, follows the forward's GEMM rows: every BLOCK_M tile (a multiple of 8
+pixels, aligned) packs whole bytes, so no two programs share a byte.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
 sizes only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
@@ -46,18 +51,17 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
+from .layout import is_channels_last, to_channels_last
 
-PACKED: tl.constexpr = tl.constexpr(0)
-WINDOW_OUTER: tl.constexpr = tl.constexpr(1)
-PLAIN_GEMM: tl.constexpr = tl.constexpr(2)
-
-# Channels per group from which the window-outer walk beats packing window and channels together.
-WINDOW_OUTER_MIN_CHANNELS = 32
+# Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used.
+CHANNELS_LAST_MIN_CHANNELS = 32
 
 
 # Integer arguments are not specialised (triton would otherwise compile a variant per shape for
-# values equal to 1 or divisible by 16): the gathers cannot use that alignment anyway, and one
-# binary per config serves every layer of a net, which keeps autotuning and warm-up short.
+# values equal to 1 or divisible by 16): one binary per config serves every layer of a net, which
+# keeps autotuning and warm-up short. The packed kernels' gathers cannot use alignment anyway. The
+# channels-last kernels leave their channel counts specialised: divisibility by 16 is what tells
+# the compiler a row of channels is 16-byte aligned, so it can use vector loads and cp.async.
 _SHAPE_ARGS_FWD = [
     'H', 'W', 'OH', 'OW', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
     'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW', 'CG_IN', 'CG_OUT', 'K_RED',
@@ -73,6 +77,11 @@ _SHAPE_ARGS_WGRAD = [
     'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW', 'CG_IN', 'CG_OUT', 'K_W', 'SPLIT',
     'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW',
 ]
+_GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW']
+_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW']
+_SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
+                                            'NKH', 'NKW']
+_SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
 
 
 @triton.jit
@@ -96,107 +105,31 @@ def _split_pixels(pixels, H, W):
     return n, row, rest - row * W
 
 
-# Layout note for all three kernels: NCHW is contiguous along output/input pixels, so every
-# gathered tile is built with the pixel index as its LAST dimension ([K, M], then tl.trans into
-# the dot; stores likewise). Triton orders threads along the last dimension when it cannot prove
-# contiguity (the div/mod index math hides it), so this is what makes the loads and stores coalesce.
+@triton.jit
+def _advance_pixels(n, row, col, step_n, step_h, step_w, H, W):
+    """(n, row, col) of pixels p advanced to p + step, step = step_n*H*W + step_h*W + step_w with
+    step_h < H and step_w < W: two conditional carries instead of two divisions per pixel."""
+    col += step_w
+    carry_w = (col >= W).to(tl.int32)
+    col -= carry_w * W
+    row += step_h + carry_w
+    carry_h = (row >= H).to(tl.int32)
+    row -= carry_h * H
+    return n + step_n + carry_h, row, col
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
-def conv2d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
-    H, W, OH, OW, M, C_OUT,
-    sxn, sxc, sxh, sxw,
-    swo, swc, swh, sww,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    MODE: tl.constexpr, SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """y = act(conv2d(x, w) + b), one program per (BLOCK_N out channels, BLOCK_M output pixels, group).
-
-    x: [N, C_in, H, W] any strides (sx*). w: [C_out, CG_IN, KH, KW] any strides (sw*).
-    b: [C_out] contiguous (read only if HAS_BIAS != 0). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
-    HAS_BIAS and RELU are runtime ints (0/1): the epilogue branch is free, and fewer specialisations.
-    SAVE_MASK (with RELU = 1): also write the ReLU gradient's bit mask, mask: [C_OUT, MASK_ROW] uint8
-    contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
-    Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
-    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
-    """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
-
-    # Index math in int32 (the launcher checks pixel counts and per-image extents fit): an int64
-    # division is a ~70-instruction subroutine call on the GPU. Only the per-image base is int64.
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < M
-    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
-    OHW = OH * OW
-    p = offs_m - n_idx * OHW  # the pixel within its image, for the epilogue's store
-    x_img = x_ptr + n_idx.to(tl.int64) * sxn
-    x_row = g * CG_IN * sxc
-
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = co < CG_OUT
-    co_g = g * CG_OUT + co
-    w_col = co_g * swo
-
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if MODE == PACKED:
-        ih0 = oh * stride_h - pad_h
-        iw0 = ow * stride_w - pad_w
-        # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
-        x_pix = x_img + (x_row + ih0 * sxh + iw0 * sxw)
-        KHW = KH * KW
-        for k0 in range(0, K_RED, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < K_RED
-            c = k // KHW
-            r = k - c * KHW
-            kh = r // KW
-            kw = r - kh * KW
-            dh = kh * dil_h
-            dw = kw * dil_w
-            ih = ih0[None, :] + dh[:, None]
-            iw = iw0[None, :] + dw[:, None]
-            a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_t = tl.load(x_pix[None, :] + (c * sxc + dh * sxh + dw * sxw)[:, None], mask=a_mask, other=0.0)
-            b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
-                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    elif MODE == WINDOW_OUTER:
-        for kh in range(0, KH):
-            ih = oh * stride_h - pad_h + kh * dil_h
-            for kw in range(0, KW):
-                iw = ow * stride_w - pad_w + kw * dil_w
-                sp_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                sp_ptr = x_img + (x_row + ih * sxh + iw * sxw)
-                w_off = w_col + kh * swh + kw * sww
-                for c0 in range(0, CG_IN, BLOCK_K):
-                    c = c0 + tl.arange(0, BLOCK_K)
-                    c_mask = c < CG_IN
-                    a_t = tl.load(sp_ptr[None, :] + (c * sxc)[:, None],
-                                  mask=sp_mask[None, :] & c_mask[:, None], other=0.0)
-                    b = tl.load(w_ptr + w_off[None, :] + (c * swc)[:, None],
-                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-                    acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    else:
-        sp_ptr = x_img + (x_row + oh * sxh + ow * sxw)
-        for c0 in range(0, CG_IN, BLOCK_K):
-            c = c0 + tl.arange(0, BLOCK_K)
-            c_mask = c < CG_IN
-            a_t = tl.load(sp_ptr[None, :] + (c * sxc)[:, None], mask=m_mask[None, :] & c_mask[:, None],
-                          other=0.0)
-            b = tl.load(w_ptr + w_col[None, :] + (c * swc)[:, None], mask=c_mask[:, None] & n_mask[None, :],
-                        other=0.0)
-            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-
+@triton.jit
+def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OHW,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """acc [BLOCK_M pixels, BLOCK_N channels] + bias, ReLU, stored into NCHW y (and the ReLU mask)."""
     if HAS_BIAS != 0:
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
-    y_pix = y_ptr + n_idx.to(tl.int64) * C_OUT * OHW + p
+    # NCHW is contiguous along pixels: the stored tile is [channels, pixels], pixels last, so that
+    # threads run along them and the stores coalesce.
+    y_pix = y_ptr + n_idx.to(tl.int64) * C_OUT * OHW + (offs_m - n_idx * OHW)
     y_t = tl.trans(acc).to(y_ptr.dtype.element_ty)
     tl.store(y_pix[None, :] + (co_g * OHW)[:, None], y_t, mask=m_mask[None, :] & n_mask[:, None])
     if SAVE_MASK:
@@ -217,6 +150,87 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
     byte = pid_m * (BLOCK_M // 8) + tl.arange(0, BLOCK_M // 8)
     tl.store(mask_ptr + (co_g.to(tl.int64) * MASK_ROW)[:, None] + byte[None, :], packed.to(tl.uint8),
              mask=n_mask[:, None] & (byte < MASK_ROW)[None, :])
+
+
+@triton.jit
+def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W):
+    """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] stored into NCHW dx,
+    as a [channels, pixels] tile (see _forward_epilogue)."""
+    HW = H * W
+    dx_pix = dx_ptr + n_idx.to(tl.int64) * C_IN * HW + (ih * W + iw)
+    tl.store(dx_pix[None, :] + (ci_g * HW)[:, None], tl.trans(acc).to(dx_ptr.dtype.element_ty),
+             mask=m_mask[None, :] & n_mask[:, None])
+
+
+# ============================================================================ packed (NCHW) kernels
+#
+# Layout note: NCHW is contiguous along output/input pixels, so every gathered tile is built with
+# the pixel index as its LAST dimension ([K, M], then tl.trans into the dot). Triton orders threads
+# along the last dimension when it cannot prove contiguity (the div/mod index math hides it), so
+# this is what makes the loads coalesce.
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
+def conv2d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
+    H, W, OH, OW, M, C_OUT,
+    sxn, sxc, sxh, sxw,
+    swo, swc, swh, sww,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
+    SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
+    One program per (BLOCK_N out channels, BLOCK_M output pixels, group).
+
+    x: [N, C_in, H, W] any strides (sx*). w: [C_out, CG_IN, KH, KW] any strides (sw*).
+    b: [C_out] contiguous (read only if HAS_BIAS != 0). y: [N, C_out, OH, OW] contiguous, M = N*OH*OW.
+    HAS_BIAS and RELU are runtime ints (0/1): the epilogue branch is free, and fewer specialisations.
+    SAVE_MASK (with RELU = 1): also write the ReLU gradient's bit mask, mask: [C_OUT, MASK_ROW] uint8
+    contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
+    Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
+    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2)
+
+    # Index math in int32 (the launcher checks pixel counts and per-image extents fit): an int64
+    # division is a ~70-instruction subroutine call on the GPU. Only the per-image base is int64.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
+    x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (g * CG_IN * sxc + ih0 * sxh + iw0 * sxw)
+
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+    w_col = co_g * swo
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    KHW = KH * KW
+    for k0 in range(0, K_RED, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K_RED
+        c = k // KHW
+        r = k - c * KHW
+        kh = r // KW
+        kw = r - kh * KW
+        dh = kh * dil_h
+        dw = kw * dil_w
+        ih = ih0[None, :] + dh[:, None]
+        iw = iw0[None, :] + dw[:, None]
+        a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_t = tl.load(x_pix[None, :] + (c * sxc + dh * sxh + dw * sxw)[:, None], mask=a_mask, other=0.0)
+        b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
+    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OH * OW,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -242,11 +256,11 @@ def conv2d_dgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     CG_IN, CG_OUT, K_RED, MASK_ROW,
-    MODE: tl.constexpr, RELU: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i).
+    """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i),
+    reduction over k = co*NKH*NKW + (tap of the phase) in BLOCK_K chunks.
 
     dy: [N, C_out, OH, OW] any strides (sd*). mask: the forward's ReLU bit mask [C_out, MASK_ROW]
     uint8 (see conv2d_fwd_kernel), read only if RELU.
@@ -263,8 +277,6 @@ def conv2d_dgrad_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # int32, as in the forward
     m_mask = offs_m < M
     n_idx, i_h, i_w = _split_pixels(offs_m, HP, WP)
-    ih = PH + i_h * stride_h
-    iw = PW + i_w * stride_w
     # dy is read at (oh, ow) = (i_h, i_w) + a per-tap constant (below): split into per-pixel parts
     dy_img = dy_ptr + n_idx.to(tl.int64) * sdn
     pix_off = i_h * sdh + i_w * sdw
@@ -276,66 +288,32 @@ def conv2d_dgrad_kernel(
     co_base = g * CG_OUT
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if MODE == PACKED:
-        NT = NKH * NKW
-        for k0 in range(0, K_RED, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < K_RED
-            co_r = k // NT
-            co_g = co_base + co_r
-            r = k - co_r * NT
-            t_h = r // NKW
-            kh = KH0 + t_h * KSTEP_H
-            kw = KW0 + (r - t_h * NKW) * KSTEP_W
-            # oh = (ih + pad_h - kh*dil_h) / stride_h with ih = PH + i_h*stride_h, an exact division
-            # (the phase's taps make PH + pad_h - kh*dil_h a multiple of the stride): i_h plus a
-            # per-tap constant, so the [BLOCK_K, BLOCK_M] tile needs adds, not divisions.
-            doh = (PH + pad_h - kh * dil_h) // stride_h
-            dow = (PW + pad_w - kw * dil_w) // stride_w
-            oh = i_h[None, :] + doh[:, None]
-            ow = i_w[None, :] + dow[:, None]
-            a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-            a_t = _load_dy(dy_img[None, :], pix_off[None, :] + (co_g * sdc + doh * sdh + dow * sdw)[:, None],
-                           mask_ptr, co_g[:, None], pix_bit[None, :] + (doh * OW + dow)[:, None], a_mask,
-                           MASK_ROW, RELU)
-            b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
-                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    elif MODE == WINDOW_OUTER:
-        for th in range(0, NKH):
-            kh = KH0 + th * KSTEP_H
-            doh = (PH + pad_h - kh * dil_h) // stride_h  # exact, see PACKED
-            oh = i_h + doh
-            for tw in range(0, NKW):
-                kw = KW0 + tw * KSTEP_W
-                dow = (PW + pad_w - kw * dil_w) // stride_w
-                ow = i_w + dow
-                sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-                sp_off = pix_off + (doh * sdh + dow * sdw)
-                sp_bit = pix_bit + (doh * OW + dow)
-                for c0 in range(0, CG_OUT, BLOCK_K):
-                    c = c0 + tl.arange(0, BLOCK_K)
-                    c_mask = c < CG_OUT
-                    co_g = co_base + c
-                    a_t = _load_dy(dy_img[None, :], sp_off[None, :] + (co_g * sdc)[:, None], mask_ptr,
-                                   co_g[:, None], sp_bit[None, :], sp_mask[None, :] & c_mask[:, None], MASK_ROW, RELU)
-                    b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
-                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-                    acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    else:
-        for c0 in range(0, CG_OUT, BLOCK_K):
-            c = c0 + tl.arange(0, BLOCK_K)
-            c_mask = c < CG_OUT
-            co_g = co_base + c
-            a_t = _load_dy(dy_img[None, :], pix_off[None, :] + (co_g * sdc)[:, None], mask_ptr, co_g[:, None],
-                           pix_bit[None, :], m_mask[None, :] & c_mask[:, None], MASK_ROW, RELU)
-            b = tl.load(w_ptr + (co_g * swo)[:, None] + w_col[None, :], mask=c_mask[:, None] & n_mask[None, :],
-                        other=0.0)
-            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-
-    HW = H * W
-    dx_pix = dx_ptr + n_idx.to(tl.int64) * C_IN * HW + (ih * W + iw)
-    tl.store(dx_pix[None, :] + ((g * CG_IN + ci) * HW)[:, None], tl.trans(acc).to(dx_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+    NT = NKH * NKW
+    for k0 in range(0, K_RED, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K_RED
+        co_r = k // NT
+        co_g = co_base + co_r
+        r = k - co_r * NT
+        t_h = r // NKW
+        kh = KH0 + t_h * KSTEP_H
+        kw = KW0 + (r - t_h * NKW) * KSTEP_W
+        # oh = (ih + pad_h - kh*dil_h) / stride_h with ih = PH + i_h*stride_h, an exact division
+        # (the phase's taps make PH + pad_h - kh*dil_h a multiple of the stride): i_h plus a
+        # per-tap constant, so the [BLOCK_K, BLOCK_M] tile needs adds, not divisions.
+        doh = (PH + pad_h - kh * dil_h) // stride_h
+        dow = (PW + pad_w - kw * dil_w) // stride_w
+        oh = i_h[None, :] + doh[:, None]
+        ow = i_w[None, :] + dow[:, None]
+        a_mask = m_mask[None, :] & k_mask[:, None] & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+        a_t = _load_dy(dy_img[None, :], pix_off[None, :] + (co_g * sdc + doh * sdh + dow * sdw)[:, None],
+                       mask_ptr, co_g[:, None], pix_bit[None, :] + (doh * OW + dow)[:, None], a_mask,
+                       MASK_ROW, RELU)
+        b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
+    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
+                      n_mask, C_IN, H, W)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -382,15 +360,14 @@ def conv2d_wgrad_kernel(
     x_col = (g * CG_IN + ci) * sxc + ihk * sxh + iwk * sxw  # the per-k part of every x offset
     dy_row = co_g * sdc
 
-    OHW = OH * OW
     p_start = split * P_PER_SPLIT  # int32 pixel indices (P < 2**31, checked by the launcher)
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    # (n, oh, ow) of the chunk's pixels, divided out once here; each iteration then advances them
-    # by BLOCK_K = step_n*OHW + step_h*OW + step_w pixels with two conditional carries instead of
-    # two divisions per pixel (which were a third of the loop's instructions on sm_90).
+    # (n, oh, ow) of the chunk's pixels, divided out once here and advanced by BLOCK_K each step
+    # (two divisions per pixel per step were a third of the loop's instructions on sm_90).
     n_idx, oh, ow = _split_pixels(p_start + tl.arange(0, BLOCK_K), OH, OW)
+    OHW = OH * OW
     step_n = BLOCK_K // OHW
     step_h = (BLOCK_K - step_n * OHW) // OW
     step_w = BLOCK_K - step_n * OHW - step_h * OW
@@ -410,20 +387,201 @@ def conv2d_wgrad_kernel(
         x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (oh_s * sxh + ow_s * sxw)
         b_t = tl.load(x_pix[None, :] + x_col[:, None], mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
-        ow += step_w
-        carry_w = (ow >= OW).to(tl.int32)
-        ow -= carry_w * OW
-        oh += step_h + carry_w
-        carry_h = (oh >= OH).to(tl.int32)
-        oh -= carry_h * OH
-        n_idx += step_n + carry_h
+        n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
+    _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
+                       (co_g.to(tl.int64) * K_W)[:, None] + k[None, :], k_mask, pid_n == 0, C_OUT * K_W, HAS_BIAS)
+
+
+@triton.jit
+def _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask, dw_off, n_mask, store_bias,
+                       BIAS_OFFSET, HAS_BIAS: tl.constexpr):
+    """One split's [BLOCK_M, BLOCK_N] tile of dw at offsets dw_off (and, from one program per
+    out-channel tile, its bias sums at BIAS_OFFSET + co) into split ``split``'s slice of dw."""
     base = split.to(tl.int64) * SPLIT_STRIDE
-    dw_off = base + (co_g.to(tl.int64) * K_W)[:, None] + k[None, :]
-    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & k_mask[None, :])
+    tl.store(dw_ptr + base + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
     if HAS_BIAS:
-        if pid_n == 0:
-            tl.store(dw_ptr + base + C_OUT * K_W + co_g, bias_acc.to(dw_ptr.dtype.element_ty), mask=m_mask)
+        if store_bias:
+            tl.store(dw_ptr + base + BIAS_OFFSET + co_g, bias_acc.to(dw_ptr.dtype.element_ty), mask=m_mask)
+
+
+# ============================================================================ channels-last kernels
+#
+# Operands are staged so that the GEMM's reduction (channels) is contiguous: x or dy as NHWC
+# [pixels, C], the weight with its N side contiguous. Every tile is then [rows, contiguous
+# columns] with row offsets that are multiples of the (specialised) channel counts, which is what
+# lets the compiler emit 16-byte vector loads and pipeline them with cp.async over num_stages.
+# A single flat loop over (tap, channel chunk) keeps the loop the compiler pipelines long (a
+# 3x3 tap loop around a 2-iteration channel loop would give it nothing to overlap).
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
+def conv2d_fwd_cl_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
+    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    M, HAS_BIAS, RELU, MASK_ROW,
+    C_IN, C_OUT, CG_IN, CG_OUT,
+    SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
+
+    x: [N, H, W, C_IN] contiguous (NHWC). w: [CG_IN, KH, KW, C_OUT] contiguous (the GEMM's B with
+    out channels contiguous). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in
+    conv2d_fwd_kernel (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    pix0 = (n_idx * H + ih0) * W + iw0  # x's pixel under tap (0, 0); int32, may be off-image (masked)
+
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    chunks = tl.cdiv(CG_IN, BLOCK_K)
+    KHW = KH * KW
+    for step in range(0, KHW * chunks):
+        tap = step // chunks
+        c = (step - tap * chunks) * BLOCK_K + offs_k
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = ih0 + kh * dil_h
+        iw = iw0 + kw * dil_w
+        sp_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pix = pix0 + (kh * dil_h * W + kw * dil_w)
+        c_mask = c < CG_IN
+        a = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + c[None, :],
+                    mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+        b = tl.load(w_ptr + ((c * KHW + tap) * C_OUT)[:, None] + co_g[None, :],
+                    mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OH * OW,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, BLOCK_M, BLOCK_N)
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
+def conv2d_dgrad_cl_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
+    C_IN, C_OUT, CG_IN, CG_OUT,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx for one stride phase (see conv2d_dgrad_kernel) from channels-last operands.
+
+    dy: [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied (staged with the mask).
+    w: [C_OUT, KH, KW, CG_IN] contiguous (in channels contiguous). dx: [N, C_IN, H, W] contiguous.
+    Reduction over (tap of the phase, out-channel chunk). Grid: (cdiv(CG_IN, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    n_idx, i_h, i_w = _split_pixels(offs_m, HP, WP)
+    pix0 = (n_idx * OH + i_h) * OW + i_w  # dy's pixel for a tap with (doh, dow) = (0, 0)
+
+    ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ci < CG_IN
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    chunks = tl.cdiv(CG_OUT, BLOCK_K)
+    for step in range(0, NKH * NKW * chunks):
+        tap = step // chunks
+        c = (step - tap * chunks) * BLOCK_K + offs_k
+        t_h = tap // NKW
+        kh = KH0 + t_h * KSTEP_H
+        kw = KW0 + (tap - t_h * NKW) * KSTEP_W
+        doh = (PH + pad_h - kh * dil_h) // stride_h  # exact: see conv2d_dgrad_kernel
+        dow = (PW + pad_w - kw * dil_w) // stride_w
+        oh = i_h + doh
+        ow = i_w + dow
+        sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+        pix = pix0 + (doh * OW + dow)
+        c_mask = c < CG_OUT
+        co_g = g * CG_OUT + c
+        a = tl.load(dy_ptr + (pix.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + c[None, :],
+                    mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+        b = tl.load(w_ptr + (((co_g * KH + kh) * KW + kw) * CG_IN)[:, None] + ci[None, :],
+                    mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(a, b, acc, DOT_FP32, PRECISION)
+    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
+                      n_mask, C_IN, H, W)
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_CL)
+def conv2d_wgrad_cl_kernel(
+    dy_ptr, x_ptr, dw_ptr,
+    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    P, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE,
+    C_IN, C_OUT, CG_IN, CG_OUT,
+    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw (and db) over one split of the pixels, from channels-last operands; one program per
+    (tap, BLOCK_N in channels) x BLOCK_M out channels, so both operand tiles are contiguous rows.
+
+    dy: [P, C_OUT] = [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied. x: [N, H, W, C_IN]
+    contiguous. dw, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, K_W = CG_IN*KH*KW, HAS_BIAS: as in
+    conv2d_wgrad_kernel. Grid: (KH*KW*cdiv(CG_IN, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    g = pid_z // SPLIT
+    split = pid_z - g * SPLIT
+    CI_TILES = tl.cdiv(CG_IN, BLOCK_N)
+    tap = pid_n // CI_TILES
+    kh = tap // KW
+    kw = tap - kh * KW
+
+    co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+    ci = (pid_n - tap * CI_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ci < CG_IN
+
+    p_start = split * P_PER_SPLIT
+    p_end = tl.minimum(p_start + P_PER_SPLIT, P)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_idx, oh, ow = _split_pixels(p_start + tl.arange(0, BLOCK_K), OH, OW)
+    OHW = OH * OW
+    step_n = BLOCK_K // OHW
+    step_h = (BLOCK_K - step_n * OHW) // OW
+    step_w = BLOCK_K - step_n * OHW - step_h * OW
+    for p0 in range(p_start, p_end, BLOCK_K):
+        p = p0 + tl.arange(0, BLOCK_K)
+        p_mask = p < p_end
+        a_t = tl.load(dy_ptr + (p.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + co[None, :],
+                      mask=p_mask[:, None] & m_mask[None, :], other=0.0)
+        if HAS_BIAS:
+            bias_acc += tl.sum(a_t.to(tl.float32), axis=0)
+        ih = oh * stride_h - pad_h + kh * dil_h
+        iw = ow * stride_w - pad_w + kw * dil_w
+        sp_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pix = (n_idx * H + ih) * W + iw
+        b = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + ci[None, :],
+                    mask=sp_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
+        n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
+
+    KHW = KH * KW
+    _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
+                       (co_g.to(tl.int64) * K_W)[:, None] + (ci * KHW + tap)[None, :], n_mask, pid_n == 0,
+                       C_OUT * K_W, HAS_BIAS)
 
 
 @triton.jit
@@ -478,6 +636,19 @@ WGRAD_CONFIGS = [
     _cfg(128, 64, 32, 8, 3),
     _cfg(128, 128, 32, 8, 3),
 ]
+# Channels-last kernels: vector loads hold one address per 8 elements, not per element, so these
+# are ordinary GEMM tiles (as in Triton's matmul tutorial for Hopper) with deeper pipelines.
+CL_CONFIGS = [
+    _cfg(128, 32, 64, 4, 4),
+    _cfg(128, 64, 64, 4, 4),
+    _cfg(128, 128, 64, 8, 3),
+    _cfg(256, 128, 64, 8, 3),
+]
+WGRAD_CL_CONFIGS = [
+    _cfg(64, 64, 64, 4, 4),
+    _cfg(128, 64, 64, 4, 4),
+    _cfg(128, 128, 64, 8, 3),
+]
 
 
 def _prune(configs, width: int, depth: int, ieee: bool, rows_key="BLOCK_N", depth_key="BLOCK_K"):
@@ -496,31 +667,35 @@ def _prune(configs, width: int, depth: int, ieee: bool, rows_key="BLOCK_N", dept
     return sorted(kept, key=lambda c: -c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])[:2]
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    depth = named_args["CG_IN"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
-    return _prune(configs, named_args["CG_OUT"], depth, kwargs.get("PRECISION") == "ieee")
-
-
-def _prune_dgrad(configs, named_args, **kwargs):
-    depth = named_args["CG_OUT"] if kwargs.get("MODE", 0) != 0 else named_args["K_RED"]
-    return _prune(configs, named_args["CG_IN"], depth, kwargs.get("PRECISION") == "ieee")
-
-
-def _prune_wgrad(configs, named_args, **kwargs):
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, _np2(named_args["CG_OUT"]))]
-    return _prune(kept or configs[:1], named_args["K_W"], 1 << 30, kwargs.get("PRECISION") == "ieee")
+def _pruner(width_arg, depth_arg, rows_arg=None):
+    """An early_config_prune for a kernel whose GEMM-N size, reduction chunk size (and, for
+    wgrad, GEMM-M size) are the named arguments."""
+    def prune(configs, named_args, **kwargs):
+        if rows_arg is not None:
+            configs = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, _np2(named_args[rows_arg]))] or configs[:1]
+        depth = named_args[depth_arg] if depth_arg else 1 << 30
+        return _prune(configs, named_args[width_arg], depth, kwargs.get("PRECISION") == "ieee")
+    return prune
 
 
 def _quick_bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-conv2d_fwd_autotuned = triton.autotune(FWD_CONFIGS, key=["CG_OUT", "K_RED"], do_bench=_quick_bench,
-                                       prune_configs_by={"early_config_prune": _prune_fwd})(conv2d_fwd_kernel)
-conv2d_dgrad_autotuned = triton.autotune(FWD_CONFIGS, key=["CG_IN", "K_RED"], do_bench=_quick_bench,
-                                         prune_configs_by={"early_config_prune": _prune_dgrad})(conv2d_dgrad_kernel)
-conv2d_wgrad_autotuned = triton.autotune(WGRAD_CONFIGS, key=["CG_OUT", "K_W"], do_bench=_quick_bench,
-                                         prune_configs_by={"early_config_prune": _prune_wgrad})(conv2d_wgrad_kernel)
+def _autotuned(kernel, configs, key, prune):
+    return triton.autotune(configs, key=key, do_bench=_quick_bench,
+                           prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+conv2d_fwd_autotuned = _autotuned(conv2d_fwd_kernel, FWD_CONFIGS, ["CG_OUT", "K_RED"], _pruner("CG_OUT", "K_RED"))
+conv2d_dgrad_autotuned = _autotuned(conv2d_dgrad_kernel, FWD_CONFIGS, ["CG_IN", "K_RED"], _pruner("CG_IN", "K_RED"))
+conv2d_wgrad_autotuned = _autotuned(conv2d_wgrad_kernel, WGRAD_CONFIGS, ["CG_OUT", "K_W"],
+                                    _pruner("K_W", None, rows_arg="CG_OUT"))
+conv2d_fwd_cl_autotuned = _autotuned(conv2d_fwd_cl_kernel, CL_CONFIGS, ["CG_OUT", "CG_IN"], _pruner("CG_OUT", "CG_IN"))
+conv2d_dgrad_cl_autotuned = _autotuned(conv2d_dgrad_cl_kernel, CL_CONFIGS, ["CG_IN", "CG_OUT"],
+                                       _pruner("CG_IN", "CG_OUT"))
+conv2d_wgrad_cl_autotuned = _autotuned(conv2d_wgrad_cl_kernel, WGRAD_CL_CONFIGS, ["CG_OUT", "CG_IN"],
+                                       _pruner("CG_IN", None, rows_arg="CG_OUT"))
 
 
 def _interpreter_config(kind: str) -> dict:
@@ -638,10 +813,14 @@ class ConvGeometry:
     def plain_gemm(self) -> bool:
         return (self.KH, self.KW, self.stride, self.padding) == (1, 1, (1, 1), (0, 0))
 
-    def mode(self, channels: int) -> int:
-        if self.plain_gemm:
-            return 2
-        return 1 if channels >= WINDOW_OUTER_MIN_CHANNELS else 0
+    def channels_last(self, channels: int) -> bool:
+        """Whether a GEMM reducing over ``channels`` channels per group (plus the window) runs on
+        channels-last operands: wide layers, and every 1x1 stride-1 convolution (a plain GEMM)."""
+        return self.plain_gemm or channels >= CHANNELS_LAST_MIN_CHANNELS
+
+    def cl_scalars(self):
+        """The leading scalar arguments of the channels-last kernels."""
+        return (self.H, self.W, self.OH, self.OW, *self.scalars(), self.KH, self.KW)
 
     def scalars(self):
         return (self.stride[0], self.stride[1], self.padding[0], self.padding[1],
@@ -791,7 +970,8 @@ def _numel(shape) -> int:
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
                    config=None, save_relu_mask=False):
-    """y = activation(conv2d(x, weight) + bias), torch semantics, one launch.
+    """y = activation(conv2d(x, weight) + bias), torch semantics, one launch (plus the staging of
+    the operands as channels-last for wide layers, see the module docstring).
 
     x: [N, C_in, H, W] (any strides), weight: [C_out, C_in/groups, KH, KW], bias: [C_out] or None,
     all one float dtype. Returns y [N, C_out, OH, OW] contiguous in that dtype; with
@@ -810,9 +990,13 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     save_relu_mask = bool(save_relu_mask)
-    geo, launch = _planned(_forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None,
-                           x.dtype, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu,
-                           save_relu_mask, runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
+    geo, launch, channels_last, stage_x = _planned(
+        _forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None, x.dtype,
+        _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, save_relu_mask,
+        runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
+    if channels_last:
+        x = to_channels_last(x) if stage_x else x
+        weight = to_channels_last(weight, dims=(1, 0, 2, 3), name="weight")  # [CG_IN, KH, KW, C_out]
     y = runtime.empty(geo.out_shape, x.dtype)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
     launch((x, weight, bias if bias is not None else y, y, mask))
@@ -822,13 +1006,13 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 @functools.lru_cache(maxsize=512)
 def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
                   save_mask, precision, autotune, config):
-    """(geometry, _Launch) of conv2d_forward; ``precision`` and ``autotune`` key the global settings."""
+    """(geometry, _Launch, channels-last?, stage x?) of conv2d_forward; ``precision`` and
+    ``autotune`` key the global settings."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
     M = geo.N * geo.OH * geo.OW
-    tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
-            geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, int(has_bias), int(relu), geo.relu_mask_shape[1])
-    consts = {"MODE": geo.mode(geo.CG_IN), "SAVE_MASK": save_mask, **_dot_flags(dtype)}
+    flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
+    consts = {"SAVE_MASK": save_mask, **_dot_flags(dtype)}
     esize = torch.empty((), dtype=dtype).element_size()
     y_numel = _numel(geo.out_shape)
     info = runtime.LaunchInfo(
@@ -836,8 +1020,17 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         flops=2 * geo.macs + (y_numel if has_bias else 0) + (y_numel if relu else 0),
         bytes=(_numel(x_shape) + _numel(w_shape) + y_numel + (geo.C_out if has_bias else 0)) * esize
         + (_numel(geo.relu_mask_shape) if save_mask else 0))
-    return geo, _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
-                             consts, info, config)
+    channels_last = geo.channels_last(geo.CG_IN)
+    if channels_last:
+        tail = (*geo.cl_scalars(), M, *flags, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+        launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
+                              tail, consts, info, config)
+        return geo, launch, True, not is_channels_last(x_shape, x_stride)
+    tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
+            geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
+    launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail, consts,
+                          info, config)
+    return geo, launch, False, False
 
 
 def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
@@ -864,10 +1057,24 @@ def _shares(total: int, parts: int) -> list:
     return [total * (i + 1) // parts - total * i // parts for i in range(parts)]
 
 
+def _staged_grad_out(grad_out, relu_mask, staged):
+    """grad_out as the channels-last kernels read it: NHWC with the ReLU gate applied. ``staged``
+    is a one-slot cache so that conv2d_backward stages it once for both gradients."""
+    if staged is not None and staged[0] is not None:
+        return staged[0]
+    if relu_mask is None and is_channels_last(grad_out.shape, grad_out.stride()):
+        dy = grad_out
+    else:
+        dy = to_channels_last(grad_out, relu_mask=relu_mask, name="grad_out")
+    if staged is not None:
+        staged[0] = dy
+    return dy
+
+
 def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
-                      config=None):
+                      config=None, _staged=None):
     """dx for y = conv2d(x, weight, ...); with ``relu_mask`` (conv2d_forward's, save_relu_mask=True)
-    for y = relu(conv2d(...)), the ReLU's derivative applied while loading grad_out.
+    for y = relu(conv2d(...)), the ReLU's derivative applied while loading (or staging) grad_out.
 
     grad_out: [N, C_out, OH, OW] any strides; weight: [C_out, C_in/groups, KH, KW]; returns dx with
     shape ``x_shape``, contiguous, in grad_out's dtype. One launch per stride phase.
@@ -881,13 +1088,16 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     runtime.check_tensor(weight, "weight", ndim=4)
     relu = relu_mask is not None
     x_shape = tuple(x_shape)
-    geo, launches = _planned(_dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape,
-                             weight.stride(), weight.dtype, x_shape, _hashable(stride), _hashable(padding),
-                             _hashable(dilation), groups, relu, runtime.dot_precision(grad_out.dtype), AUTOTUNE,
-                             _config_key(config))
+    geo, launches, channels_last = _planned(
+        _dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape, weight.stride(), weight.dtype,
+        x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu,
+        runtime.dot_precision(grad_out.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
     dx = runtime.empty(x_shape, grad_out.dtype)
-    tensors = (grad_out, relu_mask if relu else grad_out, weight, dx)
+    if channels_last:
+        tensors = (_staged_grad_out(grad_out, relu_mask, _staged), to_channels_last(weight, name="weight"), dx)
+    else:
+        tensors = (grad_out, relu_mask if relu else grad_out, weight, dx)
     for launch in launches:
         launch(tensors)
     return dx
@@ -896,13 +1106,14 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
 @functools.lru_cache(maxsize=512)
 def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape, stride, padding, dilation, groups,
                 relu, precision, autotune, config):
-    """(geometry, [_Launch per stride phase]) of conv2d_input_grad."""
+    """(geometry, [_Launch per stride phase], channels-last?) of conv2d_input_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if tuple(g_shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(g_shape)}")
     if w_dtype != g_dtype:
         raise TypeError(f"weight must have grad_out's dtype {g_dtype}, got {w_dtype}")
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
+    channels_last = geo.channels_last(geo.CG_OUT)
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
     launches = []
@@ -918,19 +1129,23 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
             kw0, kstep_w, nkw = _phase_taps(pw, sw, geo.padding[1], geo.dilation[1], geo.KW)
             wp = len(range(pw, geo.W, sw))
             M = geo.N * hp * wp
-            mode = geo.mode(geo.CG_OUT)
-            red = geo.CG_OUT * nkh * nkw
-            tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
-                    *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT, red,
-                    geo.relu_mask_shape[1])
-            consts = {"MODE": mode, "RELU": relu, **_dot_flags(g_dtype)}
             macs = geo.N * geo.OH * class_h[ph] * geo.OW * class_w[pw] * geo.C_out * geo.CG_IN
             info = runtime.LaunchInfo(
                 "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(w_shape)),
                 g_dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
+            if channels_last:
+                tail = (*geo.cl_scalars(), M, hp, wp, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw,
+                        geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+                launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
+                                             geo.CG_IN, geo.groups, tail, _dot_flags(g_dtype), info, config))
+                continue
+            tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
+                    *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
+                    geo.CG_OUT * nkh * nkw, geo.relu_mask_shape[1])
+            consts = {"RELU": relu, **_dot_flags(g_dtype)}
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
                                          geo.groups, tail, consts, info, config))
-    return geo, tuple(launches)
+    return geo, tuple(launches), channels_last
 
 
 def _check_relu_mask(relu_mask, geo):
@@ -955,14 +1170,17 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
         if runtime.INTERPRETED:
             split_k = 1
         else:
-            # Tiles of the largest config the autotuner keeps for this shape (see _prune_wgrad), so
-            # that even that one gets ~2 programs per SM; >= 512 pixels per split. (Counting 64x64
-            # tiles and >= 2048 pixels gave LeNet's wgrads 60-98 programs, 64->128 75, on 132 SMs.)
+            # Tiles of the largest config the autotuner keeps for this shape (see _pruner), so that
+            # even that one gets ~2 programs per SM; >= 512 pixels per split. (Counting 64x64 tiles
+            # and >= 2048 pixels gave LeNet's wgrads 60-98 programs, 64->128 75, on 132 SMs.)
             # The fp32 workspace this costs is split * C_out*C_in*KH*KW*4 bytes, small at these sizes.
-            k_w = geo.CG_IN * geo.KH * geo.KW
             bm = min(128, max(16, _np2(geo.CG_OUT)))
-            bn = min(128, max(32, _np2(k_w)))
-            tiles = runtime.cdiv(geo.CG_OUT, bm) * runtime.cdiv(k_w, bn) * geo.groups
+            if geo.channels_last(geo.CG_IN):  # one program per (tap, in-channel tile)
+                cols = geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, min(128, max(64, _np2(geo.CG_IN))))
+            else:
+                k_w = geo.CG_IN * geo.KH * geo.KW
+                cols = runtime.cdiv(k_w, min(128, max(32, _np2(k_w))))
+            tiles = runtime.cdiv(geo.CG_OUT, bm) * cols * geo.groups
             split_k = max(1, min(runtime.cdiv(2 * _sm_count(), tiles), P // 512))
     split_k = max(1, min(int(split_k), P))
     grain = 16 if runtime.INTERPRETED else 128  # on the GPU, whole BLOCK_K tiles per split
@@ -971,9 +1189,9 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
 
 
 def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
-                       bias_grad=False, split_k=None, config=None):
+                       bias_grad=False, split_k=None, config=None, _staged=None):
     """(dw, db) for y = conv2d(x, w, b, ...); with ``relu_mask`` (conv2d_forward's, save_relu_mask=True)
-    for y = relu(conv2d(...)), the ReLU's derivative applied while loading grad_out.
+    for y = relu(conv2d(...)), the ReLU's derivative applied while loading (or staging) grad_out.
 
     grad_out: [N, C_out, OH, OW], x: [N, C_in, H, W], both any strides. dw has ``w_shape``; db is
     [C_out] when ``bias_grad`` else None; both contiguous in x's dtype. ``split_k`` fixes the number
@@ -983,7 +1201,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     runtime.check_tensor(x, "x", ndim=4)
     relu = relu_mask is not None
     bias_grad = bool(bias_grad)
-    geo, split, launch, reduce = _planned(
+    geo, split, launch, reduce, channels_last, stage_x = _planned(
         _wgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, x.shape, x.stride(), x.dtype, tuple(w_shape),
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bias_grad, split_k,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
@@ -992,7 +1210,10 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
     flat = runtime.empty((L,), x.dtype)
     target = flat if split == 1 else runtime.empty((split, L), torch.float32)
-    launch((grad_out, relu_mask if relu else grad_out, x, target))
+    if channels_last:
+        launch((_staged_grad_out(grad_out, relu_mask, _staged), to_channels_last(x) if stage_x else x, target))
+    else:
+        launch((grad_out, relu_mask if relu else grad_out, x, target))
     if reduce is not None:
         reduce((target, flat))
     dw = flat[: geo.C_out * K_W].view(geo.C_out, geo.CG_IN, geo.KH, geo.KW)
@@ -1003,7 +1224,8 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
 @functools.lru_cache(maxsize=512)
 def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape, stride, padding, dilation, groups,
                 relu, bias_grad, split_k, precision, autotune, config):
-    """(geometry, SPLIT, wgrad _Launch, split-K reduce _Launch or None) of conv2d_weight_grad."""
+    """(geometry, SPLIT, wgrad _Launch, split-K reduce _Launch or None, channels-last?, stage x?)
+    of conv2d_weight_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if x_dtype != g_dtype:
         raise TypeError(f"x must have grad_out's dtype {g_dtype}, got {x_dtype}")
@@ -1014,27 +1236,54 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
     P = geo.N * geo.OH * geo.OW
     L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
     split, per = wgrad_split(geo, split_k)
-    tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, *x_stride, *geo.scalars(), geo.KH, geo.KW,
-            geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
-    consts = {"RELU": relu, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
     esize = torch.empty((), dtype=x_dtype).element_size()
     info = runtime.LaunchInfo(
         "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(x_shape)), x_dtype,
         flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
         bytes=(_numel(g_shape) + _numel(x_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
-    if config is None and AUTOTUNE:
-        grid = lambda meta: (runtime.cdiv(K_W, meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
-                             geo.groups * split)
-        launch = _Launch(conv2d_wgrad_autotuned, grid, tail, consts, info)
+    channels_last = geo.channels_last(geo.CG_IN)
+    fixed = None if config is None and AUTOTUNE else _split_config(
+        dict(config) if config is not None else _fixed_config("wgrad"))
+    if channels_last:
+        tail = (*geo.cl_scalars(), P, K_W, split, per, L, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+        cols_of = lambda bn: geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, bn)  # noqa: E731
+        kernel, autotuned, consts = conv2d_wgrad_cl_kernel, conv2d_wgrad_cl_autotuned, {}
     else:
-        blocks, options = _split_config(dict(config) if config is not None else _fixed_config("wgrad"))
-        grid = (runtime.cdiv(K_W, blocks["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
-        launch = _Launch(conv2d_wgrad_kernel, grid, tail, {**consts, **blocks, **options}, info)
+        tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, *x_stride, *geo.scalars(), geo.KH, geo.KW,
+                geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
+        cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
+        kernel, autotuned, consts = conv2d_wgrad_kernel, conv2d_wgrad_autotuned, {"RELU": relu}
+    consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
+    if fixed is None:
+        grid = lambda meta: (cols_of(meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
+                             geo.groups * split)
+        launch = _Launch(autotuned, grid, tail, consts, info)
+    else:
+        blocks, options = fixed
+        grid = (cols_of(blocks["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
+        launch = _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
     reduce = None
     if split > 1:
         block = 16384 if runtime.INTERPRETED else 1024
         reduce = _Launch(splitk_reduce_kernel, (runtime.cdiv(L, block),), (L, split), {"BLOCK": block},
                          runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x_dtype, flops=split * L,
                                             bytes=split * L * 4 + L * esize))
-    return geo, split, launch, reduce
+    return geo, split, launch, reduce, channels_last, channels_last and not is_channels_last(x_shape, x_stride)
+
+
+def conv2d_backward(grad_out, x, weight, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
+                    relu_mask=None, input_grad=True, weight_grad=True, bias_grad=False):
+    """(dx, dw, db) of y = act(conv2d(x, weight, b, ...)), each None where not asked for.
+
+    grad_out is staged as channels-last (with the ReLU gate) at most once for the two kernels
+    that read it. ``x`` is needed only for the weight and bias gradients, ``weight`` only for dx.
+    """
+    staged = [None]
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, relu_mask=relu_mask)
+    dx = dw = db = None
+    if input_grad:
+        dx = conv2d_input_grad(grad_out, weight, x_shape, _staged=staged, **opts)
+    if weight_grad or bias_grad:
+        dw, db = conv2d_weight_grad(grad_out, x, w_shape, bias_grad=bias_grad, _staged=staged, **opts)
+    return dx, (dw if weight_grad else None), db

@@ -1,0 +1,83 @@
+"""Compiler evidence for the conv kernels without a GPU: each kernel compiled for sm_90 exactly as
+the launchers specialise it for a layer (see ``sass.py``), one line per specialisation.
+
+What to look for: the channels-last kernels' operand loads should be ``LDGSTS.E.BYPASS.128``
+(16-byte cp.async into shared memory, pipelined over num_stages) and no ``LDG.E.U16`` (the
+one-element gathers that made the NCHW kernels latency-bound); ``local 0`` (no spills).
+
+Usage: /opt/venv36/bin/python benchmarks/conv_sass.py [--layer 64,128,16] [--dtype bf16|tf32|fp32]
+       [--which fwd,dgrad,wgrad,stage] [--dump DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sass import FakeTensor, compile_like_runtime, fake_device, summarize  # noqa: E402  (sets TRITON_INTERPRET=0)
+
+import torch  # noqa: E402
+
+import tritonnet as tn  # noqa: E402
+from tritonnet import runtime  # noqa: E402
+from tritonnet.kernels import conv as K  # noqa: E402
+
+DTYPES = {"bf16": (torch.bfloat16, "highest"), "tf32": (torch.float32, "high"), "fp32": (torch.float32, "highest")}
+
+
+def _tiles(cfg):
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layer", default="64,128,16", help="C_in,C_out,H (3x3, pad 1, batch 512)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--which", default="fwd,dgrad,wgrad,stage")
+    parser.add_argument("--dump", help="directory for each specialisation's PTX and SASS")
+    args = parser.parse_args(argv)
+    c_in, c_out, h = (int(v) for v in args.layer.split(","))
+    dtype, precision = DTYPES[args.dtype]
+    which = set(args.which.split(","))
+    tn.set_float32_matmul_precision(precision)
+    x = FakeTensor(dtype, (512, c_in, h, h))
+    w = FakeTensor(dtype, (c_out, c_in, 3, 3))
+    b = FakeTensor(dtype, (c_out,))
+    dy = FakeTensor(dtype, (512, c_out, h, h))
+    mask = FakeTensor(torch.uint8, K.geometry(x.shape, w.shape, 1, 1, 1, 1).relu_mask_shape)
+    K._sm_count = lambda: 132
+    seen = set()
+    runs = []
+    gemm_configs = K.CL_CONFIGS if c_in >= K.CHANNELS_LAST_MIN_CHANNELS else K.FWD_CONFIGS
+    for cfg in gemm_configs:
+        with fake_device(runtime) as rec:
+            if "fwd" in which:
+                K.conv2d_forward(x, w, b, padding=1, activation="relu", save_relu_mask=True, config=_tiles(cfg))
+            if "dgrad" in which:
+                K.conv2d_input_grad(dy, w, x.shape, padding=1, relu_mask=mask, config=_tiles(cfg))
+        runs.append((cfg, rec.launches))
+    wgrad_configs = K.WGRAD_CL_CONFIGS if c_in >= K.CHANNELS_LAST_MIN_CHANNELS else K.WGRAD_CONFIGS
+    for cfg in wgrad_configs if "wgrad" in which else []:
+        with fake_device(runtime) as rec:
+            K.conv2d_weight_grad(dy, x, w.shape, padding=1, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
+        runs.append((cfg, rec.launches))
+    for cfg, launches in runs:
+        for kernel, kargs, constexprs in launches:
+            name = kernel.__name__.replace("_kernel", "")
+            if name == "to_channels_last" and "stage" not in which:
+                continue
+            key = (name, tuple(sorted((k, str(v)) for k, v in constexprs.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            tile = "x".join(str(constexprs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in constexprs)
+            label = f"{name}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}"
+            summarize(label, compile_like_runtime(kernel, kargs, constexprs), args.dump)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Channels-last staging: [B, C, H, W] (any strides) -> [B, H, W, C] contiguous.
+
+Why it exists: a convolution's GEMM reduces over channels. In NCHW a tile of (pixels x channels)
+is a gather of 2-byte elements 2*H*W bytes apart, which the GPU loads one element per lane and
+which cp.async cannot pipeline; in channels-last the same tile is rows of contiguous channels,
+16-byte vector loads that the compiler turns into asynchronous, multi-stage copies. One extra
+read and write of the operand buys that (~10 us for a 16 MB activation on an H100).
+
+The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights through
+this kernel; weights use it as a general 4-D permute (see ``to_channels_last``'s ``dims``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import runtime
+
+# Under the interpreter few, large programs (its cost is per program); on the GPU 64x64 tiles,
+# transposed through shared memory by the compiler's layout conversion.
+BLOCK_S, BLOCK_C = (256, 64) if runtime.INTERPRETED else (64, 64)
+OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {"num_warps": 4}
+
+
+# HW, s_b and s_c stay specialised: their divisibility by 16 is what proves the source rows
+# aligned and the row mask constant over 16 pixels, for vector loads (8x8, 16x16, 32x32 planes).
+@triton.jit(do_not_specialize=["B", "H", "W", "s_h", "s_w", "MASK_ROW", "S_TILES"])
+def to_channels_last_kernel(
+    src_ptr, dst_ptr, mask_ptr,
+    B, C, H, W, HW, s_b, s_c, s_h, s_w, MASK_ROW, S_TILES,
+    SPATIAL_CONTIG: tl.constexpr, RELU_MASK: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dst[b, h, w, c] = src[b, c, h, w], optionally gated by a ReLU bit mask.
+
+    src: [B, C, H, W] with element strides (s_b, s_c, s_h, s_w); dst: [B, H, W, C] contiguous.
+    HW = H*W.
+    SPATIAL_CONTIG: s_w == 1 and s_h == W (an NCHW plane), so the compiler sees contiguous rows.
+    RELU_MASK: zero where bit m % 8 of mask[c, m // 8] is clear, m = b*H*W + h*W + w (the conv
+    forward's ReLU gradient mask, [C, MASK_ROW] uint8), so the gradient is gated once, here.
+    C is specialised (divisible by 16 for every wide layer): the stores' alignment comes from it.
+    Grid: (B * S_TILES, cdiv(C, BLOCK_C)) with S_TILES = cdiv(H*W, BLOCK_S) (B on axis 0: no 65535 cap).
+    """
+    pid = tl.program_id(0)
+    b = pid // S_TILES
+    s = (pid - b * S_TILES) * BLOCK_S + tl.arange(0, BLOCK_S)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s_mask = s < HW
+    c_mask = c < C
+    if SPATIAL_CONTIG:
+        sp = s
+    else:
+        h = s // W
+        sp = h * s_h + (s - h * W) * s_w
+    mask = c_mask[:, None] & s_mask[None, :]
+    # [C, S] tile: the load runs along the source's pixels, the store (transposed) along channels
+    tile = tl.load(src_ptr + b.to(tl.int64) * s_b + (c * s_c)[:, None] + sp[None, :], mask=mask, other=0.0)
+    if RELU_MASK:
+        m = b * HW + s
+        byte = tl.load(mask_ptr + (c.to(tl.int64) * MASK_ROW)[:, None] + (m >> 3)[None, :], mask=mask, other=0)
+        live = (byte.to(tl.int32) >> (m & 7)[None, :]) & 1
+        tile = tl.where(live != 0, tile, tl.zeros_like(tile))
+    dst = dst_ptr + (b.to(tl.int64) * HW + s)[None, :] * C + c[:, None]
+    tl.store(dst, tile, mask=mask)
+
+
+def to_channels_last(src, dims=(0, 1, 2, 3), relu_mask=None, name="x"):
+    """``src.permute(dims)`` viewed as [B, C, H, W], copied to [B, H, W, C] contiguous.
+
+    ``dims`` picks which of src's axes act as B, C, H, W: (0, 1, 2, 3) stages an NCHW activation
+    as NHWC; (1, 0, 2, 3) turns a conv weight [C_out, C_in, KH, KW] into [C_in, KH, KW, C_out].
+    ``relu_mask``: the conv forward's ReLU bit mask for an activation gradient (``dims`` must be
+    the identity): elements whose bit is clear become 0. Returns a new tensor of shape
+    (B, H, W, C) in src's dtype.
+    """
+    runtime.check_tensor(src, name, ndim=4)
+    if relu_mask is not None and tuple(dims) != (0, 1, 2, 3):
+        raise ValueError("relu_mask needs the identity dims (an NCHW activation gradient)")
+    shape = [src.shape[d] for d in dims]
+    strides = [src.stride(d) for d in dims]
+    B, C, H, W = shape
+    dst = runtime.empty((B, H, W, C), src.dtype)
+    if dst.numel() == 0:
+        return dst
+    s_tiles = runtime.cdiv(H * W, BLOCK_S)
+    mask_row = relu_mask.shape[1] if relu_mask is not None else 0
+    runtime.launch(
+        to_channels_last_kernel, (B * s_tiles, runtime.cdiv(C, BLOCK_C)),
+        (src, dst, relu_mask if relu_mask is not None else dst, B, C, H, W, H * W, *strides, mask_row, s_tiles),
+        dict(OPTIONS, SPATIAL_CONTIG=strides[3] == 1 and strides[2] == W, RELU_MASK=relu_mask is not None,
+             BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C),
+        runtime.LaunchInfo("to_channels_last", (tuple(shape),), src.dtype, flops=0,
+                           bytes=2 * dst.numel() * dst.element_size()
+                           + (relu_mask.numel() if relu_mask is not None else 0)))
+    return dst
+
+
+def is_channels_last(shape, strides) -> bool:
+    """True when a 4-D [B, C, H, W] tensor of these shape and strides is laid out as a
+    contiguous [B, H, W, C] buffer (what the channels-last kernels read)."""
+    B, C, H, W = shape
+    expected = (H * W * C, 1, W * C, C)
+    return all(size == 1 or st == ex for size, st, ex in zip(shape, strides, expected))
