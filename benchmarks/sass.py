@@ -132,7 +132,7 @@ def summarize(name, compiled, dump=None):
     regs = re.search(r"REG:(\d+)", usage)
     local = re.search(r"LOCAL:(\d+)", usage)
     mem = " ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
-    instrs = len(re.findall(r"/\*[0-9a-f]{4}\*/", sass))
+    instrs = len(re.findall(r"/\*[0-9a-f]{4,}\*/", sass))
     loop = hot_loop(sass)
     loop = f"loop {loop[0]:4d} instrs, {loop[1]} LDL/STL, {loop[2]} LDGSTS, {loop[3]} LDG" if loop else ""
     print(f"{name:34s} warps {compiled.metadata.num_warps:2d} regs {regs.group(1) if regs else '?':>3} "

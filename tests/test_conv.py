@@ -324,6 +324,24 @@ def test_channels_last_kernels_stage_only_what_is_not_channels_last(seed, device
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), "split-K not reproducible"
 
 
+def test_64_bit_output_offsets(seed, device, monkeypatch):
+    """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
+    shapes (both kernel families), which must give the same results."""
+    monkeypatch.setattr(conv_kernels, "OFFSETS_64_ABOVE", 0)
+    for plan in (conv_kernels._forward_plan, conv_kernels._dgrad_plan):
+        plan.cache_clear()
+    try:
+        for c_in, c_out in ((3, 8), (32, 32)):  # packed kernels, then channels-last ones
+            x, wt, b = _inputs(device, torch.float32, 2, c_in, 5, 6, c_out, 3, 1)
+            gy = torch.randn(2, c_out, 5, 6, device=device)
+            y_ref, dx_ref, _, _ = _reference(x, wt, b, gy, None, padding=1)
+            _close(conv_kernels.conv2d_forward(x, wt, b, padding=1), y_ref, 1e-5, f"y, C_in {c_in}")
+            _close(conv_kernels.conv2d_input_grad(gy, wt, x.shape, padding=1), dx_ref, 1e-5, f"dx, C_in {c_in}")
+    finally:
+        for plan in (conv_kernels._forward_plan, conv_kernels._dgrad_plan):
+            plan.cache_clear()
+
+
 def test_wgrad_split_k_is_deterministic(seed, device):
     x, wt, _ = _inputs(device, torch.float32, 6, 3, 11, 11, 5, 3, 1)
     gy = torch.randn(6, 5, 11, 11, device=device)

@@ -119,21 +119,40 @@ def _advance_pixels(n, row, col, step_n, step_h, step_w, H, W):
 
 
 @triton.jit
-def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OHW,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
-    """acc [BLOCK_M pixels, BLOCK_N channels] + bias, ReLU, stored into NCHW y (and the ReLU mask)."""
+def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, CG_OUT,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc [BLOCK_M pixels, BLOCK_N channels] of program (pid_n, pid_m, g) + bias, ReLU, stored
+    into NCHW y (and the ReLU mask). OFFSETS_64: y has 2**31 or more elements."""
+    offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
+    m_mask = offs_m < M
+    n_idx = offs_m // OHW
+    co_g = tl.arange(0, BLOCK_N) + (g * CG_OUT + pid_n * BLOCK_N)
+    n_mask = co_g < g * CG_OUT + CG_OUT
     if HAS_BIAS != 0:
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
     # NCHW is contiguous along pixels: the stored tile is [channels, pixels], pixels last, so that
     # threads run along them and the stores coalesce.
-    y_pix = y_ptr + n_idx.to(tl.int64) * C_OUT * OHW + (offs_m - n_idx * OHW)
-    y_t = tl.trans(acc).to(y_ptr.dtype.element_ty)
-    tl.store(y_pix[None, :] + (co_g * OHW)[:, None], y_t, mask=m_mask[None, :] & n_mask[:, None])
+    y_t = tl.trans(acc.to(y_ptr.dtype.element_ty))  # narrow first: half the registers through the transpose
+    _store_nchw(y_ptr, y_t, n_idx, offs_m - n_idx * OHW, co_g, m_mask[None, :] & n_mask[:, None], C_OUT, OHW,
+                OFFSETS_64)
     if SAVE_MASK:
         _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _store_nchw(ptr, tile, n_idx, pixel, channel, mask, C, HW, OFFSETS_64: tl.constexpr):
+    """Store tile [channels, pixels] at ptr[n_idx, channel, pixel] of a contiguous [N, C, HW].
+
+    Offsets are int32 unless OFFSETS_64: a 64-bit pointer per element for a 128x128 tile is 128
+    registers a thread, which made every large tile spill in its epilogue on sm_90."""
+    if OFFSETS_64:
+        base = ptr + n_idx.to(tl.int64) * C * HW + pixel
+        tl.store(base[None, :] + (channel * HW)[:, None], tile, mask=mask)
+    else:
+        tl.store(ptr + ((n_idx * (C * HW) + pixel)[None, :] + (channel * HW)[:, None]), tile, mask=mask)
 
 
 @triton.jit
@@ -153,13 +172,11 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
 
 
 @triton.jit
-def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W):
+def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W, OFFSETS_64: tl.constexpr):
     """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] stored into NCHW dx,
     as a [channels, pixels] tile (see _forward_epilogue)."""
-    HW = H * W
-    dx_pix = dx_ptr + n_idx.to(tl.int64) * C_IN * HW + (ih * W + iw)
-    tl.store(dx_pix[None, :] + (ci_g * HW)[:, None], tl.trans(acc).to(dx_ptr.dtype.element_ty),
-             mask=m_mask[None, :] & n_mask[:, None])
+    _store_nchw(dx_ptr, tl.trans(acc.to(dx_ptr.dtype.element_ty)), n_idx, ih * W + iw, ci_g,
+                m_mask[None, :] & n_mask[:, None], C_IN, H * W, OFFSETS_64)
 
 
 # ============================================================================ packed (NCHW) kernels
@@ -178,7 +195,7 @@ def conv2d_fwd_kernel(
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
@@ -229,8 +246,8 @@ def conv2d_fwd_kernel(
         b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OH * OW,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, BLOCK_M, BLOCK_N)
+    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -256,7 +273,7 @@ def conv2d_dgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     CG_IN, CG_OUT, K_RED, MASK_ROW,
-    RELU: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i),
@@ -313,7 +330,7 @@ def conv2d_dgrad_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W)
+                      n_mask, C_IN, H, W, OFFSETS_64)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -421,7 +438,7 @@ def conv2d_fwd_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HAS_BIAS, RELU, MASK_ROW,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    SAVE_MASK: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
@@ -464,8 +481,8 @@ def conv2d_fwd_cl_kernel(
         b = tl.load(w_ptr + ((c * KHW + tap) * C_OUT)[:, None] + co_g[None, :],
                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
-    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, co_g, n_mask, n_idx, offs_m, m_mask, pid_m, C_OUT, OH * OW,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, BLOCK_M, BLOCK_N)
+    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
@@ -474,7 +491,7 @@ def conv2d_dgrad_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx for one stride phase (see conv2d_dgrad_kernel) from channels-last operands.
@@ -518,7 +535,7 @@ def conv2d_dgrad_cl_kernel(
                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W)
+                      n_mask, C_IN, H, W, OFFSETS_64)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_CL)
@@ -637,12 +654,13 @@ WGRAD_CONFIGS = [
     _cfg(128, 128, 32, 8, 3),
 ]
 # Channels-last kernels: vector loads hold one address per 8 elements, not per element, so these
-# are ordinary GEMM tiles (as in Triton's matmul tutorial for Hopper) with deeper pipelines.
+# are ordinary Hopper GEMM tiles with deeper pipelines. From the sm_90 compiler's output
+# (benchmarks/conv_sass.py): none spills inside its loop, whose operand loads are all 16-byte
+# cp.async; 256x128 and 128x256 tiles spilled ~150 registers around the loop and are not listed.
 CL_CONFIGS = [
     _cfg(128, 32, 64, 4, 4),
     _cfg(128, 64, 64, 4, 4),
     _cfg(128, 128, 64, 8, 3),
-    _cfg(256, 128, 64, 8, 3),
 ]
 WGRAD_CL_CONFIGS = [
     _cfg(64, 64, 64, 4, 4),
@@ -867,6 +885,8 @@ def _dot_flags(dtype):
 
 
 _INT32_MAX = 2**31 - 1
+# Outputs with more elements than this are stored with 64-bit offsets (see _store_nchw).
+OFFSETS_64_ABOVE = _INT32_MAX
 
 
 def _check_int32_indexing(geo, images=(), weight=None):
@@ -1012,7 +1032,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
     M = geo.N * geo.OH * geo.OW
     flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
-    consts = {"SAVE_MASK": save_mask, **_dot_flags(dtype)}
+    consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, **_dot_flags(dtype)}
     esize = torch.empty((), dtype=dtype).element_size()
     y_numel = _numel(geo.out_shape)
     info = runtime.LaunchInfo(
@@ -1114,6 +1134,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
         raise TypeError(f"weight must have grad_out's dtype {g_dtype}, got {w_dtype}")
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     channels_last = geo.channels_last(geo.CG_OUT)
+    wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE}
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
     launches = []
@@ -1137,12 +1158,13 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
                 tail = (*geo.cl_scalars(), M, hp, wp, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw,
                         geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
                 launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
-                                             geo.CG_IN, geo.groups, tail, _dot_flags(g_dtype), info, config))
+                                             geo.CG_IN, geo.groups, tail, {**wide, **_dot_flags(g_dtype)}, info,
+                                             config))
                 continue
             tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
                     *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
                     geo.CG_OUT * nkh * nkw, geo.relu_mask_shape[1])
-            consts = {"RELU": relu, **_dot_flags(g_dtype)}
+            consts = {"RELU": relu, **wide, **_dot_flags(g_dtype)}
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
                                          geo.groups, tail, consts, info, config))
     return geo, tuple(launches), channels_last
