@@ -35,20 +35,21 @@ def _tiles(cfg):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layer", default="64,128,16", help="C_in,C_out,H (3x3, pad 1, batch 512)")
+    parser.add_argument("--layer", default="64,128,16", help="C_in,C_out,H[,K,pad,batch] (default 3x3, pad 1, batch 512)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--which", default="fwd,dgrad,wgrad,stage")
     parser.add_argument("--dump", help="directory for each specialisation's PTX and SASS")
     args = parser.parse_args(argv)
-    c_in, c_out, h = (int(v) for v in args.layer.split(","))
+    c_in, c_out, h, k, pad, batch = ([int(v) for v in args.layer.split(",")] + [3, 1, 512][len(args.layer.split(",")) - 3:])[:6]
     dtype, precision = DTYPES[args.dtype]
     which = set(args.which.split(","))
     tn.set_float32_matmul_precision(precision)
-    x = FakeTensor(dtype, (512, c_in, h, h))
-    w = FakeTensor(dtype, (c_out, c_in, 3, 3))
+    x = FakeTensor(dtype, (batch, c_in, h, h))
+    w = FakeTensor(dtype, (c_out, c_in, k, k))
     b = FakeTensor(dtype, (c_out,))
-    dy = FakeTensor(dtype, (512, c_out, h, h))
-    mask = FakeTensor(torch.uint8, K.geometry(x.shape, w.shape, 1, 1, 1, 1).relu_mask_shape)
+    geo = K.geometry(x.shape, w.shape, 1, pad, 1, 1)
+    dy = FakeTensor(dtype, geo.out_shape)
+    mask = FakeTensor(torch.uint8, geo.relu_mask_shape)
     K._sm_count = lambda: 132
     seen = set()
     runs = []
@@ -56,14 +57,14 @@ def main(argv=None):
     for cfg in gemm_configs:
         with fake_device(runtime) as rec:
             if "fwd" in which:
-                K.conv2d_forward(x, w, b, padding=1, activation="relu", save_relu_mask=True, config=_tiles(cfg))
+                K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
             if "dgrad" in which:
-                K.conv2d_input_grad(dy, w, x.shape, padding=1, relu_mask=mask, config=_tiles(cfg))
+                K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg))
         runs.append((cfg, rec.launches))
     wgrad_configs = K.WGRAD_CL_CONFIGS if c_in >= K.CHANNELS_LAST_MIN_CHANNELS else K.WGRAD_CONFIGS
     for cfg in wgrad_configs if "wgrad" in which else []:
         with fake_device(runtime) as rec:
-            K.conv2d_weight_grad(dy, x, w.shape, padding=1, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
+            K.conv2d_weight_grad(dy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
         runs.append((cfg, rec.launches))
     for cfg, launches in runs:
         for kernel, kargs, constexprs in launches:

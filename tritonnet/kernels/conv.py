@@ -195,8 +195,8 @@ def conv2d_fwd_kernel(
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
     One program per (BLOCK_N out channels, BLOCK_M output pixels, group).
@@ -207,6 +207,8 @@ def conv2d_fwd_kernel(
     SAVE_MASK (with RELU = 1): also write the ReLU gradient's bit mask, mask: [C_OUT, MASK_ROW] uint8
     contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
+    PADDED: some padding is nonzero; without it every window lies inside x (LeNet), so the
+    gather needs no bounds checks (~9 integer instructions per gathered element).
     Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
     """
     pid_n = tl.program_id(0)
@@ -241,7 +243,9 @@ def conv2d_fwd_kernel(
         dw = kw * dil_w
         ih = ih0[None, :] + dh[:, None]
         iw = iw0[None, :] + dw[:, None]
-        a_mask = m_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_mask = m_mask[None, :] & k_mask[:, None]
+        if PADDED:
+            a_mask = a_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_t = tl.load(x_pix[None, :] + (c * sxc + dh * sxh + dw * sxw)[:, None], mask=a_mask, other=0.0)
         b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
@@ -341,7 +345,7 @@ def conv2d_wgrad_kernel(
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
-    RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -353,7 +357,7 @@ def conv2d_wgrad_kernel(
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
     this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
-    Grid: (cdiv(K_W, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
+    PADDED: as in conv2d_fwd_kernel. Grid: (cdiv(K_W, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -400,7 +404,9 @@ def conv2d_wgrad_kernel(
         ow_s = ow * stride_w
         ih = oh_s[None, :] + ihk[:, None]
         iw = ow_s[None, :] + iwk[:, None]
-        b_mask = p_mask[None, :] & k_mask[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b_mask = p_mask[None, :] & k_mask[:, None]
+        if PADDED:
+            b_mask = b_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (oh_s * sxh + ow_s * sxw)
         b_t = tl.load(x_pix[None, :] + x_col[:, None], mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
@@ -647,7 +653,7 @@ FWD_CONFIGS = [
 # wgrad: GEMM-M is out channels, GEMM-N the weight row (C_in*KH*KW), the reduction the pixels.
 # The former 128x64x64/4-warp, 128x128x64 and 64x32x128 (fp32) tiles spilled in the pixel loop.
 WGRAD_CONFIGS = [
-    _cfg(16, 32, 128, 4, 3),
+    _cfg(16, 32, 64, 4, 3),  # LeNet: 16x32x128 spilled 84-108 registers in its loop (fp32/tf32), this none
     _cfg(64, 32, 64, 8, 3),
     _cfg(64, 64, 32, 8, 3),
     _cfg(128, 64, 32, 8, 3),
@@ -1048,8 +1054,8 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         return geo, launch, True, not is_channels_last(x_shape, x_stride)
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
-    launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail, consts,
-                          info, config)
+    launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
+                          {**consts, "PADDED": geo.padding != (0, 0)}, info, config)
     return geo, launch, False, False
 
 
@@ -1275,7 +1281,8 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, *x_stride, *geo.scalars(), geo.KH, geo.KW,
                 geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
         cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
-        kernel, autotuned, consts = conv2d_wgrad_kernel, conv2d_wgrad_autotuned, {"RELU": relu}
+        kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
+        consts = {"RELU": relu, "PADDED": geo.padding != (0, 0)}
     consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
