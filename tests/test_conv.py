@@ -93,6 +93,7 @@ GRID = [
     (2, 8, 7, 7, 12, 1, 2, 0, 1, 1, None),                 # 1x1 stride 2: dgrad phases no tap reaches
     (3, 40, 6, 5, 34, 3, 1, 1, 1, 1, "relu"),              # >= 32 channels: channels-last kernels
     (2, 64, 7, 6, 64, 3, 2, 1, 1, 2, "relu"),              # channels-last, 32 per group, stride-2 phases
+    (2, 6, 10, 9, 16, 5, 1, 0, 1, 1, "relu"),              # LeNet conv2: packed fwd/wgrad, channels-last dgrad
     (100, 3, 6, 6, 5, 3, 1, 1, 1, 1, "relu"),              # batch 100
     (2, 3, 13, 11, 5, 5, 2, "valid", 2, 1, None),          # 5x5, stride 2, dilation 2
     (2, 3, 13, 13, 4, 3, 3, 2, 2, 1, "relu"),              # stride 3 with dilation 2 (taps skip phases)
@@ -109,10 +110,11 @@ def test_conv2d_matches_torch_float32(seed, device, case):
 
 
 @pytest.mark.parametrize("dtype, case", [
-    (torch.float16, GRID[2]), (torch.float16, GRID[11]),
-    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[11]),
-    (torch.float16, GRID[10]),
-], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100", "fp16-wide-groups"])
+    (torch.float16, GRID[2]), (torch.float16, GRID[12]),
+    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[12]),
+    (torch.float16, GRID[10]), (torch.bfloat16, GRID[11]),
+], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100", "fp16-wide-groups",
+        "bf16-lenet-conv2"])
 def test_conv2d_half_precision(seed, device, dtype, case):
     n, c_in, h, w, c_out, k, s, p, d, g, act = case
     x, wt, b = _inputs(device, dtype, n, c_in, h, w, c_out, k, g)

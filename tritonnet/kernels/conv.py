@@ -10,11 +10,11 @@ every (row, reduction index) pair of its GEMM reads, and loads it straight from 
 
 Two families of kernels, chosen per layer by the width of the GEMM's reduction over channels:
 
-- **packed** (narrow layers: < 32 channels per group on the reduced side, LeNet, the RGB stem):
+- **packed** (narrow layers: < 16 channels per group on the reduced side, LeNet, the RGB stem):
   kernel window and channels are one reduction index ``k = c*KH*KW + kh*KW + kw`` (torch's weight
   layout), gathered straight from NCHW, so C_in = 1 or 3 with a 5x5 window is a reduction of 25
   or 75, not 16 padded channels per tap.
-- **channels-last** (``_cl``; >= 32 channels per group, and every 1x1 stride-1 convolution, which
+- **channels-last** (``_cl``; >= 16 channels per group, and every 1x1 stride-1 convolution, which
   is then a plain GEMM over channels): the launcher stages the activation operand as NHWC and the
   weight with the GEMM's N side contiguous (``kernels/layout.py``; skipped when x already is
   channels-last). One flat loop walks (tap, channel chunk); each step loads a [pixels, channels]
@@ -53,8 +53,9 @@ from triton.runtime.autotuner import Autotuner
 from .. import runtime
 from .layout import is_channels_last, to_channels_last
 
-# Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used.
-CHANNELS_LAST_MIN_CHANNELS = 32
+# Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used:
+# 16 is one tl.dot depth, and a row of 16 channels is whole 16-byte vectors (32 bytes in bf16).
+CHANNELS_LAST_MIN_CHANNELS = 16
 
 
 # Integer arguments are not specialised (triton would otherwise compile a variant per shape for
@@ -664,6 +665,8 @@ WGRAD_CONFIGS = [
 # (benchmarks/conv_sass.py): none spills inside its loop, whose operand loads are all 16-byte
 # cp.async; 256x128 and 128x256 tiles spilled ~150 registers around the loop and are not listed.
 CL_CONFIGS = [
+    _cfg(64, 16, 16, 4, 4),  # LeNet conv2's dgrad (16 out channels, 6 in): loop 2-3x leaner than packed
+    _cfg(128, 16, 16, 4, 4),
     _cfg(128, 32, 64, 4, 4),
     _cfg(128, 64, 64, 4, 4),
     _cfg(128, 128, 64, 8, 3),
