@@ -283,7 +283,7 @@ def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
                                              config=wtiles, **opts)
     _close(dw, dw_ref, 1e-5, "dw")
     _close(db, db_ref, 1e-5, "db")
-    # window-outer walks (>= 32 channels per group) with the same small tiles
+    # channels-last kernels (>= 16 channels per group) with the same small tiles
     x, wt, b = _inputs(device, torch.float32, 1, 34, 5, 6, 18, 3, 1)
     gy = torch.randn(1, 18, 5, 6, device=device)
     y_ref, dx_ref, _, _ = _reference(x, wt, b, gy, None, padding=1)
