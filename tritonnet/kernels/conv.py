@@ -107,6 +107,17 @@ def _split_pixels(pixels, H, W):
 
 
 @triton.jit
+def _pixel_walk(p_start, H, W, BLOCK: tl.constexpr):
+    """(n, row, col) of pixels p_start + [0, BLOCK) of an [N, H, W] grid, and the constant step
+    that _advance_pixels adds to move them on by BLOCK pixels. Dividing out once and carrying
+    after: two divisions per pixel per step were a third of wgrad's loop on sm_90."""
+    n, row, col = _split_pixels(p_start + tl.arange(0, BLOCK), H, W)
+    step_n = BLOCK // (H * W)
+    step_h = (BLOCK - step_n * H * W) // W
+    return n, row, col, step_n, step_h, BLOCK - step_n * H * W - step_h * W
+
+
+@triton.jit
 def _advance_pixels(n, row, col, step_n, step_h, step_w, H, W):
     """(n, row, col) of pixels p advanced to p + step, step = step_n*H*W + step_h*W + step_w with
     step_h < H and step_w < W: two conditional carries instead of two divisions per pixel."""
@@ -117,6 +128,22 @@ def _advance_pixels(n, row, col, step_n, step_h, step_w, H, W):
     carry_h = (row >= H).to(tl.int32)
     row -= carry_h * H
     return n + step_n + carry_h, row, col
+
+
+@triton.jit
+def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The forward program's tile: (pid_n, pid_m, group, pixel mask, image index, the top-left input
+    row and column of each pixel's window, global out channels, channel mask).
+    Index math in int32 (the launchers check pixel counts and per-image extents fit): an int64
+    division is a ~70-instruction subroutine call on the GPU. Only per-image bases are int64."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
+    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return (pid_n, pid_m, g, offs_m < M, n_idx, oh * stride_h - pad_h, ow * stride_w - pad_w, g * CG_OUT + co,
+            co < CG_OUT)
 
 
 @triton.jit
@@ -212,23 +239,10 @@ def conv2d_fwd_kernel(
     gather needs no bounds checks (~9 integer instructions per gathered element).
     Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
-
-    # Index math in int32 (the launcher checks pixel counts and per-image extents fit): an int64
-    # division is a ~70-instruction subroutine call on the GPU. Only the per-image base is int64.
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < M
-    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
+    pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
+        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
     # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
     x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (g * CG_IN * sxc + ih0 * sxh + iw0 * sxw)
-
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = co < CG_OUT
-    co_g = g * CG_OUT + co
     w_col = co_g * swo
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -386,13 +400,7 @@ def conv2d_wgrad_kernel(
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    # (n, oh, ow) of the chunk's pixels, divided out once here and advanced by BLOCK_K each step
-    # (two divisions per pixel per step were a third of the loop's instructions on sm_90).
-    n_idx, oh, ow = _split_pixels(p_start + tl.arange(0, BLOCK_K), OH, OW)
-    OHW = OH * OW
-    step_n = BLOCK_K // OHW
-    step_h = (BLOCK_K - step_n * OHW) // OW
-    step_w = BLOCK_K - step_n * OHW - step_h * OW
+    n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_K)
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
@@ -454,20 +462,9 @@ def conv2d_fwd_cl_kernel(
     out channels contiguous). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in
     conv2d_fwd_kernel (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < M
-    n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
+    pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
+        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
     pix0 = (n_idx * H + ih0) * W + iw0  # x's pixel under tap (0, 0); int32, may be off-image (masked)
-
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = co < CG_OUT
-    co_g = g * CG_OUT + co
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -581,11 +578,7 @@ def conv2d_wgrad_cl_kernel(
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    n_idx, oh, ow = _split_pixels(p_start + tl.arange(0, BLOCK_K), OH, OW)
-    OHW = OH * OW
-    step_n = BLOCK_K // OHW
-    step_h = (BLOCK_K - step_n * OHW) // OW
-    step_w = BLOCK_K - step_n * OHW - step_h * OW
+    n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_K)
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
