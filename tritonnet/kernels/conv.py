@@ -624,21 +624,17 @@ def _cfg(bm, bn, bk, warps, stages, maxnreg=None):
                          maxnreg=maxnreg)
 
 
-# GPU candidates. GEMM-N (out channels for fwd, in channels for dgrad) is small in these CNNs, so
-# the list spans BLOCK_N 16..128 and prunes by the actual size; BLOCK_M 128 keeps the tensor
-# cores busy on the long pixel dimension. Chosen from the sm_90 compiler's output (regs, local-
-# memory spills and instructions per inner iteration; see benchmarks/CONV_NOTES.md): the gathers
-# hold many 64-bit addresses in registers, so 128x64 and wider tiles need 8 warps to avoid
-# spilling (128x64x64 with 4 warps spilled 2.3 KB per thread, 53-262 local loads per iteration),
-# and BLOCK_K 32 keeps the per-iteration gather small. num_stages only matters for fp32 (4-byte
-# gathers become cp.async); 16-bit gathers are not pipelined by the compiler either way, so
-# their latency is hidden only by other resident programs: every tile here compiles to ~255
-# registers (one 8-warp program per SM). Capped at 128 registers, the 128x64x32 forward keeps its
-# inner loop unchanged (161 instructions, no spill inside it) and two programs fit per SM.
+# GPU candidates for the packed kernels (narrow layers). GEMM-N (out channels for fwd, in channels
+# for dgrad) is small there, so the list spans BLOCK_N 16..128 and prunes by the actual size;
+# BLOCK_M 128 keeps the long pixel dimension busy. Chosen from the sm_90 compiler's output
+# (benchmarks/conv_sass.py; CONV_NOTES.md): every gathered element holds a 64-bit address and a
+# predicate, so 128-row tiles need 8 warps not to spill (fp32 128x32x32 with 4 warps: 90 local
+# loads/stores per loop iteration on the padded RGB stem, 0 with 8). Capped at 128 registers, the
+# 128x64x32 tile runs two 8-warp programs per SM.
 FWD_CONFIGS = [
-    _cfg(128, 16, 32, 4, 3),
+    _cfg(128, 16, 32, 8, 3),
     _cfg(64, 16, 32, 4, 3),  # twice the programs for LeNet's dgrad (392 -> 784 on 132 SMs)
-    _cfg(128, 32, 32, 4, 3),
+    _cfg(128, 32, 32, 8, 3),
     _cfg(128, 64, 32, 8, 3, maxnreg=128),
     _cfg(128, 64, 32, 8, 3),
     _cfg(128, 128, 32, 8, 3),
