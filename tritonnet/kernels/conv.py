@@ -79,9 +79,10 @@ _SHAPE_ARGS_WGRAD = [
     'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW',
 ]
 _GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW']
-_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW']
+_WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
+_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
-                                            'NKH', 'NKW']
+                                            'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
 
 
@@ -451,16 +452,18 @@ def _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
 def conv2d_fwd_cl_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    M, HAS_BIAS, RELU, MASK_ROW,
+    M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
 
-    x: [N, H, W, C_IN] contiguous (NHWC). w: [CG_IN, KH, KW, C_OUT] contiguous (the GEMM's B with
-    out channels contiguous). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in
-    conv2d_fwd_kernel (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    x: [N, H, W, C_IN] contiguous (NHWC). w: with W_STAGED [CG_IN, KH, KW, C_OUT] contiguous (the
+    GEMM's B with out channels contiguous), else torch's [C_OUT, CG_IN, KH, KW] with strides sw*
+    (when CG_OUT is no multiple of 8 rows of B cannot be vector loads anyway, and staging would
+    cost a launch). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel
+    (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
         M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
@@ -482,8 +485,11 @@ def conv2d_fwd_cl_kernel(
         c_mask = c < CG_IN
         a = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + c[None, :],
                     mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + ((c * KHW + tap) * C_OUT)[:, None] + co_g[None, :],
-                    mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        if W_STAGED:
+            w_off = ((c * KHW + tap) * C_OUT)[:, None] + co_g[None, :]
+        else:
+            w_off = (c * swc + kh * swh + kw * sww)[:, None] + (co_g * swo)[None, :]
+        b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, BLOCK_M, BLOCK_N)
@@ -493,15 +499,16 @@ def conv2d_fwd_cl_kernel(
 def conv2d_dgrad_cl_kernel(
     dy_ptr, w_ptr, dx_ptr,
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
+    M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    OFFSETS_64: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx for one stride phase (see conv2d_dgrad_kernel) from channels-last operands.
 
     dy: [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied (staged with the mask).
-    w: [C_OUT, KH, KW, CG_IN] contiguous (in channels contiguous). dx: [N, C_IN, H, W] contiguous.
+    w: with W_STAGED [C_OUT, KH, KW, CG_IN] contiguous (in channels contiguous), else torch's
+    [C_OUT, CG_IN, KH, KW] with strides sw* (see conv2d_fwd_cl_kernel). dx: [N, C_IN, H, W] contiguous.
     Reduction over (tap of the phase, out-channel chunk). Grid: (cdiv(CG_IN, BLOCK_N), cdiv(M, BLOCK_M), groups).
     """
     pid_n = tl.program_id(0)
@@ -535,8 +542,11 @@ def conv2d_dgrad_cl_kernel(
         co_g = g * CG_OUT + c
         a = tl.load(dy_ptr + (pix.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + c[None, :],
                     mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + (((co_g * KH + kh) * KW + kw) * CG_IN)[:, None] + ci[None, :],
-                    mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        if W_STAGED:
+            w_off = (((co_g * KH + kh) * KW + kw) * CG_IN)[:, None] + ci[None, :]
+        else:
+            w_off = (co_g * swo + kh * swh + kw * sww)[:, None] + (ci * swc)[None, :]
+        b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
                       n_mask, C_IN, H, W, OFFSETS_64)
@@ -1008,12 +1018,13 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     save_relu_mask = bool(save_relu_mask)
-    geo, launch, channels_last, stage_x = _planned(
+    geo, launch, stage_x, stage_w = _planned(
         _forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None, x.dtype,
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, save_relu_mask,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
-    if channels_last:
-        x = to_channels_last(x) if stage_x else x
+    if stage_x:
+        x = to_channels_last(x)
+    if stage_w:
         weight = to_channels_last(weight, dims=(1, 0, 2, 3), name="weight")  # [CG_IN, KH, KW, C_out]
     y = runtime.empty(geo.out_shape, x.dtype)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
@@ -1024,7 +1035,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 @functools.lru_cache(maxsize=512)
 def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
                   save_mask, precision, autotune, config):
-    """(geometry, _Launch, channels-last?, stage x?) of conv2d_forward; ``precision`` and
+    """(geometry, _Launch, stage x?, stage the weight?) of conv2d_forward; ``precision`` and
     ``autotune`` key the global settings."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
@@ -1040,10 +1051,11 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         + (_numel(geo.relu_mask_shape) if save_mask else 0))
     channels_last = geo.channels_last(geo.CG_IN)
     if channels_last:
-        tail = (*geo.cl_scalars(), M, *flags, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+        stage_w = _vector_rows(geo.CG_OUT)
+        tail = (*geo.cl_scalars(), M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
-                              tail, consts, info, config)
-        return geo, launch, True, not is_channels_last(x_shape, x_stride)
+                              tail, {**consts, "W_STAGED": stage_w}, info, config)
+        return geo, launch, not is_channels_last(x_shape, x_stride), stage_w
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
@@ -1106,14 +1118,15 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     runtime.check_tensor(weight, "weight", ndim=4)
     relu = relu_mask is not None
     x_shape = tuple(x_shape)
-    geo, launches, channels_last = _planned(
+    geo, launches, channels_last, stage_w = _planned(
         _dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape, weight.stride(), weight.dtype,
         x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu,
         runtime.dot_precision(grad_out.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
     dx = runtime.empty(x_shape, grad_out.dtype)
     if channels_last:
-        tensors = (_staged_grad_out(grad_out, relu_mask, _staged), to_channels_last(weight, name="weight"), dx)
+        tensors = (_staged_grad_out(grad_out, relu_mask, _staged),
+                   to_channels_last(weight, name="weight") if stage_w else weight, dx)
     else:
         tensors = (grad_out, relu_mask if relu else grad_out, weight, dx)
     for launch in launches:
@@ -1124,7 +1137,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
 @functools.lru_cache(maxsize=512)
 def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape, stride, padding, dilation, groups,
                 relu, precision, autotune, config):
-    """(geometry, [_Launch per stride phase], channels-last?) of conv2d_input_grad."""
+    """(geometry, [_Launch per stride phase], channels-last?, stage the weight?) of conv2d_input_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if tuple(g_shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(g_shape)}")
@@ -1132,6 +1145,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
         raise TypeError(f"weight must have grad_out's dtype {g_dtype}, got {w_dtype}")
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     channels_last = geo.channels_last(geo.CG_OUT)
+    stage_w = channels_last and _vector_rows(geo.CG_IN)
     wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE}
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
@@ -1153,11 +1167,11 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
                 "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(w_shape)),
                 g_dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
             if channels_last:
-                tail = (*geo.cl_scalars(), M, hp, wp, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw,
+                tail = (*geo.cl_scalars(), M, hp, wp, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw, *w_stride,
                         geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
                 launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
-                                             geo.CG_IN, geo.groups, tail, {**wide, **_dot_flags(g_dtype)}, info,
-                                             config))
+                                             geo.CG_IN, geo.groups, tail,
+                                             {**wide, "W_STAGED": stage_w, **_dot_flags(g_dtype)}, info, config))
                 continue
             tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
                     *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
@@ -1165,7 +1179,13 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
             consts = {"RELU": relu, **wide, **_dot_flags(g_dtype)}
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
                                          geo.groups, tail, consts, info, config))
-    return geo, tuple(launches), channels_last
+    return geo, tuple(launches), channels_last, stage_w
+
+
+def _vector_rows(columns: int) -> bool:
+    """Whether a weight staged with ``columns`` (per group) contiguous GEMM-N columns gives rows
+    of whole 16-byte vectors; otherwise the channels-last kernels read torch's layout in place."""
+    return columns % 8 == 0
 
 
 def _check_relu_mask(relu_mask, geo):

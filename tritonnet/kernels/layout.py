@@ -11,6 +11,8 @@ this kernel; weights use it as a general 4-D permute (see ``to_channels_last``'s
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -77,23 +79,32 @@ def to_channels_last(src, dims=(0, 1, 2, 3), relu_mask=None, name="x"):
     runtime.check_tensor(src, name, ndim=4)
     if relu_mask is not None and tuple(dims) != (0, 1, 2, 3):
         raise ValueError("relu_mask needs the identity dims (an NCHW activation gradient)")
-    shape = [src.shape[d] for d in dims]
-    strides = [src.stride(d) for d in dims]
-    B, C, H, W = shape
-    dst = runtime.empty((B, H, W, C), src.dtype)
-    if dst.numel() == 0:
-        return dst
-    s_tiles = runtime.cdiv(H * W, BLOCK_S)
-    mask_row = relu_mask.shape[1] if relu_mask is not None else 0
-    runtime.launch(
-        to_channels_last_kernel, (B * s_tiles, runtime.cdiv(C, BLOCK_C)),
-        (src, dst, relu_mask if relu_mask is not None else dst, B, C, H, W, H * W, *strides, mask_row, s_tiles),
-        dict(OPTIONS, SPATIAL_CONTIG=strides[3] == 1 and strides[2] == W, RELU_MASK=relu_mask is not None,
-             BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C),
-        runtime.LaunchInfo("to_channels_last", (tuple(shape),), src.dtype, flops=0,
-                           bytes=2 * dst.numel() * dst.element_size()
-                           + (relu_mask.numel() if relu_mask is not None else 0)))
+    dst_shape, grid, tail, consts, info = _plan(tuple(src.shape), src.stride(), src.dtype, tuple(dims),
+                                                None if relu_mask is None else relu_mask.shape[1])
+    dst = runtime.empty(dst_shape, src.dtype)
+    if grid is not None:
+        runtime.launch(to_channels_last_kernel, grid, (src, dst, dst if relu_mask is None else relu_mask, *tail),
+                       consts, info)
     return dst
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape, strides, dtype, dims, mask_row):
+    """(dst shape, grid or None when empty, scalar arguments, constexprs, LaunchInfo): a training
+    step stages the same few shapes every call, so its host path is worked out once per shape."""
+    B, C, H, W = (shape[d] for d in dims)
+    s_b, s_c, s_h, s_w = (strides[d] for d in dims)
+    numel = B * C * H * W
+    if numel == 0:
+        return (B, H, W, C), None, (), {}, None
+    s_tiles = runtime.cdiv(H * W, BLOCK_S)
+    esize = torch.empty((), dtype=dtype).element_size()
+    info = runtime.LaunchInfo("to_channels_last", ((B, C, H, W),), dtype, flops=0,
+                              bytes=2 * numel * esize + (C * mask_row if mask_row is not None else 0))
+    consts = dict(OPTIONS, SPATIAL_CONTIG=s_w == 1 and s_h == W, RELU_MASK=mask_row is not None,
+                  BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)
+    tail = (B, C, H, W, H * W, s_b, s_c, s_h, s_w, mask_row or 0, s_tiles)
+    return (B, H, W, C), (B * s_tiles, runtime.cdiv(C, BLOCK_C)), tail, consts, info
 
 
 def is_channels_last(shape, strides) -> bool:
