@@ -53,16 +53,18 @@ def main(argv=None):
     K._sm_count = lambda: 132
     seen = set()
     runs = []
-    gemm_configs = K.CL_CONFIGS if c_in >= K.CHANNELS_LAST_MIN_CHANNELS else K.FWD_CONFIGS
-    for cfg in gemm_configs:
-        with fake_device(runtime) as rec:
-            if "fwd" in which:
-                K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
-            if "dgrad" in which:
-                K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg))
-        runs.append((cfg, rec.launches))
-    wgrad_configs = K.WGRAD_CL_CONFIGS if c_in >= K.CHANNELS_LAST_MIN_CHANNELS else K.WGRAD_CONFIGS
-    for cfg in wgrad_configs if "wgrad" in which else []:
+    def configs(channels, packed, cl):  # the list the launcher's autotuner would use for this layer
+        return cl if geo.channels_last(channels) else packed
+
+    for kind, channels in (("fwd", c_in), ("dgrad", c_out)):
+        for cfg in configs(channels, K.FWD_CONFIGS, K.CL_CONFIGS) if kind in which else []:
+            with fake_device(runtime) as rec:
+                if kind == "fwd":
+                    K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
+                else:
+                    K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg))
+            runs.append((cfg, rec.launches))
+    for cfg in configs(c_in, K.WGRAD_CONFIGS, K.WGRAD_CL_CONFIGS) if "wgrad" in which else []:
         with fake_device(runtime) as rec:
             K.conv2d_weight_grad(dy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
         runs.append((cfg, rec.launches))
