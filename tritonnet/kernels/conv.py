@@ -654,6 +654,7 @@ FWD_CONFIGS = [
 # The former 128x64x64/4-warp, 128x128x64 and 64x32x128 (fp32) tiles spilled in the pixel loop.
 WGRAD_CONFIGS = [
     _cfg(16, 32, 64, 4, 3),  # LeNet: 16x32x128 spilled 84-108 registers in its loop (fp32/tf32), this none
+    _cfg(32, 32, 64, 8, 3),  # the RGB stem's 32 out channels in one tile: its gather is not done twice
     _cfg(64, 32, 64, 8, 3),
     _cfg(64, 64, 32, 8, 3),
     _cfg(128, 64, 32, 8, 3),
