@@ -6,8 +6,8 @@ which cp.async cannot pipeline; in channels-last the same tile is rows of contig
 16-byte vector loads that the compiler turns into asynchronous, multi-stage copies. One extra
 read and write of the operand buys that (~10 us for a 16 MB activation on an H100).
 
-The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights through
-this kernel; weights use it as a general 4-D permute (see ``to_channels_last``'s ``dims``).
+The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights
+([C_out, C_in, KH, KW] -> [C_out, KH, KW, C_in], the reduction contiguous) through this kernel.
 """
 from __future__ import annotations
 
@@ -67,19 +67,14 @@ def to_channels_last_kernel(
     tl.store(dst, tile, mask=mask)
 
 
-def to_channels_last(src, dims=(0, 1, 2, 3), relu_mask=None, name="x"):
-    """``src.permute(dims)`` viewed as [B, C, H, W], copied to [B, H, W, C] contiguous.
+def to_channels_last(src, relu_mask=None, name="x"):
+    """src [B, C, H, W] (any strides) copied to a new contiguous [B, H, W, C] tensor, src's dtype.
 
-    ``dims`` picks which of src's axes act as B, C, H, W: (0, 1, 2, 3) stages an NCHW activation
-    as NHWC; (1, 0, 2, 3) turns a conv weight [C_out, C_in, KH, KW] into [C_in, KH, KW, C_out].
-    ``relu_mask``: the conv forward's ReLU bit mask for an activation gradient (``dims`` must be
-    the identity): elements whose bit is clear become 0. Returns a new tensor of shape
-    (B, H, W, C) in src's dtype.
+    ``relu_mask``: the conv forward's ReLU bit mask, for an activation gradient: elements whose
+    bit is clear become 0.
     """
     runtime.check_tensor(src, name, ndim=4)
-    if relu_mask is not None and tuple(dims) != (0, 1, 2, 3):
-        raise ValueError("relu_mask needs the identity dims (an NCHW activation gradient)")
-    dst_shape, grid, tail, consts, info = _plan(tuple(src.shape), src.stride(), src.dtype, tuple(dims),
+    dst_shape, grid, tail, consts, info = _plan(tuple(src.shape), src.stride(), src.dtype,
                                                 None if relu_mask is None else relu_mask.shape[1])
     dst = runtime.empty(dst_shape, src.dtype)
     if grid is not None:
@@ -89,11 +84,11 @@ def to_channels_last(src, dims=(0, 1, 2, 3), relu_mask=None, name="x"):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(shape, strides, dtype, dims, mask_row):
+def _plan(shape, strides, dtype, mask_row):
     """(dst shape, grid or None when empty, scalar arguments, constexprs, LaunchInfo): a training
     step stages the same few shapes every call, so its host path is worked out once per shape."""
-    B, C, H, W = (shape[d] for d in dims)
-    s_b, s_c, s_h, s_w = (strides[d] for d in dims)
+    B, C, H, W = shape
+    s_b, s_c, s_h, s_w = strides
     numel = B * C * H * W
     if numel == 0:
         return (B, H, W, C), None, (), {}, None
