@@ -8,6 +8,7 @@ import gc
 import warnings
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import torch
 
 import tritonnet as tn
@@ -87,6 +88,7 @@ GRID = [
     (2, 4, 10, 9, 6, 3, 2, 1, 1, 2, "relu"),               # stride 2, groups 2
     (2, 5, 8, 7, 7, 3, 1, "same", 1, 1, None),             # 'same'
     (2, 4, 9, 9, 6, 4, 1, "same", 1, 1, "relu"),           # 'same' with an even kernel: asymmetric padding
+    (2, 3, 5, 6, 4, 2, 1, "same", 1, 1, None),             # 'same', kernel 2: padding only bottom/right
     (2, 6, 9, 9, 6, 3, 1, 2, 2, 6, None),                  # depthwise, dilation 2
     (2, 6, 9, 8, 12, 3, 2, 1, 1, 6, "relu"),               # depthwise with multiplier 2, stride 2
     (2, 8, 5, 7, 12, 1, 1, 0, 1, 1, "relu"),               # 1x1: plain GEMM path
@@ -110,9 +112,9 @@ def test_conv2d_matches_torch_float32(seed, device, case):
 
 
 @pytest.mark.parametrize("dtype, case", [
-    (torch.float16, GRID[2]), (torch.float16, GRID[12]),
-    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[9]), (torch.bfloat16, GRID[12]),
-    (torch.float16, GRID[10]), (torch.bfloat16, GRID[11]),
+    (torch.float16, GRID[2]), (torch.float16, GRID[13]),
+    (torch.bfloat16, GRID[2]), (torch.bfloat16, GRID[10]), (torch.bfloat16, GRID[13]),
+    (torch.float16, GRID[11]), (torch.bfloat16, GRID[12]),
 ], ids=["fp16-groups-stride2", "fp16-batch100", "bf16-groups-stride2", "bf16-wide", "bf16-batch100", "fp16-wide-groups",
         "bf16-lenet-conv2"])
 def test_conv2d_half_precision(seed, device, dtype, case):
@@ -507,3 +509,51 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
         "dy is staged with the ReLU gate"
     failures = compile_specs(specs)
     assert not failures, "\n\n".join(failures)
+
+
+# ----------------------------------------------------------------------------- drawn geometries
+
+
+@st.composite
+def conv_cases(draw):
+    def pair(lo, hi):
+        a = draw(st.integers(lo, hi))
+        return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
+
+    groups = draw(st.sampled_from([1, 1, 2]))
+    # channels per group: narrow ones take the packed kernels, >= 16 the channels-last ones
+    cg_in = draw(st.sampled_from([1, 2, 3, 5, 16, 20]))
+    cg_out = draw(st.sampled_from([1, 3, 6, 16, 24]))
+    stride = pair(1, 3)
+    padding = draw(st.sampled_from(["same", "valid"])) if stride in (1, (1, 1)) and draw(st.booleans()) \
+        else pair(0, 2)
+    return {"x": (draw(st.integers(1, 3)), cg_in * groups, draw(st.integers(1, 9)), draw(st.integers(1, 9))),
+            "w": (cg_out * groups, cg_in) + _pairs_of(pair(1, 4)),
+            "opts": dict(stride=stride, padding=padding, dilation=pair(1, 2), groups=groups),
+            "relu": draw(st.booleans()), "bias": draw(st.booleans())}
+
+
+def _pairs_of(k):
+    return (k, k) if isinstance(k, int) else k
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=conv_cases())
+def test_drawn_geometries_match_torch(seed, device, case):
+    """Random shapes and options against torch (float64): forward and all three gradients, or,
+    where torch rejects the geometry, a ValueError from us too."""
+    x = torch.randn(case["x"], device=device)
+    w = torch.randn(case["w"], device=device) / (case["w"][1] * case["w"][2] * case["w"][3]) ** 0.5
+    b = torch.randn(case["w"][0], device=device) if case["bias"] else None
+    act = "relu" if case["relu"] else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out_shape = torch.nn.functional.conv2d(x, w, b, **case["opts"]).shape
+    except RuntimeError:
+        with pytest.raises(ValueError):
+            F.conv2d(tn.Tensor(x), tn.Tensor(w), None if b is None else tn.Tensor(b), **case["opts"])
+        return
+    assume(min(out_shape) > 0)
+    ours, ref = _run(x, w, b, act, torch.float32, **case["opts"])
+    _check_all(ours, ref, TOL[torch.float32])

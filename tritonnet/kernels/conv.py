@@ -236,8 +236,8 @@ def conv2d_fwd_kernel(
     SAVE_MASK (with RELU = 1): also write the ReLU gradient's bit mask, mask: [C_OUT, MASK_ROW] uint8
     contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
-    PADDED: some padding is nonzero; without it every window lies inside x (LeNet), so the
-    gather needs no bounds checks (~9 integer instructions per gathered element).
+    PADDED: some window reaches into padding; without (LeNet) the gather needs no bounds checks
+    (~9 integer instructions per gathered element).
     Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
@@ -837,6 +837,14 @@ class ConvGeometry:
         return self.N * self.OH * self.OW * self.C_out * self.CG_IN * self.KH * self.KW
 
     @property
+    def windows_inside(self) -> bool:
+        """Whether every window lies inside x: no top/left padding and the last window ends in
+        the image ('same' with an even kernel pads only at the bottom/right)."""
+        return (self.padding == (0, 0)
+                and (self.OH - 1) * self.stride[0] + self.dilation[0] * (self.KH - 1) < self.H
+                and (self.OW - 1) * self.stride[1] + self.dilation[1] * (self.KW - 1) < self.W)
+
+    @property
     def plain_gemm(self) -> bool:
         return (self.KH, self.KW, self.stride, self.padding) == (1, 1, (1, 1), (0, 0))
 
@@ -1060,7 +1068,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
-                          {**consts, "PADDED": geo.padding != (0, 0)}, info, config)
+                          {**consts, "PADDED": not geo.windows_inside}, info, config)
     return geo, launch, False, False
 
 
@@ -1295,7 +1303,7 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
                 geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
         cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
         kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
-        consts = {"RELU": relu, "PADDED": geo.padding != (0, 0)}
+        consts = {"RELU": relu, "PADDED": not geo.windows_inside}
     consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
