@@ -587,7 +587,9 @@ def conv2d_wgrad_cl_kernel(
     p_start = split * P_PER_SPLIT
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # the bias sums accumulate elementwise and are reduced once after the loop: a tl.sum per
+    # step is a cross-warp reduction through shared memory, two barriers every iteration
+    bias_acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
     n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_K)
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
@@ -595,7 +597,7 @@ def conv2d_wgrad_cl_kernel(
         a_t = tl.load(dy_ptr + (p.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + co[None, :],
                       mask=p_mask[:, None] & m_mask[None, :], other=0.0)
         if HAS_BIAS:
-            bias_acc += tl.sum(a_t.to(tl.float32), axis=0)
+            bias_acc += a_t.to(tl.float32)
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         sp_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -606,7 +608,7 @@ def conv2d_wgrad_cl_kernel(
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
     KHW = KH * KW
-    _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
+    _store_weight_grad(acc, tl.sum(bias_acc, axis=0), dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
                        (co_g.to(tl.int64) * K_W)[:, None] + (ci * KHW + tap)[None, :], n_mask, pid_n == 0,
                        C_OUT * K_W, HAS_BIAS)
 
