@@ -70,6 +70,9 @@ class FakeTensor:
     def view(self, *shape):
         return self
 
+    def permute(self, *dims):
+        return FakeTensor(self.dtype, [self.shape[d] for d in dims], [self._strides[d] for d in dims])
+
 
 class Recorder:
     """A runtime.launch observer that keeps (kernel, args, constexprs) and launches nothing."""
@@ -129,6 +132,15 @@ def summarize(name, compiled, dump=None):
     for m in re.finditer(r"\b(LDGSTS|LDG|STG|LDS|STS|LDL|STL|HGMMA|HMMA)(\.[A-Z0-9.]+)?", sass):
         key = m.group(1) if m.group(1) in ("HGMMA", "HMMA") else m.group(0)
         counts[key] = counts.get(key, 0) + 1
+    # ptxas says when it had to serialise the wgmma pipeline (each HGMMA waited for): a loss the
+    # register and instruction counts do not show
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", "-o", os.path.join(tmp, "k.o"), ptx],
+                              capture_output=True, text=True).stderr
+    serialized = re.search(r"wgmma.mma_async instructions are serialized due to ([a-z ]+?)(?: in the function|$)", info)
     regs = re.search(r"REG:(\d+)", usage)
     local = re.search(r"LOCAL:(\d+)", usage)
     mem = " ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
@@ -137,7 +149,8 @@ def summarize(name, compiled, dump=None):
     loop = f"loop {loop[0]:4d} instrs, {loop[1]} LDL/STL, {loop[2]} LDGSTS, {loop[3]} LDG" if loop else ""
     print(f"{name:34s} warps {compiled.metadata.num_warps:2d} regs {regs.group(1) if regs else '?':>3} "
           f"local {local.group(1) if local else '?':>4} smem {compiled.metadata.shared:6d} "
-          f"bar {sass.count('BAR.SYNC'):2d} instrs {instrs:5d}  {loop}  {mem}", flush=True)
+          f"bar {sass.count('BAR.SYNC'):2d} instrs {instrs:5d}  {loop}  {mem}"
+          + (f"  WGMMA SERIALIZED: {serialized.group(1)}" if serialized else ""), flush=True)
     return sass
 
 

@@ -459,10 +459,10 @@ def conv2d_fwd_cl_kernel(
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
 
-    x: [N, H, W, C_IN] contiguous (NHWC). w: with W_STAGED [C_OUT, KH, KW, CG_IN] contiguous (the
-    GEMM's B^T with the reduction contiguous: K-major, the operand layout TF32 tensor-core MMAs
-    take without a transpose), else torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when CG_IN is
-    no multiple of 8 its rows cannot be vector loads anyway, and staging would cost a launch). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel
+    x: [N, H, W, C_IN] contiguous (NHWC). w: with W_STAGED [CG_IN, KH, KW, C_OUT] contiguous (the
+    GEMM's B with out channels contiguous; read K-major instead, ptxas serialises the wgmma
+    instructions, bf16 and TF32 alike), else torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when
+    CG_OUT is no multiple of 8 its rows cannot be vector loads anyway, and staging costs a launch). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel
     (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
@@ -486,7 +486,7 @@ def conv2d_fwd_cl_kernel(
         a = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + c[None, :],
                     mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
         if W_STAGED:
-            w_off = ((co_g * KHW + tap) * CG_IN)[None, :] + c[:, None]
+            w_off = ((c * KHW + tap) * C_OUT)[:, None] + co_g[None, :]
         else:
             w_off = (c * swc + kh * swh + kw * sww)[:, None] + (co_g * swo)[None, :]
         b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
@@ -1036,7 +1036,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if stage_x:
         x = to_channels_last(x)
     if stage_w:
-        weight = to_channels_last(weight, name="weight")  # [C_out, KH, KW, CG_IN]
+        weight = to_channels_last(weight.permute(1, 0, 2, 3), name="weight")  # [CG_IN, KH, KW, C_out]
     y = runtime.empty(geo.out_shape, x.dtype)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
     launch((x, weight, bias if bias is not None else y, y, mask))
@@ -1062,7 +1062,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         + (_numel(geo.relu_mask_shape) if save_mask else 0))
     channels_last = geo.channels_last(geo.CG_IN)
     if channels_last:
-        stage_w = _vector_rows(geo.CG_IN)
+        stage_w = _vector_rows(geo.CG_OUT)
         tail = (*geo.cl_scalars(), M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
                               tail, {**consts, "W_STAGED": stage_w}, info, config)

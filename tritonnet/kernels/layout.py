@@ -6,8 +6,9 @@ which cp.async cannot pipeline; in channels-last the same tile is rows of contig
 16-byte vector loads that the compiler turns into asynchronous, multi-stage copies. One extra
 read and write of the operand buys that (~10 us for a 16 MB activation on an H100).
 
-The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights
-([C_out, C_in, KH, KW] -> [C_out, KH, KW, C_in], the reduction contiguous) through this kernel.
+The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights (a
+permuted view of [C_out, C_in, KH, KW] in, so that the GEMM's N side ends up contiguous) through
+this kernel.
 """
 from __future__ import annotations
 
