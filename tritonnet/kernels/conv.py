@@ -369,7 +369,8 @@ def conv2d_wgrad_kernel(
 
     dy: [N, C_out, OH, OW] (sd*), x: [N, C_in, H, W] (sx*), both any strides; mask: the forward's
     ReLU bit mask [C_out, MASK_ROW] uint8 (see conv2d_fwd_kernel), read only if RELU. p runs over
-    P = N*OH*OW output pixels, split s of SPLIT covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
+    P = N*OH*OW output pixels, split s of SPLIT covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT).
+    k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
     this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
@@ -459,11 +460,13 @@ def conv2d_fwd_cl_kernel(
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
 
-    x: [N, H, W, C_IN] contiguous (NHWC). w: with W_STAGED [CG_IN, KH, KW, C_OUT] contiguous (the
-    GEMM's B with out channels contiguous; read K-major instead, ptxas serialises the wgmma
-    instructions, bf16 and TF32 alike), else torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when
-    CG_OUT is no multiple of 8 its rows cannot be vector loads anyway, and staging costs a launch). b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel
-    (y is NCHW). Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    x: [N, H, W, C_IN] contiguous (NHWC).
+    w: with W_STAGED [CG_IN, KH, KW, C_OUT] contiguous (the GEMM's B, out channels contiguous;
+    read K-major instead, ptxas serialises the wgmma instructions, bf16 and TF32 alike), else
+    torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when CG_OUT is no multiple of 8 its rows
+    cannot be vector loads anyway, and staging would cost a launch).
+    b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel (y is NCHW).
+    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
         M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
