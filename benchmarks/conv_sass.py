@@ -6,7 +6,7 @@ What to look for: the channels-last kernels' operand loads should be ``LDGSTS.E.
 one-element gathers that made the NCHW kernels latency-bound); ``local 0`` (no spills).
 
 Usage: /opt/venv36/bin/python benchmarks/conv_sass.py [--layer 64,128,16] [--dtype bf16|tf32|fp32]
-       [--which fwd,dgrad,wgrad,stage] [--dump DIR]
+       [--which fwd,dgrad,wgrad,stage] [--channels-last] [--dump DIR]
 """
 from __future__ import annotations
 
@@ -38,17 +38,25 @@ def main(argv=None):
     parser.add_argument("--layer", default="64,128,16", help="C_in,C_out,H[,K,pad,batch] (default 3x3, pad 1, batch 512)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--which", default="fwd,dgrad,wgrad,stage")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="x and grad_out laid out channels-last (no staging; NHWC outputs)")
     parser.add_argument("--dump", help="directory for each specialisation's PTX and SASS")
     args = parser.parse_args(argv)
     c_in, c_out, h, k, pad, batch = ([int(v) for v in args.layer.split(",")] + [3, 1, 512][len(args.layer.split(",")) - 3:])[:6]
     dtype, precision = DTYPES[args.dtype]
     which = set(args.which.split(","))
     tn.set_float32_matmul_precision(precision)
-    x = FakeTensor(dtype, (batch, c_in, h, h))
+    def tensor(shape):
+        if not args.channels_last:
+            return FakeTensor(dtype, shape)
+        n, c, hh, ww = shape
+        return FakeTensor(dtype, shape, (hh * ww * c, 1, ww * c, c))
+
+    x = tensor((batch, c_in, h, h))
     w = FakeTensor(dtype, (c_out, c_in, k, k))
     b = FakeTensor(dtype, (c_out,))
     geo = K.geometry(x.shape, w.shape, 1, pad, 1, 1)
-    dy = FakeTensor(dtype, geo.out_shape)
+    dy = tensor(geo.out_shape)
     mask = FakeTensor(torch.uint8, geo.relu_mask_shape)
     K._sm_count = lambda: 132
     seen = set()
@@ -62,7 +70,8 @@ def main(argv=None):
                 if kind == "fwd":
                     K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
                 else:
-                    K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg))
+                    K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg),
+                                        channels_last=args.channels_last)
             runs.append((cfg, rec.launches))
     for cfg in configs(c_in, K.WGRAD_CONFIGS, K.WGRAD_CL_CONFIGS) if "wgrad" in which else []:
         with fake_device(runtime) as rec:

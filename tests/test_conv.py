@@ -328,6 +328,22 @@ def test_channels_last_kernels_stage_only_what_is_not_channels_last(seed, device
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), "split-K not reproducible"
 
 
+def test_channels_last_input_gives_channels_last_output_and_input_gradient(seed, device):
+    """torch's memory-format rule: a channels_last input gives a channels_last output and input
+    gradient (both kernel families: 3 input channels take the packed ones, 32 the others)."""
+    cl = torch.channels_last
+    for c_in in (3, 32):
+        x, wt, b = _inputs(device, torch.float32, 2, c_in, 6, 5, 16, 3, 1)
+        x = x.contiguous(memory_format=cl)
+        ours, ref = _run(x, wt, b, "relu", torch.float32, padding=1)
+        _check_all(ours, ref, TOL[torch.float32])
+        y, dx = ours[0], ours[1]
+        assert y.is_contiguous(memory_format=cl) and not y.is_contiguous(), f"y layout, C_in {c_in}"
+        assert dx.is_contiguous(memory_format=cl) and not dx.is_contiguous(), f"dx layout, C_in {c_in}"
+    one_pixel = torch.randn(2, 32, 1, 1, device=device).contiguous(memory_format=cl)  # both layouts at once
+    assert conv_kernels.conv2d_forward(one_pixel, torch.randn(8, 32, 1, 1, device=device)).is_contiguous()
+
+
 def test_64_bit_output_offsets(seed, device, monkeypatch):
     """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
     shapes (both kernel families), which must give the same results."""

@@ -198,10 +198,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x_saved = x.data if (need_w or need_b) else None
     w_saved = w.data if need_x else None
     x_shape, w_shape = tuple(x.shape), tuple(w.shape)
+    x_channels_last = _conv_kernels.prefers_channels_last(x_shape, x.data.stride())
 
     def backward(grad):
         return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=relu_mask,
-                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b, **opts)
+                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
+                                             input_channels_last=x_channels_last, **opts)
 
     return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
 

@@ -150,9 +150,9 @@ def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: 
 @triton.jit
 def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      OUT_NHWC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc [BLOCK_M pixels, BLOCK_N channels] of program (pid_n, pid_m, g) + bias, ReLU, stored
-    into NCHW y (and the ReLU mask). OFFSETS_64: y has 2**31 or more elements."""
+    into y (NCHW, or NHWC with OUT_NHWC) and the ReLU mask. OFFSETS_64: y has 2**31+ elements."""
     offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     m_mask = offs_m < M
     n_idx = offs_m // OHW
@@ -162,26 +162,38 @@ def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
-    # NCHW is contiguous along pixels: the stored tile is [channels, pixels], pixels last, so that
-    # threads run along them and the stores coalesce.
-    y_t = tl.trans(acc.to(y_ptr.dtype.element_ty))  # narrow first: half the registers through the transpose
-    _store_nchw(y_ptr, y_t, n_idx, offs_m - n_idx * OHW, co_g, m_mask[None, :] & n_mask[:, None], C_OUT, OHW,
-                OFFSETS_64)
+    y = acc.to(y_ptr.dtype.element_ty)
+    _store_activation(y_ptr, y, n_idx, offs_m - n_idx * OHW, offs_m, co_g, m_mask, n_mask, C_OUT, OHW,
+                      OFFSETS_64, OUT_NHWC)
     if SAVE_MASK:
-        _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
+        _store_relu_mask(mask_ptr, tl.trans(y), co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
-def _store_nchw(ptr, tile, n_idx, pixel, channel, mask, C, HW, OFFSETS_64: tl.constexpr):
-    """Store tile [channels, pixels] at ptr[n_idx, channel, pixel] of a contiguous [N, C, HW].
+def _store_activation(ptr, tile, n_idx, pixel, flat_pixel, channel, m_mask, n_mask, C, HW,
+                      OFFSETS_64: tl.constexpr, NHWC: tl.constexpr):
+    """Store tile [pixels, channels] (in ptr's dtype) at image n_idx, ``pixel`` within it
+    (``flat_pixel`` = n_idx*HW + pixel), ``channel`` of a contiguous [N, C, HW] buffer, or with
+    NHWC of a contiguous [N, HW, C] one (torch's channels_last).
 
     Offsets are int32 unless OFFSETS_64: a 64-bit pointer per element for a 128x128 tile is 128
     registers a thread, which made every large tile spill in its epilogue on sm_90."""
-    if OFFSETS_64:
-        base = ptr + n_idx.to(tl.int64) * C * HW + pixel
-        tl.store(base[None, :] + (channel * HW)[:, None], tile, mask=mask)
+    if NHWC:
+        if OFFSETS_64:
+            offs = flat_pixel.to(tl.int64)[:, None] * C + channel[None, :]
+        else:
+            offs = (flat_pixel * C)[:, None] + channel[None, :]
+        tl.store(ptr + offs, tile, mask=m_mask[:, None] & n_mask[None, :])
     else:
-        tl.store(ptr + ((n_idx * (C * HW) + pixel)[None, :] + (channel * HW)[:, None]), tile, mask=mask)
+        # NCHW is contiguous along pixels: the stored tile is [channels, pixels], pixels last, so
+        # that threads run along them and the stores coalesce.
+        tile_t = tl.trans(tile)
+        mask = m_mask[None, :] & n_mask[:, None]
+        if OFFSETS_64:
+            base = ptr + n_idx.to(tl.int64) * C * HW + pixel
+            tl.store(base[None, :] + (channel * HW)[:, None], tile_t, mask=mask)
+        else:
+            tl.store(ptr + ((n_idx * (C * HW) + pixel)[None, :] + (channel * HW)[:, None]), tile_t, mask=mask)
 
 
 @triton.jit
@@ -201,11 +213,13 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
 
 
 @triton.jit
-def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W, OFFSETS_64: tl.constexpr):
-    """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] stored into NCHW dx,
-    as a [channels, pixels] tile (see _forward_epilogue)."""
-    _store_nchw(dx_ptr, tl.trans(acc.to(dx_ptr.dtype.element_ty)), n_idx, ih * W + iw, ci_g,
-                m_mask[None, :] & n_mask[:, None], C_IN, H * W, OFFSETS_64)
+def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W, OFFSETS_64: tl.constexpr,
+                      OUT_NHWC: tl.constexpr):
+    """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] stored into dx (NCHW, or
+    NHWC with OUT_NHWC)."""
+    pixel = ih * W + iw
+    _store_activation(dx_ptr, acc.to(dx_ptr.dtype.element_ty), n_idx, pixel, n_idx * (H * W) + pixel, ci_g,
+                      m_mask, n_mask, C_IN, H * W, OFFSETS_64, OUT_NHWC)
 
 
 # ============================================================================ packed (NCHW) kernels
@@ -224,7 +238,8 @@ def conv2d_fwd_kernel(
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PADDED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
@@ -267,7 +282,7 @@ def conv2d_fwd_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -293,7 +308,8 @@ def conv2d_dgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     CG_IN, CG_OUT, K_RED, MASK_ROW,
-    RELU: tl.constexpr, OFFSETS_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i),
@@ -350,7 +366,7 @@ def conv2d_dgrad_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W, OFFSETS_64)
+                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -455,7 +471,8 @@ def conv2d_fwd_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, W_STAGED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
@@ -495,7 +512,7 @@ def conv2d_fwd_cl_kernel(
         b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
@@ -504,7 +521,8 @@ def conv2d_dgrad_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    OFFSETS_64: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx for one stride phase (see conv2d_dgrad_kernel) from channels-last operands.
@@ -552,7 +570,7 @@ def conv2d_dgrad_cl_kernel(
         b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W, OFFSETS_64)
+                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_CL)
@@ -907,7 +925,7 @@ def _dot_flags(dtype):
 
 
 _INT32_MAX = 2**31 - 1
-# Outputs with more elements than this are stored with 64-bit offsets (see _store_nchw).
+# Outputs with more elements than this are stored with 64-bit offsets (see _store_activation).
 OFFSETS_64_ABOVE = _INT32_MAX
 
 
@@ -1016,7 +1034,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     the operands as channels-last for wide layers, see the module docstring).
 
     x: [N, C_in, H, W] (any strides), weight: [C_out, C_in/groups, KH, KW], bias: [C_out] or None,
-    all one float dtype. Returns y [N, C_out, OH, OW] contiguous in that dtype; with
+    all one float dtype. Returns y [N, C_out, OH, OW] in that dtype, contiguous, or
+    channels-last when x is (torch's memory-format rule); with
     ``save_relu_mask`` (needs activation="relu") returns ``(y, mask)``, mask being the ReLU
     gradient's bit mask that conv2d_input_grad / conv2d_weight_grad take as ``relu_mask``
     (uint8 ``ConvGeometry.relu_mask_shape``, 1 bit per output element). ``config``
@@ -1032,7 +1051,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     save_relu_mask = bool(save_relu_mask)
-    geo, launch, stage_x, stage_w = _planned(
+    geo, launch, stage_x, stage_w, out_nhwc = _planned(
         _forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None, x.dtype,
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, save_relu_mask,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
@@ -1040,7 +1059,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         x = to_channels_last(x)
     if stage_w:
         weight = to_channels_last(weight.permute(1, 0, 2, 3), name="weight")  # [CG_IN, KH, KW, C_out]
-    y = runtime.empty(geo.out_shape, x.dtype)
+    y = _empty_activation(geo.out_shape, x.dtype, out_nhwc)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
     launch((x, weight, bias if bias is not None else y, y, mask))
     return (y, mask) if save_relu_mask else y
@@ -1049,13 +1068,15 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 @functools.lru_cache(maxsize=512)
 def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
                   save_mask, precision, autotune, config):
-    """(geometry, _Launch, stage x?, stage the weight?) of conv2d_forward; ``precision`` and
-    ``autotune`` key the global settings."""
+    """(geometry, _Launch, stage x?, stage the weight?, y channels-last?) of conv2d_forward;
+    ``precision`` and ``autotune`` key the global settings."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
     M = geo.N * geo.OH * geo.OW
     flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
-    consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, **_dot_flags(dtype)}
+    out_nhwc = prefers_channels_last(x_shape, x_stride)
+    consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
+              **_dot_flags(dtype)}
     esize = torch.empty((), dtype=dtype).element_size()
     y_numel = _numel(geo.out_shape)
     info = runtime.LaunchInfo(
@@ -1069,12 +1090,32 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         tail = (*geo.cl_scalars(), M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
                               tail, {**consts, "W_STAGED": stage_w}, info, config)
-        return geo, launch, not is_channels_last(x_shape, x_stride), stage_w
+        return geo, launch, not is_channels_last(x_shape, x_stride), stage_w, out_nhwc
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
                           {**consts, "PADDED": not geo.windows_inside}, info, config)
-    return geo, launch, False, False
+    return geo, launch, False, False, out_nhwc
+
+
+def prefers_channels_last(shape, strides) -> bool:
+    """torch's rule for a convolution's output layout: channels-last when the input is laid out
+    channels-last and not also plain contiguous (as it is for 1x1 images or one channel)."""
+    if not is_channels_last(shape, strides):
+        return False
+    expected, step = [], 1
+    for d in reversed(shape):
+        expected.insert(0, step)
+        step *= d
+    return any(size != 1 and st != ex for size, st, ex in zip(shape, strides, expected))
+
+
+def _empty_activation(shape, dtype, channels_last: bool):
+    """An output [N, C, H, W], contiguous or laid out channels-last (an [N, H, W, C] buffer)."""
+    if not channels_last:
+        return runtime.empty(shape, dtype)
+    n, c, h, w = shape
+    return runtime.empty((n, h, w, c), dtype).permute(0, 3, 1, 2)
 
 
 def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
@@ -1116,12 +1157,13 @@ def _staged_grad_out(grad_out, relu_mask, staged):
 
 
 def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1, groups=1, relu_mask=None,
-                      config=None, _staged=None):
+                      config=None, channels_last=False, _staged=None):
     """dx for y = conv2d(x, weight, ...); with ``relu_mask`` (conv2d_forward's, save_relu_mask=True)
     for y = relu(conv2d(...)), the ReLU's derivative applied while loading (or staging) grad_out.
 
     grad_out: [N, C_out, OH, OW] any strides; weight: [C_out, C_in/groups, KH, KW]; returns dx with
-    shape ``x_shape``, contiguous, in grad_out's dtype. One launch per stride phase.
+    shape ``x_shape`` in grad_out's dtype, contiguous or, with ``channels_last`` (x's layout, as
+    torch returns it), channels-last. One launch per stride phase.
 
     Work model (profiler): the launches' FLOPs add up to the forward's, 2 per multiply-add of the
     convolution (a phase counts the taps of its class over every output pixel); their bytes add
@@ -1132,13 +1174,13 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     runtime.check_tensor(weight, "weight", ndim=4)
     relu = relu_mask is not None
     x_shape = tuple(x_shape)
-    geo, launches, channels_last, stage_w = _planned(
+    geo, launches, cl_kernels, stage_w = _planned(
         _dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape, weight.stride(), weight.dtype,
-        x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu,
+        x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bool(channels_last),
         runtime.dot_precision(grad_out.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
-    dx = runtime.empty(x_shape, grad_out.dtype)
-    if channels_last:
+    dx = _empty_activation(x_shape, grad_out.dtype, bool(channels_last))
+    if cl_kernels:
         tensors = (_staged_grad_out(grad_out, relu_mask, _staged),
                    to_channels_last(weight, name="weight") if stage_w else weight, dx)
     else:
@@ -1150,7 +1192,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
 
 @functools.lru_cache(maxsize=512)
 def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape, stride, padding, dilation, groups,
-                relu, precision, autotune, config):
+                relu, out_nhwc, precision, autotune, config):
     """(geometry, [_Launch per stride phase], channels-last?, stage the weight?) of conv2d_input_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if tuple(g_shape) != geo.out_shape:
@@ -1160,7 +1202,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     channels_last = geo.channels_last(geo.CG_OUT)
     stage_w = channels_last and _vector_rows(geo.CG_IN)
-    wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE}
+    wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc}
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
     launches = []
@@ -1328,17 +1370,18 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
 
 
 def conv2d_backward(grad_out, x, weight, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
-                    relu_mask=None, input_grad=True, weight_grad=True, bias_grad=False):
+                    relu_mask=None, input_grad=True, weight_grad=True, bias_grad=False, input_channels_last=False):
     """(dx, dw, db) of y = act(conv2d(x, weight, b, ...)), each None where not asked for.
 
     grad_out is staged as channels-last (with the ReLU gate) at most once for the two kernels
-    that read it. ``x`` is needed only for the weight and bias gradients, ``weight`` only for dx.
+    that read it. ``x`` is needed only for the weight and bias gradients, ``weight`` only for dx;
+    dx is channels-last when ``input_channels_last`` (x was: see prefers_channels_last).
     """
     staged = [None]
     opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, relu_mask=relu_mask)
     dx = dw = db = None
     if input_grad:
-        dx = conv2d_input_grad(grad_out, weight, x_shape, _staged=staged, **opts)
+        dx = conv2d_input_grad(grad_out, weight, x_shape, channels_last=input_channels_last, _staged=staged, **opts)
     if weight_grad or bias_grad:
         dw, db = conv2d_weight_grad(grad_out, x, w_shape, bias_grad=bias_grad, _staged=staged, **opts)
     return dx, (dw if weight_grad else None), db
