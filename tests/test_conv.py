@@ -344,6 +344,33 @@ def test_channels_last_input_gives_channels_last_output_and_input_gradient(seed,
     assert conv_kernels.conv2d_forward(one_pixel, torch.randn(8, 32, 1, 1, device=device)).is_contiguous()
 
 
+def test_grids_fit_cuda_limits_for_large_inputs(device, monkeypatch):
+    """Pixel tiles can outnumber the 65535 programs a CUDA grid's y and z axes allow (200 images
+    of 224x224 at 64 pixels a tile: 157k): every conv launch keeps them on axis 0. Launched with
+    the GPU's fixed tiles and recorded, not run."""
+    grids = []
+
+    def record_only(kernel, grid, args, constexprs, info, run):
+        grids.append((kernel.__name__ if hasattr(kernel, "__name__") else str(kernel), grid))
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record_only])
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(runtime, "_POISON", False)  # nothing runs: leave the large buffers untouched
+    monkeypatch.setattr(conv_kernels, "_sm_count", lambda: 132)
+    for c_in, k in ((3, 3), (16, 3), (16, 1)):  # packed, channels-last, 1x1
+        x = torch.empty(200, c_in, 224, 224, dtype=torch.bfloat16, device=device)
+        w = torch.empty(16, c_in, k, k, dtype=torch.bfloat16, device=device)
+        y = conv_kernels.conv2d_forward(x, w, padding=k // 2)
+        conv_kernels.conv2d_backward(y, x, w, x.shape, w.shape, padding=k // 2, bias_grad=True)
+    assert {name for name, _ in grids} >= {"conv2d_fwd_kernel", "conv2d_fwd_cl_kernel", "conv2d_dgrad_cl_kernel",
+                                          "conv2d_wgrad_kernel", "conv2d_wgrad_cl_kernel", "to_channels_last_kernel"}
+    for name, grid in grids:
+        assert len(grid) <= 3 and grid[0] < 2**31 and all(g <= 65535 for g in grid[1:]), (name, grid)
+    with pytest.raises(ValueError, match="groups must be at most 65535"):
+        conv_kernels.conv2d_forward(torch.empty(1, 65536, 1, 1, device=device), torch.empty(65536, 1, 1, 1, device=device),
+                                    groups=65536)
+
+
 def test_64_bit_output_offsets(seed, device, monkeypatch):
     """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
     shapes (both kernel families), which must give the same results."""

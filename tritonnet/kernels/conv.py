@@ -132,14 +132,23 @@ def _advance_pixels(n, row, col, step_n, step_h, step_w, H, W):
 
 
 @triton.jit
+def _gemm_program(col_tiles):
+    """(column tile, row tile, depth index) of this program. Grids are (row tiles * column tiles,
+    depth): the row tiles (pixels) can number far more than the 65535 a CUDA grid's y and z axes
+    allow (a 224x224 batch of 200 is 78k tiles of 128 pixels), so they share axis 0 with the
+    column tiles, which run fastest: neighbouring programs read the same row tile."""
+    pid = tl.program_id(0)
+    pid_m = pid // col_tiles
+    return pid - pid_m * col_tiles, pid_m, tl.program_id(1)
+
+
+@triton.jit
 def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The forward program's tile: (pid_n, pid_m, group, pixel mask, image index, the top-left input
     row and column of each pixel's window, global out channels, channel mask).
     Index math in int32 (the launchers check pixel counts and per-image extents fit): an int64
     division is a ~70-instruction subroutine call on the GPU. Only per-image bases are int64."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
+    pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_OUT, BLOCK_N))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n_idx, oh, ow = _split_pixels(offs_m, OH, OW)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -253,7 +262,7 @@ def conv2d_fwd_kernel(
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
     PADDED: some window reaches into padding; without (LeNet) the gather needs no bounds checks
     (~9 integer instructions per gathered element).
-    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups): neighbouring programs share an x tile.
+    Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups) (see _gemm_program).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
         M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
@@ -321,11 +330,9 @@ def conv2d_dgrad_kernel(
     The phase has HP x WP input pixels per image; M = N*HP*WP. Its contributing taps are
     kh = KH0 + KSTEP_H*t (t < NKH), likewise kw; K_RED = CG_OUT*NKH*NKW. A phase no tap reaches
     (NKH or NKW = 0) still writes its zeros.
-    Grid: (cdiv(CG_IN, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
+    pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_IN, BLOCK_N))
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # int32, as in the forward
     m_mask = offs_m < M
@@ -390,11 +397,9 @@ def conv2d_wgrad_kernel(
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
     this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
-    PADDED: as in conv2d_fwd_kernel. Grid: (cdiv(K_W, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
+    PADDED: as in conv2d_fwd_kernel. Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_z = tl.program_id(2)
+    pid_n, pid_z, pid_m = _gemm_program(tl.cdiv(K_W, BLOCK_N))
     g = pid_z // SPLIT
     split = pid_z - g * SPLIT
 
@@ -483,7 +488,7 @@ def conv2d_fwd_cl_kernel(
     torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when CG_OUT is no multiple of 8 its rows
     cannot be vector loads anyway, and staging would cost a launch).
     b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel (y is NCHW).
-    Grid: (cdiv(CG_OUT, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
         M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
@@ -530,11 +535,10 @@ def conv2d_dgrad_cl_kernel(
     dy: [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied (staged with the mask).
     w: with W_STAGED [C_OUT, KH, KW, CG_IN] contiguous (in channels contiguous), else torch's
     [C_OUT, CG_IN, KH, KW] with strides sw* (see conv2d_fwd_cl_kernel). dx: [N, C_IN, H, W] contiguous.
-    Reduction over (tap of the phase, out-channel chunk). Grid: (cdiv(CG_IN, BLOCK_N), cdiv(M, BLOCK_M), groups).
+    Reduction over (tap of the phase, out-channel chunk).
+    Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    g = tl.program_id(2)
+    pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_IN, BLOCK_N))
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
@@ -587,14 +591,12 @@ def conv2d_wgrad_cl_kernel(
 
     dy: [P, C_OUT] = [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied. x: [N, H, W, C_IN]
     contiguous. dw, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, K_W = CG_IN*KH*KW, HAS_BIAS: as in
-    conv2d_wgrad_kernel. Grid: (KH*KW*cdiv(CG_IN, BLOCK_N), cdiv(CG_OUT, BLOCK_M), groups*SPLIT).
+    conv2d_wgrad_kernel. Grid: (KH*KW*cdiv(CG_IN, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_z = tl.program_id(2)
+    CI_TILES = tl.cdiv(CG_IN, BLOCK_N)
+    pid_n, pid_z, pid_m = _gemm_program(KH * KW * CI_TILES)
     g = pid_z // SPLIT
     split = pid_z - g * SPLIT
-    CI_TILES = tl.cdiv(CG_IN, BLOCK_N)
     tap = pid_n // CI_TILES
     kh = tap // KW
     kw = tap - kh * KW
@@ -802,6 +804,8 @@ class ConvGeometry:
                              f"with shape {tuple(w_shape)}")
         if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
+        if groups > 65535:  # one grid row of programs per group; a CUDA grid's y axis stops there
+            raise ValueError(f"groups must be at most 65535, got {groups}")
         self.N, self.C_in, self.H, self.W = (int(v) for v in x_shape)
         self.C_out, self.CG_IN, self.KH, self.KW = (int(v) for v in w_shape)
         self.groups = groups
@@ -956,9 +960,9 @@ def _check_activation(activation):
     return activation == "relu"
 
 
-def _gemm_grid(rows_per_tile_key, cols_per_tile_key, rows, cols, depth):
-    return lambda meta: (runtime.cdiv(cols, meta[cols_per_tile_key]), runtime.cdiv(rows, meta[rows_per_tile_key]),
-                         depth)
+def _gemm_grid(rows, cols, depth, blocks):
+    """(row tiles * column tiles, depth): see _gemm_program."""
+    return (runtime.cdiv(cols, blocks["BLOCK_N"]) * runtime.cdiv(rows, blocks["BLOCK_M"]), depth)
 
 
 # ----------------------------------------------------------------------------- launch plans
@@ -1012,9 +1016,9 @@ def _planned(builder, *key):
 def _gemm_launch(kernel, autotuned, kind, rows, cols, groups, tail, consts, info, config):
     """The _Launch of a forward or dgrad GEMM: autotuned on the GPU unless ``config`` fixes the tiles."""
     if config is None and AUTOTUNE:
-        return _Launch(autotuned, _gemm_grid("BLOCK_M", "BLOCK_N", rows, cols, groups), tail, consts, info)
+        return _Launch(autotuned, lambda meta: _gemm_grid(rows, cols, groups, meta), tail, consts, info)
     blocks, options = _split_config(dict(config) if config is not None else _fixed_config(kind))
-    grid = (runtime.cdiv(cols, blocks["BLOCK_N"]), runtime.cdiv(rows, blocks["BLOCK_M"]), groups)
+    grid = _gemm_grid(rows, cols, groups, blocks)
     return _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
 
 
@@ -1353,12 +1357,12 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         consts = {"RELU": relu, "PADDED": not geo.windows_inside}
     consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
     if fixed is None:
-        grid = lambda meta: (cols_of(meta["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]),  # noqa: E731
-                             geo.groups * split)
+        grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
+                             runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]))
         launch = _Launch(autotuned, grid, tail, consts, info)
     else:
         blocks, options = fixed
-        grid = (cols_of(blocks["BLOCK_N"]), runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]), geo.groups * split)
+        grid = (cols_of(blocks["BLOCK_N"]) * geo.groups * split, runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]))
         launch = _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
     reduce = None
     if split > 1:
