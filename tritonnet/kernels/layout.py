@@ -26,6 +26,16 @@ BLOCK_S, BLOCK_C = (256, 64) if runtime.INTERPRETED else (64, 64)
 OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {"num_warps": 4}
 
 
+@triton.jit
+def relu_gate(values, mask_ptr, channel, bit, mask, MASK_ROW):
+    """``values`` where the conv forward's ReLU gradient mask passes, else 0. The mask is
+    [C, MASK_ROW] uint8, bit m % 8 of byte m // 8 of channel c's row for output pixel m;
+    ``channel`` and ``bit`` (int32) broadcast to the shape of ``values``; ``mask``: which to load."""
+    byte = tl.load(mask_ptr + channel.to(tl.int64) * MASK_ROW + (bit >> 3), mask=mask, other=0)
+    live = (byte.to(tl.int32) >> (bit & 7)) & 1
+    return tl.where(live != 0, values, tl.zeros_like(values))
+
+
 # HW, s_b and s_c stay specialised: their divisibility by 16 is what proves the source rows
 # aligned and the row mask constant over 16 pixels, for vector loads (8x8, 16x16, 32x32 planes).
 @triton.jit(do_not_specialize=["B", "H", "W", "s_h", "s_w", "MASK_ROW", "S_TILES"])
@@ -60,10 +70,7 @@ def to_channels_last_kernel(
     # [C, S] tile: the load runs along the source's pixels, the store (transposed) along channels
     tile = tl.load(src_ptr + b.to(tl.int64) * s_b + (c * s_c)[:, None] + sp[None, :], mask=mask, other=0.0)
     if RELU_MASK:
-        m = b * HW + s
-        byte = tl.load(mask_ptr + (c.to(tl.int64) * MASK_ROW)[:, None] + (m >> 3)[None, :], mask=mask, other=0)
-        live = (byte.to(tl.int32) >> (m & 7)[None, :]) & 1
-        tile = tl.where(live != 0, tile, tl.zeros_like(tile))
+        tile = relu_gate(tile, mask_ptr, c[:, None], (b * HW + s)[None, :], mask, MASK_ROW)
     dst = dst_ptr + (b.to(tl.int64) * HW + s)[None, :] * C + c[:, None]
     tl.store(dst, tile, mask=mask)
 
