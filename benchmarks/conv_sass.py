@@ -42,7 +42,8 @@ def main(argv=None):
                         help="x and grad_out laid out channels-last (no staging; NHWC outputs)")
     parser.add_argument("--dump", help="directory for each specialisation's PTX and SASS")
     args = parser.parse_args(argv)
-    c_in, c_out, h, k, pad, batch = ([int(v) for v in args.layer.split(",")] + [3, 1, 512][len(args.layer.split(",")) - 3:])[:6]
+    layer = [int(v) for v in args.layer.split(",")]
+    c_in, c_out, h, k, pad, batch = layer + [3, 1, 512][len(layer) - 3:]  # defaults for K, pad, batch
     dtype, precision = DTYPES[args.dtype]
     which = set(args.which.split(","))
     tn.set_float32_matmul_precision(precision)

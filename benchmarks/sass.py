@@ -116,13 +116,19 @@ def compile_like_runtime(jitfn, args, constexprs):
 
 def summarize(name, compiled, dump=None):
     """Print one line of what ptxas made of ``compiled``; with ``dump``, keep its PTX and SASS there."""
+    tools = os.path.join(BIN, "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
+        cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
-        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", cubin], capture_output=True,
-                               text=True).stdout
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        sass = subprocess.run([tools, "-sass", cubin], capture_output=True, text=True).stdout
+        usage = subprocess.run([tools, "-res-usage", cubin], capture_output=True, text=True).stdout
+        # ptxas says when it had to serialise the wgmma pipeline (each HGMMA waited for): a loss
+        # the register and instruction counts do not show
+        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", "-o", os.path.join(tmp, "k.o"), ptx],
+                              capture_output=True, text=True).stderr
     if dump:
         os.makedirs(dump, exist_ok=True)
         for ext, text in (("ptx", compiled.asm["ptx"]), ("sass", sass)):
@@ -132,14 +138,6 @@ def summarize(name, compiled, dump=None):
     for m in re.finditer(r"\b(LDGSTS|LDG|STG|LDS|STS|LDL|STL|HGMMA|HMMA)(\.[A-Z0-9.]+)?", sass):
         key = m.group(1) if m.group(1) in ("HGMMA", "HMMA") else m.group(0)
         counts[key] = counts.get(key, 0) + 1
-    # ptxas says when it had to serialise the wgmma pipeline (each HGMMA waited for): a loss the
-    # register and instruction counts do not show
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "k.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        info = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", "-o", os.path.join(tmp, "k.o"), ptx],
-                              capture_output=True, text=True).stderr
     serialized = re.search(r"wgmma.mma_async instructions are serialized due to ([a-z ]+?)(?: in the function|$)", info)
     regs = re.search(r"REG:(\d+)", usage)
     local = re.search(r"LOCAL:(\d+)", usage)

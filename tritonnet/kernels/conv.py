@@ -1085,6 +1085,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     return geo, launch, False, False, out_nhwc
 
 
+@functools.lru_cache(maxsize=256)  # asked on every conv forward, by the plan and by functional.conv2d
 def prefers_channels_last(shape, strides) -> bool:
     """torch's rule for a convolution's output layout: channels-last when the input is laid out
     channels-last and not also plain contiguous (as it is for 1x1 images or one channel)."""
