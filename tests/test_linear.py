@@ -6,7 +6,7 @@ import torch
 
 import tritonnet as tn
 import tritonnet.functional as F
-from tritonnet import layers, runtime
+from tritonnet import layers
 from tritonnet.kernels import linear as K
 
 from aot import compile_specs

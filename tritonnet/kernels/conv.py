@@ -633,10 +633,6 @@ def splitk_reduce_kernel(ws_ptr, out_ptr, L, SPLIT, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------- tile configurations
 
 
-def _np2(v: int) -> int:
-    return 1 << max(0, int(v) - 1).bit_length()
-
-
 def _cfg(bm, bn, bk, warps, stages, maxnreg=None):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages,
                          maxnreg=maxnreg)
@@ -691,8 +687,8 @@ def _prune(configs, width: int, depth: int, ieee: bool, rows_key="BLOCK_N", dept
     ``depth``; at most the two largest survivors (list order among equal sizes), since each
     config is a compile and a benchmark.
     An IEEE-fp32 dot is unrolled into FMAs, so there only tiles of <= 2048 FMAs per thread."""
-    kept = [c for c in configs
-            if c.kwargs[rows_key] <= max(16, _np2(width)) and c.kwargs[depth_key] <= max(32, _np2(depth))]
+    np2 = runtime.next_power_of_2
+    kept = [c for c in configs if c.kwargs[rows_key] <= max(16, np2(width)) and c.kwargs[depth_key] <= max(32, np2(depth))]
     if ieee:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]
                 <= 2048 * 32 * c.num_warps] or kept
@@ -707,7 +703,8 @@ def _pruner(width_arg, depth_arg, rows_arg=None):
     wgrad, GEMM-M size) are the named arguments."""
     def prune(configs, named_args, **kwargs):
         if rows_arg is not None:
-            configs = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, _np2(named_args[rows_arg]))] or configs[:1]
+            rows = runtime.next_power_of_2(named_args[rows_arg])
+            configs = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, rows)] or configs[:1]
         depth = named_args[depth_arg] if depth_arg else 1 << 30
         return _prune(configs, named_args[width_arg], depth, kwargs.get("PRECISION") == "ieee")
     return prune
@@ -1258,12 +1255,12 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
             # even that one gets ~2 programs per SM; >= 512 pixels per split. (Counting 64x64 tiles
             # and >= 2048 pixels gave LeNet's wgrads 60-98 programs, 64->128 75, on 132 SMs.)
             # The fp32 workspace this costs is split * C_out*C_in*KH*KW*4 bytes, small at these sizes.
-            bm = min(128, max(16, _np2(geo.CG_OUT)))
+            bm = min(128, max(16, runtime.next_power_of_2(geo.CG_OUT)))
             if geo.channels_last(geo.CG_IN):  # one program per (tap, in-channel tile)
-                cols = geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, min(128, max(64, _np2(geo.CG_IN))))
+                cols = geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, min(128, max(64, runtime.next_power_of_2(geo.CG_IN))))
             else:
                 k_w = geo.CG_IN * geo.KH * geo.KW
-                cols = runtime.cdiv(k_w, min(128, max(32, _np2(k_w))))
+                cols = runtime.cdiv(k_w, min(128, max(32, runtime.next_power_of_2(k_w))))
             tiles = runtime.cdiv(geo.CG_OUT, bm) * cols * geo.groups
             split_k = max(1, min(runtime.cdiv(2 * _sm_count(), tiles), P // 512))
     split_k = max(1, min(int(split_k), P))
