@@ -688,7 +688,8 @@ def _prune(configs, width: int, depth: int, ieee: bool, rows_key="BLOCK_N", dept
     config is a compile and a benchmark.
     An IEEE-fp32 dot is unrolled into FMAs, so there only tiles of <= 2048 FMAs per thread."""
     np2 = runtime.next_power_of_2
-    kept = [c for c in configs if c.kwargs[rows_key] <= max(16, np2(width)) and c.kwargs[depth_key] <= max(32, np2(depth))]
+    kept = [c for c in configs
+            if c.kwargs[rows_key] <= max(16, np2(width)) and c.kwargs[depth_key] <= max(32, np2(depth))]
     if ieee:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]
                 <= 2048 * 32 * c.num_warps] or kept
