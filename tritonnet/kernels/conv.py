@@ -460,6 +460,15 @@ def _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
 # 3x3 tap loop around a 2-iteration channel loop would give it nothing to overlap).
 
 
+@triton.jit
+def _load_nhwc(ptr, pixel, C, first_channel, channel, pixel_mask, channel_mask):
+    """The [pixels, channels] tile of a contiguous [pixels, C] (NHWC) operand at rows ``pixel``
+    and columns first_channel + ``channel``, 0 where masked. Rows are whole 16-byte vectors
+    when C and first_channel are multiples of 8 (they are specialised for that)."""
+    return tl.load(ptr + (pixel.to(tl.int64) * C + first_channel)[:, None] + channel[None, :],
+                   mask=pixel_mask[:, None] & channel_mask[None, :], other=0.0)
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
 def conv2d_fwd_cl_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
@@ -495,8 +504,7 @@ def conv2d_fwd_cl_kernel(
         sp_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         pix = pix0 + (kh * dil_h * W + kw * dil_w)
         c_mask = c < CG_IN
-        a = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + c[None, :],
-                    mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+        a = _load_nhwc(x_ptr, pix, C_IN, g * CG_IN, c, sp_mask, c_mask)
         if W_STAGED:
             w_off = (((c * KH + kh) * KW + kw) * C_OUT)[:, None] + co_g[None, :]
         else:
@@ -551,8 +559,7 @@ def conv2d_dgrad_cl_kernel(
         pix = pix0 + (doh * OW + dow)
         c_mask = c < CG_OUT
         co_g = g * CG_OUT + c
-        a = tl.load(dy_ptr + (pix.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + c[None, :],
-                    mask=sp_mask[:, None] & c_mask[None, :], other=0.0)
+        a = _load_nhwc(dy_ptr, pix, C_OUT, g * CG_OUT, c, sp_mask, c_mask)
         if W_STAGED:
             w_off = (((co_g * KH + kh) * KW + kw) * CG_IN)[:, None] + ci[None, :]
         else:
@@ -601,16 +608,14 @@ def conv2d_wgrad_cl_kernel(
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
-        a_t = tl.load(dy_ptr + (p.to(tl.int64) * C_OUT + g * CG_OUT)[:, None] + co[None, :],
-                      mask=p_mask[:, None] & m_mask[None, :], other=0.0)
+        a_t = _load_nhwc(dy_ptr, p, C_OUT, g * CG_OUT, co, p_mask, m_mask)
         if HAS_BIAS:
             bias_acc += a_t.to(tl.float32)
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         sp_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         pix = (n_idx * H + ih) * W + iw
-        b = tl.load(x_ptr + (pix.to(tl.int64) * C_IN + g * CG_IN)[:, None] + ci[None, :],
-                    mask=sp_mask[:, None] & n_mask[None, :], other=0.0)
+        b = _load_nhwc(x_ptr, pix, C_IN, g * CG_IN, ci, sp_mask, n_mask)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
