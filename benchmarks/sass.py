@@ -115,7 +115,7 @@ def compile_like_runtime(jitfn, args, constexprs):
 
 
 def summarize(name, compiled, dump=None):
-    """Print one line of what ptxas made of ``compiled``; with ``dump``, keep its PTX and SASS there."""
+    """Print one line of what ptxas made of ``compiled``; with ``dump``, keep its TTGIR, PTX and SASS there."""
     tools = os.path.join(BIN, "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
@@ -131,7 +131,7 @@ def summarize(name, compiled, dump=None):
                               capture_output=True, text=True).stderr
     if dump:
         os.makedirs(dump, exist_ok=True)
-        for ext, text in (("ptx", compiled.asm["ptx"]), ("sass", sass)):
+        for ext, text in (("ttgir", compiled.asm["ttgir"]), ("ptx", compiled.asm["ptx"]), ("sass", sass)):
             with open(os.path.join(dump, f"{name}.{ext}"), "w") as f:
                 f.write(text)
     counts = {}

@@ -160,13 +160,16 @@ def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: 
 @triton.jit
 def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
-                      OUT_NHWC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
     """acc [BLOCK_M pixels, BLOCK_N channels] of program (pid_n, pid_m, g) + bias, ReLU, stored
     into y (NCHW, or NHWC with OUT_NHWC) and the ReLU mask. OFFSETS_64: y has 2**31+ elements.
+    PIX_POW2: a power of two dividing OHW (see _store_activation).
     The tile's indices are derived again here rather than kept live across the main loop: that
     costs registers (sm_90, bf16: 254 instead of 239 for 128x64x64, 96 instead of 80 for 64x16x32)."""
+    RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < BLOCK_M else BLOCK_M
     offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
-    m_mask = offs_m < M
+    m_mask = _run_mask(offs_m, M, RUN)
     n_idx = offs_m // OHW
     co_g = tl.arange(0, BLOCK_N) + (g * CG_OUT + pid_n * BLOCK_N)
     n_mask = co_g < g * CG_OUT + CG_OUT
@@ -176,17 +179,28 @@ def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
     y = acc.to(y_ptr.dtype.element_ty)
     _store_activation(y_ptr, y, n_idx, offs_m - n_idx * OHW, offs_m, co_g, m_mask, n_mask, C_OUT, OHW,
-                      OFFSETS_64, OUT_NHWC)
+                      OFFSETS_64, OUT_NHWC, RUN)
     if SAVE_MASK:
         _store_relu_mask(mask_ptr, tl.trans(y), co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
+def _run_mask(offs_m, M, RUN: tl.constexpr):
+    """offs_m < M, written so that the compiler sees it constant over aligned runs of RUN rows
+    (exact when RUN divides M), which lets a store over those rows be one vector store."""
+    return offs_m // RUN < M // RUN
+
+
+@triton.jit
 def _store_activation(ptr, tile, n_idx, pixel, flat_pixel, channel, m_mask, n_mask, C, HW,
-                      OFFSETS_64: tl.constexpr, NHWC: tl.constexpr):
+                      OFFSETS_64: tl.constexpr, NHWC: tl.constexpr, RUN: tl.constexpr):
     """Store tile [pixels, channels] (in ptr's dtype) at image n_idx, ``pixel`` within it
     (``flat_pixel`` = n_idx*HW + pixel), ``channel`` of a contiguous [N, C, HW] buffer, or with
     NHWC of a contiguous [N, HW, C] one (torch's channels_last).
+
+    RUN (NCHW only; 1 promises nothing): the tile's rows come in aligned runs of RUN pixels that
+    are consecutive within one image, i.e. RUN divides HW and the tile's first row, and m_mask is
+    constant over each run (see _run_mask).
 
     Offsets are int32 unless OFFSETS_64: a 64-bit pointer per element for a 128x128 tile is 128
     registers a thread, which made every large tile spill in its epilogue on sm_90."""
@@ -197,15 +211,21 @@ def _store_activation(ptr, tile, n_idx, pixel, flat_pixel, channel, m_mask, n_ma
             offs = (flat_pixel * C)[:, None] + channel[None, :]
         tl.store(ptr + offs, tile, mask=m_mask[:, None] & n_mask[None, :])
     else:
-        # NCHW is contiguous along pixels: the stored tile is [channels, pixels], pixels last, so
-        # that threads run along them and the stores coalesce.
+        # NCHW is contiguous along pixels, but the division that splits pixels into images hides
+        # that from the compiler, which then laid the store out with a warp across 32 channels of
+        # one pixel: 2 bytes into each of 32 sectors, 123 GB/s for the 3->64 forward on an H100
+        # (0.55 ms, cuDNN 0.13). The hints below say what RUN guarantees (see the docstring):
+        # runs of RUN consecutive addresses starting at multiples of RUN, so threads run along
+        # pixels with vector stores.
         tile_t = tl.trans(tile)
         mask = m_mask[None, :] & n_mask[:, None]
+        channel_off = tl.multiple_of(channel * HW, RUN)
         if OFFSETS_64:
-            base = ptr + n_idx.to(tl.int64) * C * HW + pixel
-            tl.store(base[None, :] + (channel * HW)[:, None], tile_t, mask=mask)
+            base = ptr + n_idx.to(tl.int64) * C * HW + tl.max_contiguous(tl.multiple_of(pixel, RUN), RUN)
+            tl.store(base[None, :] + channel_off[:, None], tile_t, mask=mask)
         else:
-            tl.store(ptr + ((n_idx * (C * HW) + pixel)[None, :] + (channel * HW)[:, None]), tile_t, mask=mask)
+            pixel_off = tl.max_contiguous(tl.multiple_of(n_idx * (C * HW) + pixel, RUN), RUN)
+            tl.store(ptr + (pixel_off[None, :] + channel_off[:, None]), tile_t, mask=mask)
 
 
 @triton.jit
@@ -225,21 +245,25 @@ def _store_relu_mask(mask_ptr, y_t, co_g, n_mask, m_mask, pid_m, MASK_ROW,
 
 
 @triton.jit
-def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, m_mask, ci_g, n_mask, C_IN, H, W, OFFSETS_64: tl.constexpr,
-                      OUT_NHWC: tl.constexpr):
-    """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] stored into dx (NCHW, or
-    NHWC with OUT_NHWC)."""
+def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, offs_m, M, ci_g, n_mask, C_IN, H, W, OFFSETS_64: tl.constexpr,
+                      OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, BLOCK_M: tl.constexpr):
+    """acc [BLOCK_M input pixels (n_idx, ih, iw), BLOCK_N channels ci_g] of rows offs_m < M stored
+    into dx (NCHW, or NHWC with OUT_NHWC). PIX_POW2: a power of two dividing H*W when the rows
+    are dx's pixels in order (stride 1: one phase), else 1 (see _store_activation)."""
+    RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < BLOCK_M else BLOCK_M
     pixel = ih * W + iw
     _store_activation(dx_ptr, acc.to(dx_ptr.dtype.element_ty), n_idx, pixel, n_idx * (H * W) + pixel, ci_g,
-                      m_mask, n_mask, C_IN, H * W, OFFSETS_64, OUT_NHWC)
+                      _run_mask(offs_m, M, RUN), n_mask, C_IN, H * W, OFFSETS_64, OUT_NHWC, RUN)
 
 
 # ============================================================================ packed (NCHW) kernels
 #
 # Layout note: NCHW is contiguous along output/input pixels, so every gathered tile is built with
-# the pixel index as its LAST dimension ([K, M], then tl.trans into the dot). Triton orders threads
-# along the last dimension when it cannot prove contiguity (the div/mod index math hides it), so
-# this is what makes the loads coalesce.
+# the pixel index as its LAST dimension ([K, M], then tl.trans into the dot). That alone does not
+# make the loads coalesce: when the div/mod index math hides all contiguity, sm_90's TTGIR lays
+# these gathers out with a warp's 32 threads along K (one pixel, 32 taps), as it did the NCHW
+# output store until that was given contiguity hints (_store_activation). The gathers read far
+# fewer bytes than the stores write; giving them the same hints is the next step (CONV_NOTES.md).
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
@@ -250,7 +274,8 @@ def conv2d_fwd_kernel(
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PADDED: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
+    PADDED: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -290,7 +315,7 @@ def conv2d_fwd_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -314,7 +339,8 @@ def conv2d_dgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     CG_IN, CG_OUT, K_RED, MASK_ROW,
-    RELU: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, DOT_FP32: tl.constexpr,
+    RELU: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -366,8 +392,8 @@ def conv2d_dgrad_kernel(
         b = tl.load(w_ptr + (co_g * swo + kh * swh + kw * sww)[:, None] + w_col[None, :],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC)
+    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, offs_m, M, g * CG_IN + ci,
+                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD)
@@ -475,7 +501,8 @@ def conv2d_fwd_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, W_STAGED: tl.constexpr,
+    SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
+    W_STAGED: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -512,7 +539,7 @@ def conv2d_fwd_cl_kernel(
         b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
@@ -521,7 +548,8 @@ def conv2d_dgrad_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, W_STAGED: tl.constexpr, DOT_FP32: tl.constexpr,
+    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, W_STAGED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -566,8 +594,8 @@ def conv2d_dgrad_cl_kernel(
             w_off = (co_g * swo + kh * swh + kw * sww)[:, None] + (ci * swc)[None, :]
         b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
-    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, m_mask, g * CG_IN + ci,
-                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC)
+    _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, offs_m, M, g * CG_IN + ci,
+                      n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_CL)
@@ -1066,7 +1094,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
     out_nhwc = prefers_channels_last(x_shape, x_stride)
     consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
-              **_dot_flags(dtype)}
+              "PIX_POW2": _pow2_dividing(geo.OH * geo.OW), **_dot_flags(dtype)}
     esize = torch.empty((), dtype=dtype).element_size()
     y_numel = _numel(geo.out_shape)
     info = runtime.LaunchInfo(
@@ -1193,11 +1221,13 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     channels_last = geo.channels_last(geo.CG_OUT)
     stage_w = channels_last and _vector_rows(geo.CG_IN)
-    wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc}
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
     launches = []
     phases_h, phases_w = min(sh, geo.H), min(sw, geo.W)
+    # one phase: its rows are dx's pixels in order, which the NCHW store can be told
+    wide = {"OFFSETS_64": _numel(x_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
+            "PIX_POW2": _pow2_dividing(geo.H * geo.W) if phases_h * phases_w == 1 else 1}
     class_h = _phase_class_taps(geo.KH, sh, geo.padding[0], geo.dilation[0], phases_h)
     class_w = _phase_class_taps(geo.KW, sw, geo.padding[1], geo.dilation[1], phases_w)
     reads = _shares((_numel(g_shape) + _numel(w_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0),
@@ -1227,6 +1257,11 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
                                          geo.groups, tail, consts, info, config))
     return geo, tuple(launches), channels_last, stage_w
+
+
+def _pow2_dividing(n: int, cap: int = 256) -> int:
+    """The largest power of two dividing n, at most ``cap`` (the PIX_POW2 of the NCHW stores)."""
+    return min(n & -n, cap) if n > 0 else 1
 
 
 def _vector_rows(columns: int) -> bool:
