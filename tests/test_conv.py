@@ -371,6 +371,38 @@ def test_grids_fit_cuda_limits_for_large_inputs(device, monkeypatch):
                                     groups=65536)
 
 
+def test_nchw_store_run_promises_are_true(seed, device, monkeypatch):
+    """PIX_POW2 promises the NCHW store that its rows come in aligned runs of consecutive pixels
+    (the GPU vectorises on it; the interpreter ignores the hint, so a false promise would only show
+    on a GPU). It must divide the pixels per image, and be 1 for a dgrad split into stride phases,
+    whose rows skip pixels."""
+    seen = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        seen.append((getattr(kernel, "__name__", str(kernel)), constexprs.get("PIX_POW2")))
+        run()
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record])
+    cases = [  # (x shape, C_out, kernel, stride, padding, the forward's and the dgrad's PIX_POW2)
+        ((2, 3, 6, 8), 4, 3, 1, 1, 16, 16),     # packed; 48 pixels an image
+        ((1, 16, 5, 5), 16, 3, 1, 1, 1, 1),     # channels-last; 25 pixels
+        ((2, 16, 8, 8), 16, 3, 1, 1, 64, 64),   # channels-last; 64
+        ((2, 16, 8, 8), 16, 3, 2, 1, 16, 1),    # stride 2: 4x4 outputs, dx in four phases
+        ((2, 3, 20, 20), 4, 5, 1, 0, 256, 16),  # 16x16 outputs; dx 400 = 16 * 25 pixels
+    ]
+    for x_shape, c_out, k, stride, pad, fwd_pow2, dgrad_pow2 in cases:
+        seen.clear()
+        x = torch.randn(x_shape, device=device)
+        wt = torch.randn(c_out, x_shape[1], k, k, device=device)
+        y = conv_kernels.conv2d_forward(x, wt, stride=stride, padding=pad)
+        conv_kernels.conv2d_input_grad(torch.randn_like(y), wt, x.shape, stride=stride, padding=pad)
+        pow2 = {name: value for name, value in seen if value is not None}
+        fwd = [v for n, v in pow2.items() if "fwd" in n]
+        dgrad = [v for n, v in pow2.items() if "dgrad" in n]
+        assert fwd == [fwd_pow2] and dgrad == [dgrad_pow2], (x_shape, stride, pow2)
+        assert (y.shape[2] * y.shape[3]) % fwd_pow2 == 0 and (x_shape[2] * x_shape[3]) % dgrad_pow2 == 0
+
+
 def test_64_bit_output_offsets(seed, device, monkeypatch):
     """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
     shapes (both kernel families), which must give the same results."""
