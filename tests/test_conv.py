@@ -403,6 +403,38 @@ def test_nchw_store_run_promises_are_true(seed, device, monkeypatch):
         assert (y.shape[2] * y.shape[3]) % fwd_pow2 == 0 and (x_shape[2] * x_shape[3]) % dgrad_pow2 == 0
 
 
+def test_wgrad_gather_run_promises_are_true(seed, device, monkeypatch):
+    """The packed wgrad promises its gathers runs of ROW_POW2 pixels that are neighbours in memory
+    (see _row_runs): a power of two dividing the output row and each split's first pixel, and 1
+    where a row's pixels are not neighbours (a strided conv's x, a non-contiguous x or dy)."""
+    rows = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        if "X_ROW_POW2" in constexprs:
+            rows.append((constexprs["X_ROW_POW2"], constexprs["DY_ROW_POW2"]))
+        run()
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record])
+    x = torch.randn(3, 3, 12, 24, device=device)
+    wt = torch.randn(4, 3, 3, 3, device=device)
+    cases = [  # (x, dy's layout, stride, split_k, expected (X_ROW_POW2, DY_ROW_POW2))
+        (x, "contiguous", 1, 1, (8, 8)),                   # 24-pixel rows
+        (x, "contiguous", 2, 1, (1, 4)),                   # 12-pixel rows; x read every other pixel
+        (x[..., ::2], "contiguous", 1, 1, (1, 4)),         # x strided along its rows; 12-pixel rows
+        (x, "transposed", 1, 1, (8, 1)),                   # dy's rows not contiguous
+        (torch.randn(1, 3, 1, 32, device=device), "contiguous", 1, 2, (16, 16)),  # 32-pixel rows, two
+    ]                                                                            # splits of 16
+    for xx, layout, stride, split, expected in cases:
+        rows.clear()
+        y = conv_kernels.conv2d_forward(xx, wt, stride=stride, padding=1)
+        gy = torch.randn_like(y) if layout == "contiguous" else torch.randn(y.shape[:2] + y.shape[:1:-1],
+                                                                            device=device).transpose(2, 3)
+        dw, _ = conv_kernels.conv2d_weight_grad(gy, xx, wt.shape, stride=stride, padding=1, split_k=split)
+        assert rows == [expected], (xx.shape, layout, stride, split, rows)
+        _, _, dw_ref, _ = _reference(xx, wt, torch.zeros(4, device=device), gy, None, stride=stride, padding=1)
+        _close(dw, dw_ref, 1e-5, f"dw {layout} stride {stride}")
+
+
 def test_64_bit_output_offsets(seed, device, monkeypatch):
     """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
     shapes (both kernel families), which must give the same results."""

@@ -192,6 +192,20 @@ def _run_mask(offs_m, M, RUN: tl.constexpr):
 
 
 @triton.jit
+def _row_runs(image_offset, pixel_offset, ROW_POW2: tl.constexpr, BLOCK: tl.constexpr):
+    """image_offset + pixel_offset (one per pixel of a tile, consecutive pixels of an [N, H, W]
+    grid starting at a multiple of ROW_POW2), marked as contiguous over aligned runs of
+    min(ROW_POW2, BLOCK). (The sum is formed here because a hint only attaches to a value computed
+    in the function that gives it; on an argument it is silently lost.) The
+    launcher sets ROW_POW2 (a power of two dividing the row length W, or 1) only where neighbouring
+    pixels of a row are neighbours in memory, so runs never cross a row. Without the hint, the div/mod
+    index math hides all contiguity and sm_90's TTGIR lays gathers out with a warp along the
+    other (channel or tap) dimension: one 2-byte load per 32-byte sector."""
+    RUN: tl.constexpr = ROW_POW2 if ROW_POW2 < BLOCK else BLOCK
+    return tl.max_contiguous(image_offset + pixel_offset, RUN)
+
+
+@triton.jit
 def _store_activation(ptr, tile, n_idx, pixel, flat_pixel, channel, m_mask, n_mask, C, HW,
                       OFFSETS_64: tl.constexpr, NHWC: tl.constexpr, RUN: tl.constexpr):
     """Store tile [pixels, channels] (in ptr's dtype) at image n_idx, ``pixel`` within it
@@ -261,9 +275,11 @@ def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, offs_m, M, ci_g, n_mask, C_IN,
 # Layout note: NCHW is contiguous along output/input pixels, so every gathered tile is built with
 # the pixel index as its LAST dimension ([K, M], then tl.trans into the dot). That alone does not
 # make the loads coalesce: when the div/mod index math hides all contiguity, sm_90's TTGIR lays
-# these gathers out with a warp's 32 threads along K (one pixel, 32 taps), as it did the NCHW
-# output store until that was given contiguity hints (_store_activation). The gathers read far
-# fewer bytes than the stores write; giving them the same hints is the next step (CONV_NOTES.md).
+# these gathers out with a warp's 32 threads along K (one pixel, 32 taps). wgrad tells the compiler
+# which pixels are neighbours in memory (_row_runs): its loads then run along pixels and its loop
+# is half as long. The forward and dgrad keep the K-wise layout: with the same hint their loops
+# grew 2-3x (each thread then holds 16 taps, whose index math is per tap), and they read few bytes;
+# whether coalescing pays for that is for a GPU to say (CONV_NOTES.md).
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
@@ -275,8 +291,7 @@ def conv2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    PADDED: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
@@ -289,7 +304,7 @@ def conv2d_fwd_kernel(
     contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
     PADDED: some window reaches into padding; without (LeNet) the gather needs no bounds checks
-    (~9 integer instructions per gathered element).
+    (~9 integer instructions per gathered element). PIX_POW2: see _store_activation.
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups) (see _gemm_program).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
@@ -320,9 +335,9 @@ def conv2d_fwd_kernel(
 
 @triton.jit
 def _load_dy(dy_img, offs, mask_ptr, co_g, bit, mask, MASK_ROW, RELU: tl.constexpr):
-    """dy at pointer ``dy_img + offs`` (dy_img: the image's base, int64; offs: int32 offset of
-    (co, oh, ow) inside it); with RELU, zero where bit ``bit`` (output pixel (n*OH + oh)*OW + ow)
-    of out channel ``co_g``'s row of the forward's bit mask (see _store_relu_mask) is clear.
+    """dy at pointers ``dy_img + offs`` (dy_img: per pixel, offs: the int32 rest of the offset of
+    (co, oh, ow)); with RELU, zero where bit ``bit`` (output pixel (n*OH + oh)*OW + ow) of out
+    channel ``co_g``'s row of the forward's bit mask (see _store_relu_mask) is clear.
     Callers build offs and bit as (per-pixel vector) + (per-k vector): one add per element."""
     dy = tl.load(dy_img + offs, mask=mask, other=0.0)
     if RELU:
@@ -340,8 +355,7 @@ def conv2d_dgrad_kernel(
     KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW,
     CG_IN, CG_OUT, K_RED, MASK_ROW,
     RELU: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx = conv2d's input gradient for the input pixels of one stride phase (ih = PH + stride_h*i),
@@ -352,7 +366,7 @@ def conv2d_dgrad_kernel(
     w: [C_out, CG_IN, KH, KW] any strides (sw*). dx: [N, C_IN, H, W] contiguous.
     The phase has HP x WP input pixels per image; M = N*HP*WP. Its contributing taps are
     kh = KH0 + KSTEP_H*t (t < NKH), likewise kw; K_RED = CG_OUT*NKH*NKW. A phase no tap reaches
-    (NKH or NKW = 0) still writes its zeros.
+    (NKH or NKW = 0) still writes its zeros. PIX_POW2: see _store_activation.
     Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_IN, BLOCK_N))
@@ -404,8 +418,8 @@ def conv2d_wgrad_kernel(
     sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
-    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr, X_ROW_POW2: tl.constexpr,
+    DY_ROW_POW2: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[co, k] = sum_p dy[p, co] * x_window[p, k] (and db[co] = sum_p dy[p, co]) over one split of p.
@@ -417,7 +431,9 @@ def conv2d_wgrad_kernel(
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
     this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
-    PADDED: as in conv2d_fwd_kernel. Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
+    PADDED: as in conv2d_fwd_kernel. X_ROW_POW2, DY_ROW_POW2: see _row_runs (x's and dy's offsets
+    along output rows, when stride_w*sxw == 1 and sdw == 1; they also divide P_PER_SPLIT).
+    Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
     pid_n, pid_z, pid_m = _gemm_program(tl.cdiv(K_W, BLOCK_N))
     g = pid_z // SPLIT
@@ -444,7 +460,8 @@ def conv2d_wgrad_kernel(
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
         # p is the bit index of output pixel (n, oh, ow) in the ReLU mask
-        a = _load_dy((dy_ptr + n_idx.to(tl.int64) * sdn)[None, :], dy_row[:, None] + (oh * sdh + ow * sdw)[None, :],
+        dy_pix = dy_ptr + _row_runs(n_idx.to(tl.int64) * sdn, oh * sdh + ow * sdw, DY_ROW_POW2, BLOCK_K)
+        a = _load_dy(dy_pix[None, :], dy_row[:, None],
                      mask_ptr, co_g[:, None], p[None, :], m_mask[:, None] & p_mask[None, :], MASK_ROW, RELU)
         if HAS_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
@@ -455,7 +472,7 @@ def conv2d_wgrad_kernel(
         b_mask = p_mask[None, :] & k_mask[:, None]
         if PADDED:
             b_mask = b_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (oh_s * sxh + ow_s * sxw)
+        x_pix = x_ptr + _row_runs(n_idx.to(tl.int64) * sxn, oh_s * sxh + ow_s * sxw, X_ROW_POW2, BLOCK_K)
         b_t = tl.load(x_pix[None, :] + x_col[:, None], mask=b_mask, other=0.0)
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
@@ -1260,7 +1277,8 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
 
 
 def _pow2_dividing(n: int, cap: int = 256) -> int:
-    """The largest power of two dividing n, at most ``cap`` (the PIX_POW2 of the NCHW stores)."""
+    """The largest power of two dividing n, at most ``cap`` (the run lengths promised to the NCHW
+    stores, PIX_POW2, and gathers, *_ROW_POW2)."""
     return min(n & -n, cap) if n > 0 else 1
 
 
@@ -1376,7 +1394,10 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
                 geo.CG_IN, geo.CG_OUT, K_W, split, per, L, geo.relu_mask_shape[1])
         cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
         kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
-        consts = {"RELU": relu, "PADDED": not geo.windows_inside}
+        rows = min(_pow2_dividing(geo.OW), _pow2_dividing(per))  # see _row_runs: runs also start each split
+        consts = {"RELU": relu, "PADDED": not geo.windows_inside,
+                  "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1,
+                  "DY_ROW_POW2": rows if g_stride[3] == 1 else 1}
     consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
