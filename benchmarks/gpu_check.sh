@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, torch and triton already installed and no network,
 # run the test suite with every kernel compiled for the GPU (no interpreter), then the benchmarks.
-# Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR; at most 7.5 minutes:
-# the stage limits below add up to 450 s; bench_train includes a timed epoch of `tritonnet train`)
+# Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR; at most 8.5 minutes:
+# the stage limits below add up to 510 s; bench_train includes a timed epoch of `tritonnet train`)
 # Each stage has its own time limit and a failing stage does not stop the next: the summary at
 # the end says which passed. STAGES="tests bench_pool ..." runs a subset.
 set -u
@@ -16,7 +16,7 @@ python=${PYTHON:-python3}
 summary=$out/summary.txt
 : >"$summary"
 
-stages=${STAGES:-tests bench_conv bench bench_pool profile profile_vgg bench_train bench_linear}
+stages=${STAGES:-tests bench_conv conv_sweep bench bench_pool profile profile_vgg bench_train bench_linear}
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -46,6 +46,8 @@ stage tests 110 $python -m pytest tests -q -p no:cacheprovider "${workers[@]}" -
 # The issues' speed targets first (conv, then the training steps), so a lease that ends early
 # still has them; every benchmark writes its JSON after each row.
 stage bench_conv 100 $python benchmarks/bench_conv.py --out "$out"
+# NCHW against channels-last paths and a tile sweep for the CIFAR layers (device time only)
+stage conv_sweep 60 $python benchmarks/conv_sweep.py --out "$out" --budget-s 45
 stage bench 100 $python -m tritonnet bench --out "$out" --budget-s 90
 stage bench_pool 40 $python benchmarks/bench_pool.py --out "$out"
 stage profile 15 $python -m tritonnet profile --out "$out"

@@ -1,6 +1,9 @@
 """`tritonnet bench`: the quick smoke run end to end, the README section it regenerates, recorded
 torch.compile failures, and that tritonnet and torch time the same training step."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -161,3 +164,22 @@ def test_precompile_workers_run_the_items(seed):
                         ("step", "no-such-model", 2, "fp32")], quick=True) == 2
     note = bench.precompile([linear], workers=1, timeout_s=120, quick=True)
     assert "1 items' kernels in 1 processes" in note and "(0 failed" in note, note
+
+
+def test_gpu_diagnostic_scripts_run_under_the_interpreter(tmp_path):
+    """conv_sweep.py and diag_gradients.py run on a GPU only in the GPU check; their smoke modes
+    here keep them from rotting: the sweep's tiny layers must match torch, and the pool-winner
+    comparison must run end to end."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    budget = "100" if runtime.INTERPRETED else "0"  # on a GPU (the GPU check's suite): no tile sweep
+    sweep = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "conv_sweep.py"), "--out", str(tmp_path),
+                            "--budget-s", budget], capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    rows = json.load(open(tmp_path / "conv_sweep.json"))["rows"]
+    assert rows[-1].get("done") and all("error" not in r for r in rows)
+    assert all(float(r["rel_err"]) < 2e-2 for r in rows if "rel_err" in r)  # bf16 against fp32 torch
+    assert {r["what"] for r in rows if "what" in r} >= {"cuDNN NCHW", "stage x NCHW->NHWC",
+                                                        "tritonnet NCHW in+out (autotuned)"}
+    diag = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "diag_gradients.py"), "--pool-winners", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert diag.returncode == 0 and "seed 3 pool2: " in diag.stdout, diag.stdout + diag.stderr
