@@ -116,8 +116,10 @@ def _ops(pad):
     def r_fused(x, w, b, gy, y, mask):
         return torch.relu(torch.nn.functional.conv2d(x, w, b, padding=pad))
 
+    # dx in x's layout, as torch returns it (and as the tape asks for it)
     def t_dgrad(x, w, b, gy, y, mask):
-        return K.conv2d_input_grad(gy, w, x.shape, padding=pad)
+        return K.conv2d_input_grad(gy, w, x.shape, padding=pad,
+                                   channels_last=K.prefers_channels_last(x.shape, x.stride()))
 
     def r_dgrad(x, w, b, gy, y, mask):
         return conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False])
@@ -128,9 +130,9 @@ def _ops(pad):
     def r_wgrad(x, w, b, gy, y, mask):
         return conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False])
 
-    def t_bwd(x, w, b, gy, y, mask, need_dx=True):
-        dx = K.conv2d_input_grad(gy, w, x.shape, padding=pad, relu_mask=mask) if need_dx else None
-        return dx, K.conv2d_weight_grad(gy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True)
+    def t_bwd(x, w, b, gy, y, mask, need_dx=True):  # what the tape runs: grad_out staged once for both
+        return K.conv2d_backward(gy, x, w, x.shape, w.shape, padding=pad, relu_mask=mask, input_grad=need_dx,
+                                 bias_grad=True, input_channels_last=K.prefers_channels_last(x.shape, x.stride()))
 
     def r_bwd(x, w, b, gy, y, mask, need_dx=True):
         gz = torch.ops.aten.threshold_backward(gy, y, 0)

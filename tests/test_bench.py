@@ -183,3 +183,22 @@ def test_gpu_diagnostic_scripts_run_under_the_interpreter(tmp_path):
     diag = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "diag_gradients.py"), "--pool-winners", "3"],
                           capture_output=True, text=True, timeout=300)
     assert diag.returncode == 0 and "seed 3 pool2: " in diag.stdout, diag.stdout + diag.stderr
+
+
+def test_bench_conv_smoke_run_writes_rows_and_targets(tmp_path):
+    """bench_conv.py's interpreter smoke run: every op of its small shapes timed on both sides and
+    the three target checks present (their ratios mean nothing here)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "bench_conv.py")
+    if not runtime.INTERPRETED:  # on a GPU the full benchmark is the GPU check's next stage
+        run = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "--quick" in run.stdout, run.stdout + run.stderr
+        return
+    run = subprocess.run([sys.executable, script, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.load(open(tmp_path / "bench_conv.json"))
+    assert result["complete"] and not result["timings_meaningful"]
+    ops = {r["op"] for r in result["rows"]}
+    assert ops == {"fwd", "fwd+bias+relu", "dgrad", "wgrad", "bwd+bias+relu"}, ops
+    assert all(r["tritonnet_ms"] > 0 and r["cudnn_nchw_ms"] > 0 for r in result["rows"])
+    assert len(result["targets"]) == 6
