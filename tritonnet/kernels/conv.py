@@ -193,14 +193,14 @@ def _run_mask(offs_m, M, RUN: tl.constexpr):
 
 @triton.jit
 def _row_runs(image_offset, pixel_offset, ROW_POW2: tl.constexpr, BLOCK: tl.constexpr):
-    """image_offset + pixel_offset (one per pixel of a tile, consecutive pixels of an [N, H, W]
-    grid starting at a multiple of ROW_POW2), marked as contiguous over aligned runs of
-    min(ROW_POW2, BLOCK). (The sum is formed here because a hint only attaches to a value computed
-    in the function that gives it; on an argument it is silently lost.) The
-    launcher sets ROW_POW2 (a power of two dividing the row length W, or 1) only where neighbouring
-    pixels of a row are neighbours in memory, so runs never cross a row. Without the hint, the div/mod
-    index math hides all contiguity and sm_90's TTGIR lays gathers out with a warp along the
-    other (channel or tap) dimension: one 2-byte load per 32-byte sector."""
+    """image_offset + pixel_offset for one tile's pixels (consecutive pixels of an [N, H, W] grid,
+    the first at a multiple of ROW_POW2), marked contiguous over aligned runs of min(ROW_POW2,
+    BLOCK). The launcher sets ROW_POW2 (a power of two dividing the row length W, or 1) only where
+    a row's neighbouring pixels are neighbours in memory, so no run crosses a row. Without the
+    hint the div/mod index math hides all contiguity and sm_90 lays gathers out with a warp along
+    the other (channel or tap) dimension: one 2-byte load per 32-byte sector. The sum is formed
+    here because a hint attaches to the value computed where it is given: on a function argument
+    it is silently lost."""
     RUN: tl.constexpr = ROW_POW2 if ROW_POW2 < BLOCK else BLOCK
     return tl.max_contiguous(image_offset + pixel_offset, RUN)
 
