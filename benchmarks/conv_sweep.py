@@ -9,7 +9,8 @@ every number a CUDA-graph replay (triton.testing.do_bench_cudagraph, device time
 - the same GEMM in cuBLAS (torch.mm [M, K] x [K, N]), the ceiling an implicit GEMM aims at;
 - the NCHW path's parts: staging x as NHWC alone, and the whole NCHW call (staging + kernel
   with the NCHW store);
-- the packed kernel (RGB stem, 3 input channels) over its tiles.
+- the packed kernel (RGB stem, 3 input channels) over its tiles;
+- LeNet's weight gradients against cuDNN's, over the number of pixel splits.
 
     python benchmarks/conv_sweep.py [--out DIR] [--budget-s 100]
 
@@ -32,6 +33,10 @@ from tritonnet.kernels.layout import to_channels_last  # noqa: E402
 # (name, C_in, C_out, H, batch): bench_conv's CIFAR layers, 3x3 pad 1
 LAYERS = [("64->128 16x16", 64, 128, 16, 512), ("128->256 8x8", 128, 256, 8, 512)]
 STEM = ("3->64 32x32", 3, 64, 32, 512)
+# (name, C_in, C_out, H, batch): LeNet's layers, 5x5 no padding; their weight gradients are a long
+# reduction over pixels into 150-2400 weights, split across programs (wgrad_split)
+LENET = [("LeNet conv1 1->6 28x28", 1, 6, 28, 256), ("LeNet conv2 6->16 14x14", 6, 16, 14, 256)]
+SPLITS = [64, 128, 256, 512, 1024]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CL_TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 128, 32, 4, 5),
             (256, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
@@ -72,13 +77,32 @@ def main(argv=None):
         with open(path, "w") as f:
             json.dump({"environment": runtime.describe(), "rows": rows}, f, indent=1)
 
-    global LAYERS, STEM, CL_TILES, PACKED_TILES
+    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
+        LENET, SPLITS = [("tiny LeNet", 1, 6, 8, 2)], [3]
         CL_TILES = PACKED_TILES = [(16, 16, 16, 4, 1)]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16
+    # wgrad: how many pixel splits hide the latency of these small, gather-heavy programs
+    conv_bwd = torch.ops.aten.convolution_backward
+    for name, c_in, c_out, h, n in LENET:
+        x = torch.randn(n, c_in, h, h, device=runtime.device(), dtype=dtype)
+        w = torch.randn(c_out, c_in, 5, 5, device=runtime.device(), dtype=dtype) * 0.2
+        gy = torch.randn(n, c_out, h - 4, h - 4, device=runtime.device(), dtype=dtype)
+        ms = device_ms(lambda: conv_bwd(gy, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]))
+        record(layer=name, what="cuDNN wgrad", ms=round(ms, 4))
+        ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float())
+        for split in [None] + [s for s in SPLITS if s <= n * (h - 4) ** 2]:
+            if split is not None and time.perf_counter() - started > args.budget_s:
+                break
+            dw, _ = K.conv2d_weight_grad(gy, x, w.shape, split_k=split)
+            err = float((dw.float() - ref).abs().max() / ref.abs().max())
+            ms = device_ms(lambda: K.conv2d_weight_grad(gy, x, w.shape, split_k=split))
+            used = K.wgrad_split(K.geometry(x.shape, w.shape, 1, 0, 1, 1), split)[0]
+            record(layer=name, what=f"tritonnet wgrad split_k={split} ({used} splits)", ms=round(ms, 4),
+                   rel_err=f"{err:.1e}")
     for name, c_in, c_out, h, n in LAYERS:
         x = torch.randn(n, c_in, h, h, device=runtime.device(), dtype=dtype)
         x_cl = x.contiguous(memory_format=torch.channels_last)
