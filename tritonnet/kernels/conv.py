@@ -512,6 +512,19 @@ def _load_nhwc(ptr, pixel, C, first_channel, channel, pixel_mask, channel_mask):
                    mask=pixel_mask[:, None] & channel_mask[None, :], other=0.0)
 
 
+@triton.jit
+def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, WIDTH, s_row, s_col, swh, sww, row_mask, col_mask,
+                     W_STAGED: tl.constexpr):
+    """The [rows, cols] tile of the weight at tap (kh, kw), 0 where masked: with W_STAGED from the
+    staged [rows, KH, KW, WIDTH] contiguous copy (cols contiguous), else in torch's layout, rows
+    and cols strided by s_row and s_col (the forward's rows are in channels, dgrad's out channels)."""
+    if W_STAGED:
+        off = (((rows * KH + kh) * KW + kw) * WIDTH)[:, None] + cols[None, :]
+    else:
+        off = (rows * s_row + kh * swh + kw * sww)[:, None] + (cols * s_col)[None, :]
+    return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
 def conv2d_fwd_cl_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
@@ -549,11 +562,7 @@ def conv2d_fwd_cl_kernel(
         pix = pix0 + (kh * dil_h * W + kw * dil_w)
         c_mask = c < CG_IN
         a = _load_nhwc(x_ptr, pix, C_IN, g * CG_IN, c, sp_mask, c_mask)
-        if W_STAGED:
-            w_off = (((c * KH + kh) * KW + kw) * C_OUT)[:, None] + co_g[None, :]
-        else:
-            w_off = (c * swc + kh * swh + kw * sww)[:, None] + (co_g * swo)[None, :]
-        b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        b = _load_weight_tap(w_ptr, c, co_g, kh, kw, KH, KW, C_OUT, swc, swo, swh, sww, c_mask, n_mask, W_STAGED)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
@@ -605,11 +614,7 @@ def conv2d_dgrad_cl_kernel(
         c_mask = c < CG_OUT
         co_g = g * CG_OUT + c
         a = _load_nhwc(dy_ptr, pix, C_OUT, g * CG_OUT, c, sp_mask, c_mask)
-        if W_STAGED:
-            w_off = (((co_g * KH + kh) * KW + kw) * CG_IN)[:, None] + ci[None, :]
-        else:
-            w_off = (co_g * swo + kh * swh + kw * sww)[:, None] + (ci * swc)[None, :]
-        b = tl.load(w_ptr + w_off, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        b = _load_weight_tap(w_ptr, co_g, ci, kh, kw, KH, KW, CG_IN, swo, swc, swh, sww, c_mask, n_mask, W_STAGED)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, offs_m, M, g * CG_IN + ci,
                       n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M)
