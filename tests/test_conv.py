@@ -255,6 +255,46 @@ def test_tf32_mode_runs_tf32_dots(seed, device):
     _close(y.data, _reference(x, wt, b, torch.ones(y.shape), None, padding=1)[0], 1e-3, "y (tf32)")
 
 
+def test_tf32_reads_the_weight_k_major(seed, device):
+    """TF32 wgmma takes B from shared memory K-major only: in 'high' precision the channels-last
+    forward and dgrad read a weight staged with the reduction's channels contiguous (W_LAYOUT 2),
+    grouped, with stride phases, poisoned outputs; a channels_last weight is that layout already."""
+    cases = ((torch.float32, "high", conv_kernels.W_K_MAJOR), (torch.float32, "highest", conv_kernels.W_N_MAJOR),
+             (torch.bfloat16, "highest", conv_kernels.W_N_MAJOR))
+    for dtype, precision, layout in cases:
+        x, wt, b = _inputs(device, torch.float32, 2, 32, 7, 6, 48, 3, 2)  # 16 in, 24 out channels per group
+        gy = torch.randn(2, 48, 4, 3, device=device)
+        ref = _reference(x, wt, b, gy, "relu", stride=2, padding=1, groups=2)
+        opts = dict(stride=2, padding=1, groups=2)
+        tn.set_float32_matmul_precision(precision)
+        try:
+            with launched_constexpr("W_LAYOUT") as seen:
+                y, mask = conv_kernels.conv2d_forward(x.to(dtype), wt.to(dtype), b.to(dtype), activation="relu",
+                                                      save_relu_mask=True, **opts)
+                dx = conv_kernels.conv2d_input_grad(gy.to(dtype), wt.to(dtype), x.shape, relu_mask=mask, **opts)
+        finally:
+            tn.set_float32_matmul_precision("highest")
+        assert [v for v in seen if v is not None] == [layout] * 5, (precision, dtype, seen)  # fwd + 4 dgrad phases
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-3 if precision == "high" else 1e-5
+        _close(y, ref[0], tol, f"y {precision} {dtype}")
+        _close(dx, ref[1], tol, f"dx {precision} {dtype}")
+    launches = []
+
+    def count(kernel, grid, args, constexprs, info, run):
+        launches.append(info.op)
+        return run()
+
+    x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), wt.contiguous(memory_format=torch.channels_last)
+    tn.set_float32_matmul_precision("high")
+    try:
+        with runtime.observing(count):
+            y = conv_kernels.conv2d_forward(x_cl, w_cl, b, **opts)
+    finally:
+        tn.set_float32_matmul_precision("highest")
+    assert launches == ["conv2d_fwd"], f"x and the weight are channels-last already: nothing to stage, {launches}"
+    _close(y, _reference(x, wt, b, gy, None, **opts)[0], 1e-3, "y from channels-last x and weight")
+
+
 def test_noncontiguous_inputs_and_gradient(seed, device):
     base = torch.randn(2, 9, 12, 5, device=device)
     x = base.permute(0, 3, 1, 2)[:, :, ::1, 1:]                # (2, 5, 9, 11), strided, not contiguous
@@ -596,6 +636,8 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
                 for cfg in configs:
                     out = conv_kernels.conv2d_forward(x, w, b, padding=1, activation="relu", config=tiles(cfg),
                                                       save_relu_mask=training)
+                if precision == "high":  # TF32 dgrad reads its weight K-major too (the forward does above)
+                    conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, config=tiles(configs[0]))
                 if training:
                     conv_kernels.conv2d_backward(y, x, w, x.shape, w.shape, padding=1, relu_mask=out[1],
                                                  bias_grad=True)
@@ -611,6 +653,8 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
     gemms = [s for s in specs if s["kernel"].startswith("conv2d")]
     assert all(s["constexprs"]["DOT_FP32"] is False for s in gemms), "bf16 must reach tl.dot as bf16"
     assert any(s["constexprs"]["PRECISION"] == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in gemms)
+    assert {s["kernel"] for s in gemms if s["constexprs"].get("W_LAYOUT") == conv_kernels.W_K_MAJOR} == \
+        {"conv2d_fwd_cl_kernel", "conv2d_dgrad_cl_kernel"}, "TF32's K-major weight tiles are compiled"
     assert sorted(s["constexprs"]["SAVE_MASK"] for s in specs if "SAVE_MASK" in s["constexprs"]) == [0, 0, 1, 1]
     assert {s["constexprs"]["RELU_MASK"] for s in specs if s["kernel"] == "to_channels_last_kernel"} == {0, 1}, \
         "dy is staged with the ReLU gate"

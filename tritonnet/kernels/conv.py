@@ -513,16 +513,27 @@ def _load_nhwc(ptr, pixel, C, first_channel, channel, pixel_mask, channel_mask):
 
 
 @triton.jit
-def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, WIDTH, s_row, s_col, swh, sww, row_mask, col_mask,
-                     W_STAGED: tl.constexpr):
-    """The [rows, cols] tile of the weight at tap (kh, kw), 0 where masked: with W_STAGED from the
-    staged [rows, KH, KW, WIDTH] contiguous copy (cols contiguous), else in torch's layout, rows
-    and cols strided by s_row and s_col (the forward's rows are in channels, dgrad's out channels)."""
-    if W_STAGED:
-        off = (((rows * KH + kh) * KW + kw) * WIDTH)[:, None] + cols[None, :]
+def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, ROW_LEN, COL_LEN, s_row, s_col, swh, sww, row_mask, col_mask,
+                     W_LAYOUT: tl.constexpr):
+    """The [rows, cols] (GEMM [K, N]) tile of the weight at tap (kh, kw), 0 where masked.
+
+    W_LAYOUT 1 (N-major): the staged [rows, KH, KW, COL_LEN] contiguous copy, cols contiguous.
+    W_LAYOUT 2 (K-major): the staged [cols, KH, KW, ROW_LEN] contiguous copy, rows contiguous,
+    loaded as [cols, rows] and transposed: TF32 wgmma takes its B operand from shared memory
+    K-major only, and an N-major tile reached it through 4-byte copies (sm_90: 96 LDGSTS.E per
+    thread per step for the 128x128x64 forward instead of 24 16-byte ones).
+    W_LAYOUT 0: torch's layout in place, rows and cols strided by s_row and s_col.
+    (The forward's rows are in channels and cols out channels; dgrad's the other way round.)
+    """
+    if W_LAYOUT == 1:
+        off = (((rows * KH + kh) * KW + kw) * COL_LEN)[:, None] + cols[None, :]
+        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+    elif W_LAYOUT == 2:
+        off = rows[:, None] + (((cols * KH + kh) * KW + kw) * ROW_LEN)[None, :]
+        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
     else:
         off = (rows * s_row + kh * swh + kw * sww)[:, None] + (cols * s_col)[None, :]
-    return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
@@ -532,17 +543,17 @@ def conv2d_fwd_cl_kernel(
     M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    W_STAGED: tl.constexpr,
+    W_LAYOUT: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b) from channels-last operands; reduction over (tap, channel chunk).
 
     x: [N, H, W, C_IN] contiguous (NHWC).
-    w: with W_STAGED [CG_IN, KH, KW, C_OUT] contiguous (the GEMM's B, out channels contiguous;
-    read K-major instead, ptxas serialises the wgmma instructions, bf16 and TF32 alike), else
-    torch's [C_OUT, CG_IN, KH, KW] with strides sw* (when CG_OUT is no multiple of 8 its rows
-    cannot be vector loads anyway, and staging would cost a launch).
+    w: the GEMM's B, W_LAYOUT (see _load_weight_tap) 1: [CG_IN, KH, KW, C_OUT] contiguous (out
+    channels contiguous; bf16/fp16 and IEEE fp32), 2: [C_OUT, KH, KW, CG_IN] contiguous (TF32),
+    0: torch's [C_OUT, CG_IN, KH, KW] with strides sw* (neither side's rows would be whole 16-byte
+    vectors, and staging would cost a launch).
     b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel (y is NCHW).
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
@@ -562,7 +573,8 @@ def conv2d_fwd_cl_kernel(
         pix = pix0 + (kh * dil_h * W + kw * dil_w)
         c_mask = c < CG_IN
         a = _load_nhwc(x_ptr, pix, C_IN, g * CG_IN, c, sp_mask, c_mask)
-        b = _load_weight_tap(w_ptr, c, co_g, kh, kw, KH, KW, C_OUT, swc, swo, swh, sww, c_mask, n_mask, W_STAGED)
+        b = _load_weight_tap(w_ptr, c, co_g, kh, kw, KH, KW, CG_IN, C_OUT, swc, swo, swh, sww, c_mask, n_mask,
+                             W_LAYOUT)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
@@ -574,7 +586,7 @@ def conv2d_dgrad_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, W_STAGED: tl.constexpr,
+    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, W_LAYOUT: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -582,8 +594,9 @@ def conv2d_dgrad_cl_kernel(
     """dx for one stride phase (see conv2d_dgrad_kernel) from channels-last operands.
 
     dy: [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied (staged with the mask).
-    w: with W_STAGED [C_OUT, KH, KW, CG_IN] contiguous (in channels contiguous), else torch's
-    [C_OUT, CG_IN, KH, KW] with strides sw* (see conv2d_fwd_cl_kernel). dx: [N, C_IN, H, W] contiguous.
+    w: W_LAYOUT 1: [C_OUT, KH, KW, CG_IN] contiguous (in channels, the GEMM's N, contiguous),
+    2: [CG_IN, KH, KW, C_OUT] contiguous (K-major, TF32), 0: torch's [C_OUT, CG_IN, KH, KW] with
+    strides sw* (see conv2d_fwd_cl_kernel). dx: [N, C_IN, H, W] contiguous.
     Reduction over (tap of the phase, out-channel chunk).
     Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
@@ -614,7 +627,8 @@ def conv2d_dgrad_cl_kernel(
         c_mask = c < CG_OUT
         co_g = g * CG_OUT + c
         a = _load_nhwc(dy_ptr, pix, C_OUT, g * CG_OUT, c, sp_mask, c_mask)
-        b = _load_weight_tap(w_ptr, co_g, ci, kh, kw, KH, KW, CG_IN, swo, swc, swh, sww, c_mask, n_mask, W_STAGED)
+        b = _load_weight_tap(w_ptr, co_g, ci, kh, kw, KH, KW, C_OUT, CG_IN, swo, swc, swh, sww, c_mask, n_mask,
+                             W_LAYOUT)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     _store_input_grad(acc, dx_ptr, n_idx, PH + i_h * stride_h, PW + i_w * stride_w, offs_m, M, g * CG_IN + ci,
                       n_mask, C_IN, H, W, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M)
@@ -1091,14 +1105,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
     save_relu_mask = bool(save_relu_mask)
-    geo, launch, stage_x, stage_w, out_nhwc = _planned(
+    geo, launch, stage_x, w_layout, out_nhwc = _planned(
         _forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None, x.dtype,
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, save_relu_mask,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
     if stage_x:
         x = to_channels_last(x)
-    if stage_w:
-        weight = to_channels_last(weight.permute(1, 0, 2, 3), name="weight")  # [CG_IN, KH, KW, C_out]
+    if w_layout != W_TORCH:
+        weight = _staged_weight(weight, in_channels_contiguous=w_layout == W_K_MAJOR)
     y = _empty_activation(geo.out_shape, x.dtype, out_nhwc)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
     launch((x, weight, bias if bias is not None else y, y, mask))
@@ -1108,7 +1122,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 @functools.lru_cache(maxsize=512)
 def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
                   save_mask, precision, autotune, config):
-    """(geometry, _Launch, stage x?, stage the weight?, y channels-last?) of conv2d_forward;
+    """(geometry, _Launch, stage x?, the weight's W_LAYOUT, y channels-last?) of conv2d_forward;
     ``precision`` and ``autotune`` key the global settings."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
@@ -1126,16 +1140,16 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         + (_numel(geo.relu_mask_shape) if save_mask else 0))
     channels_last = geo.channels_last(geo.CG_IN)
     if channels_last:
-        stage_w = _vector_rows(geo.CG_OUT)
+        w_layout = _weight_layout(geo.CG_IN, geo.CG_OUT, dtype)
         tail = (*geo.cl_scalars(), M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
-                              tail, {**consts, "W_STAGED": stage_w}, info, config)
-        return geo, launch, not is_channels_last(x_shape, x_stride), stage_w, out_nhwc
+                              tail, {**consts, "W_LAYOUT": w_layout}, info, config)
+        return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
                           {**consts, "PADDED": not geo.windows_inside}, info, config)
-    return geo, launch, False, False, out_nhwc
+    return geo, launch, False, W_TORCH, out_nhwc
 
 
 @functools.lru_cache(maxsize=256)  # asked on every conv forward, by the plan and by functional.conv2d
@@ -1215,7 +1229,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     runtime.check_tensor(weight, "weight", ndim=4)
     relu = relu_mask is not None
     x_shape = tuple(x_shape)
-    geo, launches, cl_kernels, stage_w = _planned(
+    geo, launches, cl_kernels, w_layout = _planned(
         _dgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, weight.shape, weight.stride(), weight.dtype,
         x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bool(channels_last),
         runtime.dot_precision(grad_out.dtype), AUTOTUNE, _config_key(config))
@@ -1223,7 +1237,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
     dx = _empty_activation(x_shape, grad_out.dtype, bool(channels_last))
     if cl_kernels:
         tensors = (_staged_grad_out(grad_out, relu_mask, _staged),
-                   to_channels_last(weight, name="weight") if stage_w else weight, dx)
+                   weight if w_layout == W_TORCH else _staged_weight(weight, w_layout == W_N_MAJOR), dx)
     else:
         tensors = (grad_out, relu_mask if relu else grad_out, weight, dx)
     for launch in launches:
@@ -1234,7 +1248,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
 @functools.lru_cache(maxsize=512)
 def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape, stride, padding, dilation, groups,
                 relu, out_nhwc, precision, autotune, config):
-    """(geometry, [_Launch per stride phase], channels-last?, stage the weight?) of conv2d_input_grad."""
+    """(geometry, [_Launch per stride phase], channels-last?, the weight's W_LAYOUT) of conv2d_input_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if tuple(g_shape) != geo.out_shape:
         raise ValueError(f"grad_out must have the output's shape {geo.out_shape}, got {tuple(g_shape)}")
@@ -1242,7 +1256,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
         raise TypeError(f"weight must have grad_out's dtype {g_dtype}, got {w_dtype}")
     _check_int32_layouts(geo, [(g_shape, g_stride)], (w_shape, w_stride))
     channels_last = geo.channels_last(geo.CG_OUT)
-    stage_w = channels_last and _vector_rows(geo.CG_IN)
+    w_layout = _weight_layout(geo.CG_OUT, geo.CG_IN, g_dtype) if channels_last else W_TORCH
     sh, sw = geo.stride
     esize = torch.empty((), dtype=g_dtype).element_size()
     launches = []
@@ -1270,7 +1284,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
                         geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
                 launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
                                              geo.CG_IN, geo.groups, tail,
-                                             {**wide, "W_STAGED": stage_w, **_dot_flags(g_dtype)}, info, config))
+                                             {**wide, "W_LAYOUT": w_layout, **_dot_flags(g_dtype)}, info, config))
                 continue
             tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
                     *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
@@ -1278,7 +1292,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
             consts = {"RELU": relu, **wide, **_dot_flags(g_dtype)}
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
                                          geo.groups, tail, consts, info, config))
-    return geo, tuple(launches), channels_last, stage_w
+    return geo, tuple(launches), channels_last, w_layout
 
 
 def _pow2_dividing(n: int, cap: int = 256) -> int:
@@ -1288,9 +1302,32 @@ def _pow2_dividing(n: int, cap: int = 256) -> int:
 
 
 def _vector_rows(columns: int) -> bool:
-    """Whether a weight staged with ``columns`` (per group) contiguous GEMM-N columns gives rows
-    of whole 16-byte vectors; otherwise the channels-last kernels read torch's layout in place."""
+    """Whether a weight staged with ``columns`` (per group) contiguous columns gives rows of whole
+    16-byte vectors."""
     return columns % 8 == 0
+
+
+# How the channels-last kernels read the weight (their W_LAYOUT constexpr, see _load_weight_tap).
+W_TORCH, W_N_MAJOR, W_K_MAJOR = 0, 1, 2
+
+
+def _weight_layout(k_width: int, n_width: int, dtype: torch.dtype) -> int:
+    """The W_LAYOUT for a GEMM whose B operand has ``k_width`` reduction and ``n_width`` output
+    channels per group: K-major for TF32 (its wgmma reads B from shared memory K-major only),
+    N-major otherwise (bf16/fp16 wgmma takes either; IEEE fp32 is FMAs from registers), each only
+    where its rows are whole 16-byte vectors; else torch's layout in place (a staging launch
+    would buy no vector loads)."""
+    if dtype == torch.float32 and runtime.dot_precision(dtype) == "tf32" and _vector_rows(k_width):
+        return W_K_MAJOR
+    return W_N_MAJOR if _vector_rows(n_width) else W_TORCH
+
+
+def _staged_weight(weight, in_channels_contiguous: bool):
+    """weight [C_out, CG_in, KH, KW] as [C_out, KH, KW, CG_in] contiguous (in channels contiguous:
+    torch's channels_last weight, passed as it is) or [CG_in, KH, KW, C_out] (out channels)."""
+    if in_channels_contiguous:
+        return weight if is_channels_last(weight.shape, weight.stride()) else to_channels_last(weight, name="weight")
+    return to_channels_last(weight.permute(1, 0, 2, 3), name="weight")
 
 
 def _check_relu_mask(relu_mask, geo):
