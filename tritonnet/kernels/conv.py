@@ -611,6 +611,12 @@ def conv2d_dgrad_cl_kernel(
     n_mask = ci < CG_IN
     offs_k = tl.arange(0, BLOCK_K)
 
+    # dy's row offset of tap t_h is doh0 - t_h * doh_step; both divisions are exact (the phase's
+    # taps are those where they are, KSTEP_H * dil_h is a multiple of the stride), and hoisted
+    doh0 = (PH + pad_h - KH0 * dil_h) // stride_h
+    dow0 = (PW + pad_w - KW0 * dil_w) // stride_w
+    doh_step = KSTEP_H * dil_h // stride_h
+    dow_step = KSTEP_W * dil_w // stride_w
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     chunks = tl.cdiv(CG_OUT, BLOCK_K)
     for step in range(0, NKH * NKW * chunks):
@@ -618,8 +624,8 @@ def conv2d_dgrad_cl_kernel(
         c = chunk * BLOCK_K + offs_k
         kh = KH0 + t_h * KSTEP_H
         kw = KW0 + t_w * KSTEP_W
-        doh = (PH + pad_h - kh * dil_h) // stride_h  # exact: see conv2d_dgrad_kernel
-        dow = (PW + pad_w - kw * dil_w) // stride_w
+        doh = doh0 - t_h * doh_step
+        dow = dow0 - t_w * dow_step
         oh = i_h + doh
         ow = i_w + dow
         sp_mask = m_mask & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
