@@ -1,20 +1,22 @@
-"""Where the CIFAR-shaped bf16 convolutions lose to cuDNN: a GPU sweep, device time only.
+"""Where the CIFAR-shaped convolutions lose to cuDNN: a GPU sweep, device time only.
 
 bench_conv (H100, 2026-11-27) measured the bf16 CIFAR forwards at 0.24-0.30x cuDNN NCHW, and
-0.33-0.45x cuDNN channels_last when both read channels_last inputs. This script splits that up,
-every number a CUDA-graph replay (triton.testing.do_bench_cudagraph, device time):
+0.33-0.45x cuDNN channels_last when both read channels_last inputs; TF32 forwards at 0.21-0.26x.
+This script splits that up, every number a CUDA-graph replay (triton.testing.do_bench_cudagraph,
+device time), in order of what the next decision needs (a budget cuts the tail):
 
-- the channels-last forward kernel over a wider set of tiles than the autotuner's list, on
-  channels_last inputs (its output is then channels-last too);
-- the same GEMM in cuBLAS (torch.mm [M, K] x [K, N]), the ceiling an implicit GEMM aims at;
-- the NCHW path's parts: staging x as NHWC alone, and the whole NCHW call (staging + kernel
-  with the NCHW store);
-- the packed kernel (RGB stem, 3 input channels) over its tiles;
-- LeNet's weight gradients against cuDNN's, over the number of pixel splits.
+1. bf16 CIFAR layers: the NCHW call (staging + kernel + NCHW store) and the channels-last one
+   against cuDNN in both layouts and the same GEMM in cuBLAS (torch.mm [M, K] x [K, N], the
+   ceiling an implicit GEMM aims at); staging x as NHWC alone; the packed RGB stem.
+2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
+   K-major: autotuned against cuDNN, then over tiles (dgrad's 128x128x64 compiles with serialised
+   wgmma: does it still win?).
+3. LeNet's weight gradients against cuDNN's, over the number of pixel splits.
+4. The bf16 channels-last forward and the packed stem over wider tile sets than the autotuner's.
 
     python benchmarks/conv_sweep.py [--out DIR] [--budget-s 100]
 
-Writes conv_sweep.json after every row. Under the interpreter it runs one tiny case (smoke).
+Writes conv_sweep.json after every row. Under the interpreter it runs tiny cases (smoke).
 """
 import argparse
 import json
@@ -43,7 +45,11 @@ CL_TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (1
             (256, 64, 64, 8, 4), (64, 64, 64, 4, 4)]
 PACKED_TILES = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 3), (256, 64, 32, 8, 3),
                 (128, 32, 32, 4, 3), (64, 32, 32, 4, 4)]
-
+# TF32: a 64-element fp32 row is 256 bytes, twice the 128-byte swizzle; BLOCK_K 32 halves the
+# shared memory per stage (128x128x64 x 3 stages already takes 192 KB)
+TF32_FWD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4), (128, 128, 32, 4, 4),
+                  (128, 64, 32, 4, 5)]
+TF32_DGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4)]
 
 def device_ms(fn):
     import triton.testing
@@ -77,82 +83,144 @@ def main(argv=None):
         with open(path, "w") as f:
             json.dump({"environment": runtime.describe(), "rows": rows}, f, indent=1)
 
-    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS
+    def in_budget():
+        return time.perf_counter() - started <= args.budget_s
+
+    def timed(layer, what, fn, ref=None, **extra):
+        """Record fn's device time (and its error against ``ref``); a failure is a finding too
+        (a tile that does not fit shared memory), recorded instead of stopping the sweep."""
+        try:
+            if ref is not None:
+                out = fn()
+                extra["rel_err"] = f"{float((out.float() - ref).abs().max() / ref.abs().max()):.1e}"
+            ms = device_ms(fn)
+        except Exception as exc:
+            record(layer=layer, what=what, error=f"{type(exc).__name__}: {exc}"[:200])
+            return None
+        record(layer=layer, what=what, ms=round(ms, 4), **{k: (v(ms) if callable(v) else v) for k, v in extra.items()})
+        return ms
+
+    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
         LENET, SPLITS = [("tiny LeNet", 1, 6, 8, 2)], [3]
-        CL_TILES = PACKED_TILES = [(16, 16, 16, 4, 1)]
+        CL_TILES = PACKED_TILES = TF32_FWD_TILES = TF32_DGRAD_TILES = [(16, 16, 16, 4, 1)]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
     torch.backends.cudnn.benchmark = True
-    dtype = torch.bfloat16
-    # wgrad: how many pixel splits hide the latency of these small, gather-heavy programs
+    dev = runtime.device()
+    conv = torch.nn.functional.conv2d
     conv_bwd = torch.ops.aten.convolution_backward
+
+    def layer_tensors(c_in, c_out, h, n, k, dtype, scale):
+        x = torch.randn(n, c_in, h, h, device=dev, dtype=dtype)
+        w = torch.randn(c_out, c_in, k, k, device=dev, dtype=dtype) * scale
+        return x, x.contiguous(memory_format=torch.channels_last), w, w.contiguous(memory_format=torch.channels_last)
+
+    # 1. bf16 CIFAR layers: NCHW and channels-last paths against cuDNN and cuBLAS
+    dtype = torch.bfloat16
+    cifar = {}
+    for name, c_in, c_out, h, n in LAYERS:
+        x, x_cl, w, w_cl = cifar[name] = layer_tensors(c_in, c_out, h, n, 3, dtype, 0.05)
+        flops = 2 * n * h * h * c_out * c_in * 9
+        tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
+        a = torch.randn(n * h * h, c_in * 9, device=dev, dtype=dtype)
+        b = torch.randn(c_in * 9, c_out, device=dev, dtype=dtype)
+        timed(name, "cuBLAS mm [M,K]x[K,N]", lambda: torch.mm(a, b), tflops=tf)
+        timed(name, "cuDNN NCHW", lambda: conv(x, w, padding=1), tflops=tf)
+        timed(name, "cuDNN channels_last", lambda: conv(x_cl, w_cl, padding=1), tflops=tf)
+        timed(name, "stage x NCHW->NHWC", lambda: to_channels_last(x),
+              gbs=lambda ms: round(2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9, 1))
+        ref = conv(x.float(), w.float(), padding=1)
+        timed(name, "tritonnet NCHW in+out (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
+        timed(name, "tritonnet NHWC in+out (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref, tflops=tf)
+    name, c_in, c_out, h, n = STEM
+    x_stem, x_stem_cl, w_stem, _ = layer_tensors(c_in, c_out, h, n, 3, dtype, 0.2)
+    gbs = lambda ms: round(n * c_out * h * h * 2 / (ms * 1e-3) / 1e9, 1)  # noqa: E731  (output bytes)
+    timed(name, "cuDNN NCHW", lambda: conv(x_stem, w_stem, padding=1), out_gbs=gbs)
+    timed(name, "cuDNN channels_last", lambda: conv(x_stem_cl, w_stem, padding=1), out_gbs=gbs)
+    timed(name, "tritonnet packed (autotuned)", lambda: K.conv2d_forward(x_stem, w_stem, padding=1),
+          conv(x_stem.float(), w_stem.float(), padding=1), out_gbs=gbs)
+
+    # 2. TF32: forward and dgrad with the weight read K-major
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    tn_precision = runtime.get_float32_matmul_precision()
+    runtime.set_float32_matmul_precision("high")
+    try:
+        for name, c_in, c_out, h, n in LAYERS:
+            if not in_budget():
+                break
+            x, x_cl, w, w_cl = (t.float() for t in cifar[name])
+            x_cl, w_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x_cl, w_cl))
+            gy = torch.randn(n, c_out, h, h, device=dev)
+            gy_cl = gy.contiguous(memory_format=torch.channels_last)
+            flops = 2 * n * h * h * c_out * c_in * 9
+            tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
+            layer = f"{name} tf32"
+            ref = conv(x.double(), w.double(), padding=1).float()
+            dref = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=1).float()
+            timed(layer, "cuDNN NCHW fwd", lambda: conv(x, w, padding=1), tflops=tf)
+            timed(layer, "cuDNN channels_last fwd", lambda: conv(x_cl, w_cl, padding=1), tflops=tf)
+            timed(layer, "tritonnet NCHW fwd (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
+            timed(layer, "tritonnet NHWC fwd (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref,
+                  tflops=tf)
+            timed(layer, "cuDNN NCHW dgrad",
+                  lambda: conv_bwd(gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]),
+                  tflops=tf)
+            timed(layer, "cuDNN channels_last dgrad",
+                  lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                   [True, False, False]), tflops=tf)
+            timed(layer, "tritonnet NCHW dgrad (autotuned)",
+                  lambda: K.conv2d_input_grad(gy, w, x.shape, padding=1), dref, tflops=tf)
+            timed(layer, "tritonnet NHWC dgrad (autotuned)",
+                  lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True), dref, tflops=tf)
+            for t in TF32_FWD_TILES:
+                if t[1] <= c_out and in_budget():
+                    timed(layer, f"tritonnet NHWC fwd tile {t}",
+                          lambda: K.conv2d_forward(x_cl, w, padding=1, config=tiles(t)), ref, tflops=tf)
+            for t in TF32_DGRAD_TILES:
+                if t[1] <= c_in and in_budget():
+                    timed(layer, f"tritonnet NHWC dgrad tile {t}",
+                          lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True,
+                                                      config=tiles(t)), dref, tflops=tf)
+    finally:
+        runtime.set_float32_matmul_precision(tn_precision)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    # 3. LeNet wgrad: how many pixel splits hide the latency of these small, gather-heavy programs
     for name, c_in, c_out, h, n in LENET:
-        x = torch.randn(n, c_in, h, h, device=runtime.device(), dtype=dtype)
-        w = torch.randn(c_out, c_in, 5, 5, device=runtime.device(), dtype=dtype) * 0.2
-        gy = torch.randn(n, c_out, h - 4, h - 4, device=runtime.device(), dtype=dtype)
-        ms = device_ms(lambda: conv_bwd(gy, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]))
-        record(layer=name, what="cuDNN wgrad", ms=round(ms, 4))
+        if not in_budget():
+            break
+        x, _, w, _ = layer_tensors(c_in, c_out, h, n, 5, dtype, 0.2)
+        gy = torch.randn(n, c_out, h - 4, h - 4, device=dev, dtype=dtype)
+        timed(name, "cuDNN wgrad",
+              lambda: conv_bwd(gy, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]))
         ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float())
         for split in [None] + [s for s in SPLITS if s <= n * (h - 4) ** 2]:
-            if split is not None and time.perf_counter() - started > args.budget_s:
+            if split is not None and not in_budget():
                 break
-            dw, _ = K.conv2d_weight_grad(gy, x, w.shape, split_k=split)
-            err = float((dw.float() - ref).abs().max() / ref.abs().max())
-            ms = device_ms(lambda: K.conv2d_weight_grad(gy, x, w.shape, split_k=split))
             used = K.wgrad_split(K.geometry(x.shape, w.shape, 1, 0, 1, 1), split)[0]
-            record(layer=name, what=f"tritonnet wgrad split_k={split} ({used} splits)", ms=round(ms, 4),
-                   rel_err=f"{err:.1e}")
+            timed(name, f"tritonnet wgrad split_k={split} ({used} splits)",
+                  lambda: K.conv2d_weight_grad(gy, x, w.shape, split_k=split)[0], ref)
+
+    # 4. bf16 tile sweeps
     for name, c_in, c_out, h, n in LAYERS:
-        x = torch.randn(n, c_in, h, h, device=runtime.device(), dtype=dtype)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        w = torch.randn(c_out, c_in, 3, 3, device=runtime.device(), dtype=dtype) * 0.05
-        w_cl = w.contiguous(memory_format=torch.channels_last)
+        x, x_cl, w, _ = cifar[name]
         flops = 2 * n * h * h * c_out * c_in * 9
-        ref = torch.nn.functional.conv2d(x.float(), w.float(), padding=1)
         tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
-        a = torch.randn(n * h * h, c_in * 9, device=runtime.device(), dtype=dtype)
-        b = torch.randn(c_in * 9, c_out, device=runtime.device(), dtype=dtype)
-        ms = device_ms(lambda: torch.mm(a, b))
-        record(layer=name, what="cuBLAS mm [M,K]x[K,N]", ms=round(ms, 4), tflops=tf(ms))
-        for label, xx, ww in (("cuDNN NCHW", x, w), ("cuDNN channels_last", x_cl, w_cl)):
-            ms = device_ms(lambda: torch.nn.functional.conv2d(xx, ww, padding=1))
-            record(layer=name, what=label, ms=round(ms, 4), tflops=tf(ms))
-        ms = device_ms(lambda: to_channels_last(x))
-        record(layer=name, what="stage x NCHW->NHWC", ms=round(ms, 4),
-               gbs=round(2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9, 1))
-        ms = device_ms(lambda: K.conv2d_forward(x, w, padding=1))
-        record(layer=name, what="tritonnet NCHW in+out (autotuned)", ms=round(ms, 4), tflops=tf(ms))
-        ms = device_ms(lambda: K.conv2d_forward(x_cl, w, padding=1))
-        record(layer=name, what="tritonnet NHWC in+out (autotuned)", ms=round(ms, 4), tflops=tf(ms))
+        ref = conv(x.float(), w.float(), padding=1)
         for t in CL_TILES:
-            if t[1] > c_out or time.perf_counter() - started > args.budget_s:
+            if t[1] > c_out or not in_budget():
                 continue
             for label, xx in (("NHWC", x_cl), ("NCHW", x)):
-                try:
-                    y = K.conv2d_forward(xx, w, padding=1, config=tiles(t))
-                    err = float((y.float() - ref).abs().max() / ref.abs().max())
-                    ms = device_ms(lambda: K.conv2d_forward(xx, w, padding=1, config=tiles(t)))
-                    record(layer=name, what=f"tritonnet {label} tile {t}", ms=round(ms, 4), tflops=tf(ms),
-                           rel_err=f"{err:.1e}")
-                except Exception as exc:  # a tile that does not fit (shared memory) is a finding too
-                    record(layer=name, what=f"tritonnet {label} tile {t}", error=f"{type(exc).__name__}: {exc}"[:200])
-
-    name, c_in, c_out, h, n = STEM
-    x = torch.randn(n, c_in, h, h, device=runtime.device(), dtype=dtype)
-    w = torch.randn(c_out, c_in, 3, 3, device=runtime.device(), dtype=dtype) * 0.2
-    out_bytes = n * c_out * h * h * 2
-    gbs = lambda ms: round(out_bytes / (ms * 1e-3) / 1e9, 1)  # noqa: E731
-    for label, xx in (("cuDNN NCHW", x), ("cuDNN channels_last", x.contiguous(memory_format=torch.channels_last))):
-        ms = device_ms(lambda: torch.nn.functional.conv2d(xx, w, padding=1))
-        record(layer=name, what=label, ms=round(ms, 4), out_gbs=gbs(ms))
-    ms = device_ms(lambda: K.conv2d_forward(x, w, padding=1))
-    record(layer=name, what="tritonnet packed (autotuned)", ms=round(ms, 4), out_gbs=gbs(ms))
+                timed(name, f"tritonnet {label} tile {t}",
+                      lambda: K.conv2d_forward(xx, w, padding=1, config=tiles(t)), ref, tflops=tf)
+    name = STEM[0]
     for t in PACKED_TILES:
-        if time.perf_counter() - started > args.budget_s:
+        if not in_budget():
             break
-        ms = device_ms(lambda: K.conv2d_forward(x, w, padding=1, config=tiles(t)))
-        record(layer=name, what=f"tritonnet packed tile {t}", ms=round(ms, 4), out_gbs=gbs(ms))
+        timed(name, f"tritonnet packed tile {t}", lambda: K.conv2d_forward(x_stem, w_stem, padding=1, config=tiles(t)),
+              out_gbs=gbs)
     record(done=True, elapsed_s=round(time.perf_counter() - started, 1))
     return 0
 
