@@ -601,6 +601,23 @@ def test_bad_tensors_raise(device):
         conv_kernels.conv2d_weight_grad(gy, x, wt.shape, relu_mask=torch.ones(5, 8, dtype=torch.uint8, device=device))
 
 
+def test_autotune_candidates_fit_the_layer():
+    """The pruner's candidates (at most two per layer): tiles no wider than the GEMM's N side and
+    reduction chunk, the largest of those, and for IEEE fp32 at most 2048 FMAs per thread."""
+    def kept(kernel, precision="tf32", **named):
+        configs = kernel.early_config_prune(kernel.configs, named, PRECISION=precision)
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in configs]
+
+    # the VGG's 32->64 layer: 32 in channels cap BLOCK_K at 32, out channels BLOCK_N at 64
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=32, CG_OUT=64) == [(128, 64, 32), (128, 32, 32)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", CG_IN=32, CG_OUT=64) == [(128, 64, 32), (128, 32, 32)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=64, CG_OUT=128) == [(128, 128, 64), (128, 64, 64)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", CG_IN=64, CG_OUT=128) == [(128, 64, 32), (128, 32, 64)]
+    assert kept(conv_kernels.conv2d_dgrad_cl_autotuned, CG_IN=6, CG_OUT=16) == [(128, 16, 16), (64, 16, 16)]  # LeNet
+    assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=32, CG_OUT=64) == [(64, 32, 64)]
+    assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=64, CG_OUT=128) == [(128, 64, 64), (64, 64, 64)]
+
+
 def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
     from aot import SpecRecorder, compile_specs
 
@@ -614,9 +631,12 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
     monkeypatch.setattr(conv_kernels, "_sm_count", lambda: 132)  # the H100's, for the split-K sizing
     # each compile costs a second or more: a packed forward (the RGB stem) and two channels-last
     # forward configs, one dgrad and one wgrad config in bf16 (with the staging kernels), and TF32
+    def config(configs, *tile):
+        return next(c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) == tile)
+
     packed = conv_kernels.FWD_CONFIGS[3]
-    picks = [conv_kernels.CL_CONFIGS[i] for i in (1, 2)]
-    wcfg = conv_kernels.WGRAD_CL_CONFIGS[1]
+    picks = [config(conv_kernels.CL_CONFIGS, 128, 16, 16), config(conv_kernels.CL_CONFIGS, 128, 64, 32)]
+    wcfg = config(conv_kernels.WGRAD_CL_CONFIGS, 128, 64, 64)
     assert packed.maxnreg == 128, "the register-capped packed config is among those compiled"
 
     def tiles(cfg):
