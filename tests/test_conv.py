@@ -603,16 +603,24 @@ def test_bad_tensors_raise(device):
 
 def test_autotune_candidates_fit_the_layer():
     """The pruner's candidates (at most two per layer): tiles no wider than the GEMM's N side and
-    reduction chunk, the largest of those, and for IEEE fp32 at most 2048 FMAs per thread."""
-    def kept(kernel, precision="tf32", **named):
+    reduction chunk, whose pipeline fits in shared memory, the largest of those, and for IEEE fp32
+    at most 2048 FMAs per thread."""
+    def kept(kernel, precision="tf32", dtype=torch.bfloat16, **named):
+        named = {"x_ptr": torch.empty(1, dtype=dtype), **named}  # the operand dtype sizes the pipeline
         configs = kernel.early_config_prune(kernel.configs, named, PRECISION=precision)
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in configs]
 
     # the VGG's 32->64 layer: 32 in channels cap BLOCK_K at 32, out channels BLOCK_N at 64
     assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=32, CG_OUT=64) == [(128, 64, 32), (128, 32, 32)]
-    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", CG_IN=32, CG_OUT=64) == [(128, 64, 32), (128, 32, 32)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", torch.float32, CG_IN=32, CG_OUT=64) == \
+        [(128, 64, 32), (128, 32, 32)]
     assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=64, CG_OUT=128) == [(128, 128, 64), (128, 64, 64)]
-    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", CG_IN=64, CG_OUT=128) == [(128, 64, 32), (128, 32, 64)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "ieee", torch.float32, CG_IN=64, CG_OUT=128) == \
+        [(128, 64, 32), (128, 32, 64)]
+    # 128x256x64 x 3 stages: 144 KB in bf16, 288 KB in fp32 (TF32), over the H100's 227 KB
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=128, CG_OUT=256) == [(128, 256, 64), (128, 128, 64)]
+    assert kept(conv_kernels.conv2d_fwd_cl_autotuned, "tf32", torch.float32, CG_IN=128, CG_OUT=256) == \
+        [(128, 128, 64), (128, 64, 64)]
     assert kept(conv_kernels.conv2d_dgrad_cl_autotuned, CG_IN=6, CG_OUT=16) == [(128, 16, 16), (64, 16, 16)]  # LeNet
     assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=32, CG_OUT=64) == [(64, 32, 64)]
     assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=64, CG_OUT=128) == [(128, 64, 64), (64, 64, 64)]
