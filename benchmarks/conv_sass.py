@@ -74,7 +74,8 @@ def main(argv=None):
                     K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg),
                                         channels_last=args.channels_last)
             runs.append((cfg, rec.launches))
-    for cfg in configs(c_in, K.WGRAD_CONFIGS, K.WGRAD_CL_CONFIGS) if "wgrad" in which else []:
+    wgrad_cl = K.WGRAD_CL_CONFIGS + (K.WGRAD_CL_FMA_CONFIGS if args.dtype == "tf32" else [])
+    for cfg in configs(c_in, K.WGRAD_CONFIGS, wgrad_cl) if "wgrad" in which else []:
         with fake_device(runtime) as rec:
             K.conv2d_weight_grad(dy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
         runs.append((cfg, rec.launches))
@@ -88,7 +89,8 @@ def main(argv=None):
                 continue
             seen.add(key)
             tile = "x".join(str(constexprs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in constexprs)
-            label = f"{name}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}"
+            fma = "_fma" if constexprs.get("FMA_DOT") else ""
+            label = f"{name}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}{fma}"
             summarize(label, compile_like_runtime(kernel, kargs, constexprs), args.dump)
 
 

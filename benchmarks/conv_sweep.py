@@ -10,7 +10,7 @@ device time), in order of what the next decision needs (a budget cuts the tail):
    ceiling an implicit GEMM aims at); staging x as NHWC alone; the packed RGB stem.
 2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
    K-major: autotuned against cuDNN, then over tiles (dgrad's 128x128x64 compiles with serialised
-   wgmma: does it still win?).
+   wgmma: does it still win?); wgrad's tensor-core tiles against its FMA variant.
 3. LeNet's weight gradients against cuDNN's, over the number of pixel splits.
 4. The bf16 channels-last forward and the packed stem over wider tile sets than the autotuner's.
 
@@ -50,6 +50,8 @@ PACKED_TILES = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 3), (2
 TF32_FWD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4), (128, 128, 32, 4, 4),
                   (128, 64, 32, 4, 5)]
 TF32_DGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4)]
+# wgrad's tensor-core tiles fill K-major shared memory with 4-byte copies; "fma" = FMA_DOT
+TF32_WGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4, "fma"), (64, 32, 64, 4, 4, "fma")]
 
 def device_ms(fn):
     import triton.testing
@@ -100,11 +102,12 @@ def main(argv=None):
         record(layer=layer, what=what, ms=round(ms, 4), **{k: (v(ms) if callable(v) else v) for k, v in extra.items()})
         return ms
 
-    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES
+    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES, TF32_WGRAD_TILES
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
         LENET, SPLITS = [("tiny LeNet", 1, 6, 8, 2)], [3]
         CL_TILES = PACKED_TILES = TF32_FWD_TILES = TF32_DGRAD_TILES = [(16, 16, 16, 4, 1)]
+        TF32_WGRAD_TILES = [(16, 16, 16, 4, 1), (16, 16, 16, 4, 1, "fma")]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
     torch.backends.cudnn.benchmark = True
     dev = runtime.device()
@@ -183,6 +186,24 @@ def main(argv=None):
                     timed(layer, f"tritonnet NHWC dgrad tile {t}",
                           lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True,
                                                       config=tiles(t)), dref, tflops=tf)
+            # wgrad: tensor-core tiles against the FMA variant (both candidates of the autotuner)
+            if not in_budget():
+                continue
+            wref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1).float()
+            timed(layer, "cuDNN NCHW wgrad",
+                  lambda: conv_bwd(gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False]),
+                  tflops=tf)
+            timed(layer, "cuDNN channels_last wgrad",
+                  lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                   [False, True, False]), tflops=tf)
+            timed(layer, "tritonnet NHWC wgrad (autotuned)",
+                  lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1)[0], wref, tflops=tf)
+            for t in TF32_WGRAD_TILES:
+                if t[1] <= max(32, c_in) and in_budget():
+                    config = {**tiles(t[:5]), **({"FMA_DOT": True} if t[5:] else {})}
+                    timed(layer, f"tritonnet NHWC wgrad tile {t}",
+                          lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1, config=config)[0], wref,
+                          tflops=tf)
     finally:
         runtime.set_float32_matmul_precision(tn_precision)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -295,6 +295,26 @@ def test_tf32_reads_the_weight_k_major(seed, device):
     _close(y, _reference(x, wt, b, gy, None, **opts)[0], 1e-3, "y from channels-last x and weight")
 
 
+def test_tf32_wgrad_fma_variant(seed, device):
+    """The channels-last wgrad's FMA_DOT variant (a TF32 autotune candidate) computes in IEEE fp32
+    whatever the precision mode: grouped, strided, split-K, with the bias gradient fused."""
+    x, wt, b = _inputs(device, torch.float32, 3, 32, 9, 7, 32, 3, 2)
+    gy = torch.randn(3, 32, 5, 4, device=device)
+    _, _, dw_ref, db_ref = _reference(x, wt, b, gy, None, stride=2, padding=1, groups=2)
+    fma = next(c for c in conv_kernels.WGRAD_CL_FMA_CONFIGS if c.kwargs["BLOCK_N"] == 32)
+    config = dict(fma.kwargs, num_warps=4, num_stages=1)
+    tn.set_float32_matmul_precision("high")
+    try:
+        with launched_constexpr("FMA_DOT") as seen:
+            dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, stride=2, padding=1, groups=2, bias_grad=True,
+                                                     split_k=2, config=config)
+    finally:
+        tn.set_float32_matmul_precision("highest")
+    assert [v for v in seen if v is not None] == [True], seen  # staging and the split-K reduce have none
+    _close(dw, dw_ref, 1e-5, "dw")
+    _close(db, db_ref, 1e-5, "db")
+
+
 def test_noncontiguous_inputs_and_gradient(seed, device):
     base = torch.randn(2, 9, 12, 5, device=device)
     x = base.permute(0, 3, 1, 2)[:, :, ::1, 1:]                # (2, 5, 9, 11), strided, not contiguous
@@ -605,10 +625,11 @@ def test_autotune_candidates_fit_the_layer():
     """The pruner's candidates (at most two per layer): tiles no wider than the GEMM's N side and
     reduction chunk, whose pipeline fits in shared memory, the largest of those, and for IEEE fp32
     at most 2048 FMAs per thread."""
-    def kept(kernel, precision="tf32", dtype=torch.bfloat16, **named):
+    def kept(kernel, precision="tf32", dtype=torch.bfloat16, fma=False, **named):
         named = {"x_ptr": torch.empty(1, dtype=dtype), **named}  # the operand dtype sizes the pipeline
         configs = kernel.early_config_prune(kernel.configs, named, PRECISION=precision)
-        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in configs]
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                + ((bool(c.kwargs.get("FMA_DOT")),) if fma else ()) for c in configs]
 
     # the VGG's 32->64 layer: 32 in channels cap BLOCK_K at 32, out channels BLOCK_N at 64
     assert kept(conv_kernels.conv2d_fwd_cl_autotuned, CG_IN=32, CG_OUT=64) == [(128, 64, 32), (128, 32, 32)]
@@ -624,6 +645,14 @@ def test_autotune_candidates_fit_the_layer():
     assert kept(conv_kernels.conv2d_dgrad_cl_autotuned, CG_IN=6, CG_OUT=16) == [(128, 16, 16), (64, 16, 16)]  # LeNet
     assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=32, CG_OUT=64) == [(64, 32, 64)]
     assert kept(conv_kernels.conv2d_wgrad_cl_autotuned, CG_IN=64, CG_OUT=128) == [(128, 64, 64), (64, 64, 64)]
+    # TF32 wgrad: the FMA variant (FMA_DOT) joins the tensor-core tiles, for fp32 operands only
+    wgrad = conv_kernels.conv2d_wgrad_cl_autotuned
+    assert kept(wgrad, "tf32", torch.float32, CG_IN=64, CG_OUT=128, fma=True) == \
+        [(128, 64, 64, False), (64, 64, 64, False), (64, 64, 64, True)]
+    assert kept(wgrad, "tf32", torch.float32, CG_IN=32, CG_OUT=64, fma=True) == [(64, 32, 64, False), (64, 32, 64, True)]
+    assert kept(wgrad, "ieee", torch.float32, CG_IN=64, CG_OUT=128, fma=True) == \
+        [(64, 64, 64, False), (64, 32, 64, False)]
+    assert not any(fma for *_, fma in kept(wgrad, "tf32", torch.bfloat16, CG_IN=64, CG_OUT=128, fma=True))
 
 
 def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
@@ -666,6 +695,8 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
                                                       save_relu_mask=training)
                 if precision == "high":  # TF32 dgrad reads its weight K-major too (the forward does above)
                     conv_kernels.conv2d_input_grad(y, w, x.shape, padding=1, config=tiles(configs[0]))
+                    conv_kernels.conv2d_weight_grad(y, x, w.shape, padding=1, bias_grad=True, split_k=2,
+                                                    config=tiles(conv_kernels.WGRAD_CL_FMA_CONFIGS[1]))
                 if training:
                     conv_kernels.conv2d_backward(y, x, w, x.shape, w.shape, padding=1, relu_mask=out[1],
                                                  bias_grad=True)
@@ -683,6 +714,7 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
     assert any(s["constexprs"]["PRECISION"] == "tf32" and s["signature"].get("x_ptr") == "*fp32" for s in gemms)
     assert {s["kernel"] for s in gemms if s["constexprs"].get("W_LAYOUT") == conv_kernels.W_K_MAJOR} == \
         {"conv2d_fwd_cl_kernel", "conv2d_dgrad_cl_kernel"}, "TF32's K-major weight tiles are compiled"
+    assert any(s["constexprs"].get("FMA_DOT") for s in gemms), "TF32 wgrad's FMA variant is compiled"
     assert sorted(s["constexprs"]["SAVE_MASK"] for s in specs if "SAVE_MASK" in s["constexprs"]) == [0, 0, 1, 1]
     assert {s["constexprs"]["RELU_MASK"] for s in specs if s["kernel"] == "to_channels_last_kernel"} == {0, 1}, \
         "dy is staged with the ReLU gate"

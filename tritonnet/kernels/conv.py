@@ -36,7 +36,7 @@ Its layout, ``[C_out, cdiv(M, 8)]`` uint8 with bit ``m % 8`` of byte ``m // 8`` 
 pixels, aligned) packs whole bytes, so no two programs share a byte.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
-sizes only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
+sizes and the dot precision only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
 uses one fixed config per kernel; under the interpreter one fixed config is always used, large
 there because the interpreter's cost is per program and per op.
 """
@@ -647,10 +647,16 @@ def conv2d_wgrad_cl_kernel(
     P, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE,
     C_IN, C_OUT, CG_IN, CG_OUT,
     HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FMA_DOT: tl.constexpr = False,
 ):
     """dw (and db) over one split of the pixels, from channels-last operands; one program per
     (tap, BLOCK_N in channels) x BLOCK_M out channels, so both operand tiles are contiguous rows.
+
+    FMA_DOT (an autotune variant for TF32): IEEE fp32 FMAs instead of TF32 wgmma. Both operand
+    tiles here run along channels, the GEMM's M and N, but TF32 wgmma reads shared memory K-major
+    only: the compiler fills it with 4-byte copies (sm_90: 192 LDGSTS.E per thread per step for
+    128x128x64), and the H100 measured the TF32 64->128 wgrad at 0.70 ms against cuDNN's 0.15.
+    FMAs need no transpose; the autotuner times both (FMAs are at least TF32's precision).
 
     dy: [P, C_OUT] = [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied. x: [N, H, W, C_IN]
     contiguous. dw, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, K_W = CG_IN*KH*KW, HAS_BIAS: as in
@@ -686,7 +692,10 @@ def conv2d_wgrad_cl_kernel(
         sp_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         pix = (n_idx * H + ih) * W + iw
         b = _load_nhwc(x_ptr, pix, C_IN, g * CG_IN, ci, sp_mask, n_mask)
-        acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
+        if FMA_DOT:
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, "ieee")
+        else:
+            acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
     _store_weight_grad(acc, tl.sum(bias_acc, axis=0), dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
@@ -708,9 +717,9 @@ def splitk_reduce_kernel(ws_ptr, out_ptr, L, SPLIT, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------- tile configurations
 
 
-def _cfg(bm, bn, bk, warps, stages, maxnreg=None):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages,
-                         maxnreg=maxnreg)
+def _cfg(bm, bn, bk, warps, stages, maxnreg=None, **variant):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, **variant}, num_warps=warps,
+                         num_stages=stages, maxnreg=maxnreg)
 
 
 # GPU candidates for the packed kernels (narrow layers). GEMM-N (out channels for fwd, in channels
@@ -764,6 +773,12 @@ WGRAD_CL_CONFIGS = [
     _cfg(128, 64, 64, 4, 4),
     _cfg(128, 128, 64, 8, 3),
 ]
+# TF32 only: the same kernel with FMAs (FMA_DOT, see conv2d_wgrad_cl_kernel), tiles of <= 2048
+# FMAs per thread (sm_90 fp32: no spills, FFMAs 74% of the 64x64x64 loop)
+WGRAD_CL_FMA_CONFIGS = [
+    _cfg(64, 32, 64, 4, 4, FMA_DOT=True),
+    _cfg(64, 64, 64, 4, 4, FMA_DOT=True),
+]
 
 
 @functools.lru_cache(maxsize=None)
@@ -798,14 +813,21 @@ def _prune(configs, width: int, depth: int, ieee: bool, esize: int, rows_key="BL
 
 def _pruner(width_arg, depth_arg, rows_arg=None):
     """An early_config_prune for a kernel whose GEMM-N size, reduction chunk size (and, for
-    wgrad, GEMM-M size) are the named arguments."""
+    wgrad, GEMM-M size) are the named arguments. Configs with FMA_DOT are candidates for TF32
+    only: the best-fitting one joins the two tensor-core candidates there."""
     def prune(configs, named_args, **kwargs):
         if rows_arg is not None:
             rows = runtime.next_power_of_2(named_args[rows_arg])
             configs = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, rows)] or configs[:1]
         depth = named_args[depth_arg] if depth_arg else 1 << 30
         esize = next(v.element_size() for v in named_args.values() if isinstance(v, torch.Tensor))
-        return _prune(configs, named_args[width_arg], depth, kwargs.get("PRECISION") == "ieee", esize)
+        precision = kwargs.get("PRECISION")
+        fma = [c for c in configs if c.kwargs.get("FMA_DOT")]
+        kept = _prune([c for c in configs if not c.kwargs.get("FMA_DOT")], named_args[width_arg], depth,
+                      precision == "ieee", esize)
+        if fma and precision == "tf32" and esize == 4:
+            kept += _prune(fma, named_args[width_arg], depth, True, esize)[:1]
+        return kept
     return prune
 
 
@@ -814,7 +836,9 @@ def _quick_bench(fn, quantiles):
 
 
 def _autotuned(kernel, configs, key, prune):
-    return triton.autotune(configs, key=key, do_bench=_quick_bench,
+    # PRECISION in the key: IEEE and TF32 prune to different candidates (FMA tiles, TF32 variants),
+    # so a config tuned in one mode must not be reused in the other (the dtypes are keyed by Triton)
+    return triton.autotune(configs, key=key + ["PRECISION"], do_bench=_quick_bench,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
@@ -825,8 +849,8 @@ conv2d_wgrad_autotuned = _autotuned(conv2d_wgrad_kernel, WGRAD_CONFIGS, ["CG_OUT
 conv2d_fwd_cl_autotuned = _autotuned(conv2d_fwd_cl_kernel, CL_CONFIGS, ["CG_OUT", "CG_IN"], _pruner("CG_OUT", "CG_IN"))
 conv2d_dgrad_cl_autotuned = _autotuned(conv2d_dgrad_cl_kernel, CL_CONFIGS, ["CG_IN", "CG_OUT"],
                                        _pruner("CG_IN", "CG_OUT"))
-conv2d_wgrad_cl_autotuned = _autotuned(conv2d_wgrad_cl_kernel, WGRAD_CL_CONFIGS, ["CG_OUT", "CG_IN"],
-                                       _pruner("CG_IN", None, rows_arg="CG_OUT"))
+conv2d_wgrad_cl_autotuned = _autotuned(conv2d_wgrad_cl_kernel, WGRAD_CL_CONFIGS + WGRAD_CL_FMA_CONFIGS,
+                                       ["CG_OUT", "CG_IN"], _pruner("CG_IN", None, rows_arg="CG_OUT"))
 
 
 def _interpreter_config(kind: str) -> dict:
