@@ -167,12 +167,13 @@ def main(argv=None):
             timed(layer, "tritonnet NCHW fwd (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
             timed(layer, "tritonnet NHWC fwd (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref,
                   tflops=tf)
-            timed(layer, "cuDNN NCHW dgrad",
-                  lambda: conv_bwd(gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]),
-                  tflops=tf)
-            timed(layer, "cuDNN channels_last dgrad",
-                  lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                   [True, False, False]), tflops=tf)
+
+            def cudnn_backward(op, mask):  # timed as soon as made: the loop variables bind in time
+                for label, g, xx, ww in (("NCHW", gy, x, w), ("channels_last", gy_cl, x_cl, w_cl)):
+                    timed(layer, f"cuDNN {label} {op}",
+                          lambda: conv_bwd(g, xx, ww, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask), tflops=tf)
+
+            cudnn_backward("dgrad", [True, False, False])
             timed(layer, "tritonnet NCHW dgrad (autotuned)",
                   lambda: K.conv2d_input_grad(gy, w, x.shape, padding=1), dref, tflops=tf)
             timed(layer, "tritonnet NHWC dgrad (autotuned)",
@@ -190,12 +191,7 @@ def main(argv=None):
             if not in_budget():
                 continue
             wref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1).float()
-            timed(layer, "cuDNN NCHW wgrad",
-                  lambda: conv_bwd(gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False]),
-                  tflops=tf)
-            timed(layer, "cuDNN channels_last wgrad",
-                  lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                   [False, True, False]), tflops=tf)
+            cudnn_backward("wgrad", [False, True, False])
             timed(layer, "tritonnet NHWC wgrad (autotuned)",
                   lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1)[0], wref, tflops=tf)
             for t in TF32_WGRAD_TILES:
