@@ -49,7 +49,9 @@ PACKED_TILES = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 3), (2
 # shared memory per stage (128x128x64 x 3 stages already takes 192 KB)
 TF32_FWD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4), (128, 128, 32, 4, 4),
                   (128, 64, 32, 4, 5)]
-TF32_DGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4)]
+# dgrad: every 8-warp 128x128 TF32 tile compiles with serialised wgmma (ptxas C7515), these
+# 4-warp and 256-row ones do not
+TF32_DGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (256, 128, 32, 8, 3)]
 # wgrad's tensor-core tiles fill K-major shared memory with 4-byte copies; "fma" = FMA_DOT
 TF32_WGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4, "fma"), (64, 32, 64, 4, 4, "fma")]
 
@@ -144,62 +146,65 @@ def main(argv=None):
     timed(name, "tritonnet packed (autotuned)", lambda: K.conv2d_forward(x_stem, w_stem, padding=1),
           conv(x_stem.float(), w_stem.float(), padding=1), out_gbs=gbs)
 
-    # 2. TF32: forward and dgrad with the weight read K-major
+    # 2. TF32: forward and dgrad with the weight read K-major, wgrad's tensor-core tiles against its
+    # FMA variant; the autotuned calls of every layer first, then the tiles
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     tn_precision = runtime.get_float32_matmul_precision()
     runtime.set_float32_matmul_precision("high")
     try:
+        cases = []
         for name, c_in, c_out, h, n in LAYERS:
-            if not in_budget():
-                break
             x, x_cl, w, w_cl = (t.float() for t in cifar[name])
             x_cl, w_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x_cl, w_cl))
             gy = torch.randn(n, c_out, h, h, device=dev)
-            gy_cl = gy.contiguous(memory_format=torch.channels_last)
             flops = 2 * n * h * h * c_out * c_in * 9
-            tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
-            layer = f"{name} tf32"
-            ref = conv(x.double(), w.double(), padding=1).float()
-            dref = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=1).float()
+            cases.append(dict(
+                layer=f"{name} tf32", c_in=c_in, c_out=c_out, x=x, x_cl=x_cl, w=w, w_cl=w_cl, gy=gy,
+                gy_cl=gy.contiguous(memory_format=torch.channels_last),
+                tf=lambda ms, flops=flops: round(flops / (ms * 1e-3) / 1e12, 1),
+                ref=conv(x.double(), w.double(), padding=1).float(),
+                dref=torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=1).float(),
+                wref=torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1).float()))
+        for case in cases:
+            if not in_budget():
+                break
+            layer, x, x_cl, w, w_cl, gy, gy_cl, tf = (case[k] for k in ("layer", "x", "x_cl", "w", "w_cl", "gy",
+                                                                        "gy_cl", "tf"))
             timed(layer, "cuDNN NCHW fwd", lambda: conv(x, w, padding=1), tflops=tf)
             timed(layer, "cuDNN channels_last fwd", lambda: conv(x_cl, w_cl, padding=1), tflops=tf)
-            timed(layer, "tritonnet NCHW fwd (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
-            timed(layer, "tritonnet NHWC fwd (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref,
+            timed(layer, "tritonnet NCHW fwd (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), case["ref"],
                   tflops=tf)
-
-            def cudnn_backward(op, mask):  # timed as soon as made: the loop variables bind in time
+            timed(layer, "tritonnet NHWC fwd (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), case["ref"],
+                  tflops=tf)
+            for op, mask in (("dgrad", [True, False, False]), ("wgrad", [False, True, False])):
                 for label, g, xx, ww in (("NCHW", gy, x, w), ("channels_last", gy_cl, x_cl, w_cl)):
                     timed(layer, f"cuDNN {label} {op}",
                           lambda: conv_bwd(g, xx, ww, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask), tflops=tf)
-
-            cudnn_backward("dgrad", [True, False, False])
             timed(layer, "tritonnet NCHW dgrad (autotuned)",
-                  lambda: K.conv2d_input_grad(gy, w, x.shape, padding=1), dref, tflops=tf)
+                  lambda: K.conv2d_input_grad(gy, w, x.shape, padding=1), case["dref"], tflops=tf)
             timed(layer, "tritonnet NHWC dgrad (autotuned)",
-                  lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True), dref, tflops=tf)
+                  lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True), case["dref"],
+                  tflops=tf)
+            timed(layer, "tritonnet NHWC wgrad (autotuned)",
+                  lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1)[0], case["wref"], tflops=tf)
+        for case in cases:
+            layer, x, x_cl, w, gy_cl, tf = (case[k] for k in ("layer", "x", "x_cl", "w", "gy_cl", "tf"))
             for t in TF32_FWD_TILES:
-                if t[1] <= c_out and in_budget():
+                if t[1] <= case["c_out"] and in_budget():
                     timed(layer, f"tritonnet NHWC fwd tile {t}",
-                          lambda: K.conv2d_forward(x_cl, w, padding=1, config=tiles(t)), ref, tflops=tf)
+                          lambda: K.conv2d_forward(x_cl, w, padding=1, config=tiles(t)), case["ref"], tflops=tf)
             for t in TF32_DGRAD_TILES:
-                if t[1] <= c_in and in_budget():
+                if t[1] <= case["c_in"] and in_budget():
                     timed(layer, f"tritonnet NHWC dgrad tile {t}",
                           lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True,
-                                                      config=tiles(t)), dref, tflops=tf)
-            # wgrad: tensor-core tiles against the FMA variant (both candidates of the autotuner)
-            if not in_budget():
-                continue
-            wref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1).float()
-            cudnn_backward("wgrad", [False, True, False])
-            timed(layer, "tritonnet NHWC wgrad (autotuned)",
-                  lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1)[0], wref, tflops=tf)
+                                                      config=tiles(t)), case["dref"], tflops=tf)
             for t in TF32_WGRAD_TILES:
-                if t[1] <= max(32, c_in) and in_budget():
+                if t[1] <= max(32, case["c_in"]) and in_budget():
                     config = {**tiles(t[:5]), **({"FMA_DOT": True} if t[5:] else {})}
                     timed(layer, f"tritonnet NHWC wgrad tile {t}",
-                          lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1, config=config)[0], wref,
-                          tflops=tf)
+                          lambda: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1, config=config)[0],
+                          case["wref"], tflops=tf)
     finally:
         runtime.set_float32_matmul_precision(tn_precision)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
