@@ -59,7 +59,7 @@ def main(argv=None):
     geo = K.geometry(x.shape, w.shape, 1, pad, 1, 1)
     dy = tensor(geo.out_shape)
     mask = FakeTensor(torch.uint8, geo.relu_mask_shape)
-    K._sm_count = lambda: 132
+    runtime.sm_count = lambda: 132
     seen = set()
     runs = []
     def configs(channels, packed, cl):  # the list the launcher's autotuner would use for this layer

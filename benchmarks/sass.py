@@ -64,7 +64,9 @@ class FakeTensor:
     def is_contiguous(self):
         return True
 
-    def __getitem__(self, _):
+    def __getitem__(self, key):
+        if isinstance(key, slice) and len(self.shape) == 1:  # a slice of a flat buffer keeps its length
+            return FakeTensor(self.dtype, (len(range(*key.indices(self.shape[0]))),))
         return self
 
     def view(self, *shape):
@@ -72,6 +74,9 @@ class FakeTensor:
 
     def permute(self, *dims):
         return FakeTensor(self.dtype, [self.shape[d] for d in dims], [self._strides[d] for d in dims])
+
+    def as_strided(self, shape, strides):
+        return FakeTensor(self.dtype, shape, strides)
 
 
 class Recorder:

@@ -416,7 +416,7 @@ def test_grids_fit_cuda_limits_for_large_inputs(device, monkeypatch):
     monkeypatch.setattr(runtime, "_OBSERVERS", [record_only])
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     monkeypatch.setattr(runtime, "_POISON", False)  # nothing runs: leave the large buffers untouched
-    monkeypatch.setattr(conv_kernels, "_sm_count", lambda: 132)
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)
     for c_in, k in ((3, 3), (16, 3), (16, 1)):  # packed, channels-last, 1x1
         x = torch.empty(200, c_in, 224, 224, dtype=torch.bfloat16, device=device)
         w = torch.empty(16, c_in, k, k, dtype=torch.bfloat16, device=device)
@@ -665,7 +665,7 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
 
     monkeypatch.setattr(runtime, "_OBSERVERS", [record_only])
     monkeypatch.setattr(runtime, "INTERPRETED", False)  # so bf16 keeps its tensor-core operands
-    monkeypatch.setattr(conv_kernels, "_sm_count", lambda: 132)  # the H100's, for the split-K sizing
+    monkeypatch.setattr(runtime, "sm_count", lambda: 132)  # the H100's, for the split-K sizing
     # each compile costs a second or more: a packed forward (the RGB stem) and two channels-last
     # forward configs, one dgrad and one wgrad config in bf16 (with the staging kernels), and TF32
     def config(configs, *tile):
@@ -707,7 +707,7 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
             tn.set_float32_matmul_precision("highest")
     specs = list(recorder.specs.values())
     kernels = sorted({s["kernel"] for s in specs})
-    assert kernels == ["conv2d_dgrad_cl_kernel", "conv2d_fwd_cl_kernel", "conv2d_fwd_kernel",
+    assert kernels == ["column_sums_kernel", "conv2d_dgrad_cl_kernel", "conv2d_fwd_cl_kernel", "conv2d_fwd_kernel",
                        "conv2d_wgrad_cl_kernel", "to_channels_last_kernel"], kernels
     gemms = [s for s in specs if s["kernel"].startswith("conv2d")]
     assert all(s["constexprs"]["DOT_FP32"] is False for s in gemms), "bf16 must reach tl.dot as bf16"

@@ -54,6 +54,28 @@ def test_sum_and_mean_match_torch_and_are_deterministic(seed, device, dtype):
         assert torch.equal(R.sum_all(x), s)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_sums_match_torch_and_are_deterministic(seed, device, dtype):
+    """Sums over the rows of [P, C] (a channels-last conv's bias gradient): one part and several,
+    odd column counts, a view into a larger buffer as ``out``; NaN propagates."""
+    for rows, cols in ((1, 1), (7, 130), (700, 48)):  # 700 rows: two parts, then the final pass
+        x = torch.randn(rows, cols, device=device).to(dtype)
+        s = R.column_sums(x)
+        assert s.shape == (cols,) and s.dtype == dtype
+        ref = x.double().sum(0)
+        torch.testing.assert_close(s.double(), ref, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * rows ** 0.5)
+        assert torch.equal(R.column_sums(x), s)
+    buffer = torch.full((60,), 7.0, device=device, dtype=dtype)
+    x[3, 5] = float("nan")
+    R.column_sums(x, out=buffer[12:])
+    assert torch.equal(buffer[:12], torch.full((12,), 7.0, device=device, dtype=dtype)), "wrote outside out"
+    assert torch.isnan(buffer[12 + 5]) and not torch.isnan(buffer[12:12 + 5]).any()
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        R.column_sums(x.t())
+    with pytest.raises(ValueError, match="out must be a contiguous tensor of shape"):
+        R.column_sums(x, out=buffer[:10])
+
+
 def test_gpu_sized_blocks(seed, device, monkeypatch):
     """GPU block sizes on small inputs: many programs, partial blocks, many partial sums."""
     monkeypatch.setattr(E, "BLOCK", 1024)
@@ -66,6 +88,10 @@ def test_gpu_sized_blocks(seed, device, monkeypatch):
     torch.testing.assert_close(E.axpby(x, y, 2.0, 3.0), 2 * x + 3 * y)
     z = torch.randn(9000, device=device)
     torch.testing.assert_close(R.sum_all(z).double(), z.double().sum(), rtol=1e-6, atol=1e-4)
+    monkeypatch.setattr(R, "COLUMN_TILE", (128, 64))
+    monkeypatch.setattr(R, "COLUMN_OPTIONS", {"num_warps": 8, "num_stages": 3})
+    cols = torch.randn(1000, 80, device=device)  # parts of 128 rows, a partial column tile
+    torch.testing.assert_close(R.column_sums(cols).double(), cols.double().sum(0), rtol=1e-6, atol=1e-4)
 
 
 def test_tensor_arithmetic_and_gradients_match_autograd(seed, device):

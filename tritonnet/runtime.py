@@ -48,6 +48,16 @@ def device() -> torch.device:
     return DEVICE
 
 
+_SM_COUNT: list = []
+
+
+def sm_count() -> int:
+    """The GPU's streaming multiprocessors, which launchers size their grids by (GPU only)."""
+    if not _SM_COUNT:
+        _SM_COUNT.append(torch.cuda.get_device_properties(device()).multi_processor_count)
+    return _SM_COUNT[0]
+
+
 def mode() -> str:
     """``"cuda"`` when kernels are compiled for the GPU, ``"interpreter"`` when Triton interprets them."""
     return "interpreter" if INTERPRETED else "cuda"

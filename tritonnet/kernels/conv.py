@@ -26,7 +26,9 @@ dgrad with stride > 1 is launched once per stride phase (input rows ``ih = ph + 
 phase only the kernel taps that land on an output pixel contribute, so no zeros are multiplied.
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
 large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
-deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into wgrad.
+deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into the
+packed wgrad; on the channels-last path it is one reduction of its own over the staged dy (fused,
+it doubled the wgrad's registers: see conv2d_wgrad_cl_kernel).
 The ReLU derivative is applied while loading dy (packed) or while staging dy (channels-last), so
 there is no separate ReLU-backward pass. It comes from a bit mask the forward's epilogue writes
 when a gradient will be needed (``save_relu_mask``, a constexpr: inference compiles and pays
@@ -52,6 +54,7 @@ from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
 from .layout import is_channels_last, relu_gate, to_channels_last
+from .reduce import column_sums
 
 # Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used:
 # 16 is one tl.dot depth, and a row of 16 channels is whole 16-byte vectors (32 bytes in bf16).
@@ -477,20 +480,18 @@ def conv2d_wgrad_kernel(
         acc = _mma(a, tl.trans(b_t), acc, DOT_FP32, PRECISION)
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
-    _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
-                       (co_g.to(tl.int64) * K_W)[:, None] + k[None, :], k_mask, pid_n == 0, C_OUT * K_W, HAS_BIAS)
+    _store_split(dw_ptr, acc, split, SPLIT_STRIDE, (co_g.to(tl.int64) * K_W)[:, None] + k[None, :],
+                 m_mask[:, None] & k_mask[None, :])
+    if HAS_BIAS:
+        if pid_n == 0:  # one program per out-channel tile stores its bias sums
+            _store_split(dw_ptr, bias_acc, split, SPLIT_STRIDE, C_OUT * K_W + co_g, m_mask)
 
 
 @triton.jit
-def _store_weight_grad(acc, bias_acc, dw_ptr, split, SPLIT_STRIDE, co_g, m_mask, dw_off, n_mask, store_bias,
-                       BIAS_OFFSET, HAS_BIAS: tl.constexpr):
-    """One split's [BLOCK_M, BLOCK_N] tile of dw at offsets dw_off (and, from one program per
-    out-channel tile, its bias sums at BIAS_OFFSET + co) into split ``split``'s slice of dw."""
-    base = split.to(tl.int64) * SPLIT_STRIDE
-    tl.store(dw_ptr + base + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
-    if HAS_BIAS:
-        if store_bias:
-            tl.store(dw_ptr + base + BIAS_OFFSET + co_g, bias_acc.to(dw_ptr.dtype.element_ty), mask=m_mask)
+def _store_split(ptr, values, split, SPLIT_STRIDE, offsets, mask):
+    """``values`` at ``offsets`` into split ``split``'s slice [split*SPLIT_STRIDE, ...) of a flat
+    dw (and db) buffer: the fp32 workspace of the split-K reduce, or with one split the output."""
+    tl.store(ptr + split.to(tl.int64) * SPLIT_STRIDE + offsets, values.to(ptr.dtype.element_ty), mask=mask)
 
 
 # ============================================================================ channels-last kernels
@@ -646,11 +647,17 @@ def conv2d_wgrad_cl_kernel(
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     P, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE,
     C_IN, C_OUT, CG_IN, CG_OUT,
-    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FMA_DOT: tl.constexpr = False,
 ):
-    """dw (and db) over one split of the pixels, from channels-last operands; one program per
-    (tap, BLOCK_N in channels) x BLOCK_M out channels, so both operand tiles are contiguous rows.
+    """dw over one split of the pixels, from channels-last operands; one program per (tap,
+    BLOCK_N in channels) x BLOCK_M out channels, so both operand tiles are contiguous rows.
+
+    The bias gradient is a column sum of dy of its own (kernels/reduce.py): summed here, it
+    kept the dy tile in registers as well as in shared memory in every program, though only one
+    program in KH*KW*CI_TILES stores it (sm_90 bf16: 128x128x64 loop 369 -> 279 instructions and
+    190 -> 127 registers without it, so two 8-warp programs fit per SM; 128x64x64 539 -> 354 and
+    236 -> 126).
 
     FMA_DOT (an autotune variant for TF32): IEEE fp32 FMAs instead of TF32 wgmma. Both operand
     tiles here run along channels, the GEMM's M and N, but TF32 wgmma reads shared memory K-major
@@ -659,8 +666,8 @@ def conv2d_wgrad_cl_kernel(
     FMAs need no transpose; the autotuner times both (FMAs are at least TF32's precision).
 
     dy: [P, C_OUT] = [N, OH, OW, C_OUT] contiguous, the ReLU gate already applied. x: [N, H, W, C_IN]
-    contiguous. dw, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, K_W = CG_IN*KH*KW, HAS_BIAS: as in
-    conv2d_wgrad_kernel. Grid: (KH*KW*cdiv(CG_IN, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
+    contiguous. dw, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, K_W = CG_IN*KH*KW: as in conv2d_wgrad_kernel.
+    Grid: (KH*KW*cdiv(CG_IN, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
     CI_TILES = tl.cdiv(CG_IN, BLOCK_N)
     pid_n, pid_z, pid_m = _gemm_program(KH * KW * CI_TILES)
@@ -677,16 +684,11 @@ def conv2d_wgrad_cl_kernel(
     p_start = split * P_PER_SPLIT
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # the bias sums accumulate elementwise and are reduced once after the loop: a tl.sum per
-    # step is a cross-warp reduction through shared memory, two barriers every iteration
-    bias_acc = tl.zeros([BLOCK_K, BLOCK_M], dtype=tl.float32)
     n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_K)
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_mask = p < p_end
         a_t = _load_nhwc(dy_ptr, p, C_OUT, g * CG_OUT, co, p_mask, m_mask)
-        if HAS_BIAS:
-            bias_acc += a_t.to(tl.float32)
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         sp_mask = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -698,9 +700,9 @@ def conv2d_wgrad_cl_kernel(
             acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
         n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
 
-    _store_weight_grad(acc, tl.sum(bias_acc, axis=0), dw_ptr, split, SPLIT_STRIDE, co_g, m_mask,
-                       (co_g.to(tl.int64) * K_W)[:, None] + ((ci * KH + kh) * KW + kw)[None, :], n_mask,
-                       pid_n == 0, C_OUT * K_W, HAS_BIAS)
+    _store_split(dw_ptr, acc, split, SPLIT_STRIDE,
+                 (co_g.to(tl.int64) * K_W)[:, None] + ((ci * KH + kh) * KW + kw)[None, :],
+                 m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -1392,11 +1394,6 @@ def _check_relu_mask(relu_mask, geo):
                          f"got shape {tuple(relu_mask.shape)} with strides {relu_mask.stride()}")
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count() -> int:
-    return torch.cuda.get_device_properties(runtime.device()).multi_processor_count
-
-
 def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
     """(SPLIT, P_PER_SPLIT) for wgrad: split the pixel reduction when the weight tiles alone would
     leave the GPU mostly idle (LeNet: 150-element weight rows, 50k pixels)."""
@@ -1416,7 +1413,7 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
                 k_w = geo.CG_IN * geo.KH * geo.KW
                 cols = runtime.cdiv(k_w, min(128, max(32, runtime.next_power_of_2(k_w))))
             tiles = runtime.cdiv(geo.CG_OUT, bm) * cols * geo.groups
-            split_k = max(1, min(runtime.cdiv(2 * _sm_count(), tiles), P // 512))
+            split_k = max(1, min(runtime.cdiv(2 * runtime.sm_count(), tiles), P // 512))
     split_k = max(1, min(int(split_k), P))
     grain = 16 if runtime.INTERPRETED else 128  # on the GPU, whole BLOCK_K tiles per split
     per = runtime.cdiv(runtime.cdiv(P, split_k), grain) * grain
@@ -1441,18 +1438,23 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bias_grad, split_k,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
-    K_W = geo.CG_IN * geo.KH * geo.KW
-    L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
-    flat = runtime.empty((L,), x.dtype)
-    target = flat if split == 1 else runtime.empty((split, L), torch.float32)
+    dw_numel = geo.C_out * geo.CG_IN * geo.KH * geo.KW
+    flat = runtime.empty((dw_numel + (geo.C_out if bias_grad else 0),), x.dtype)  # dw, then db
+    # split-K: each split's dw (and, from the packed kernel, db) in an fp32 workspace row
+    ws_row = dw_numel + (geo.C_out if bias_grad and not channels_last else 0)
+    target = flat if split == 1 else runtime.empty((split, ws_row), torch.float32)
     if channels_last:
-        launch((_staged_grad_out(grad_out, relu_mask, _staged), to_channels_last(x) if stage_x else x, target))
+        dy = _staged_grad_out(grad_out, relu_mask, _staged)
+        launch((dy, to_channels_last(x) if stage_x else x, target))
     else:
         launch((grad_out, relu_mask if relu else grad_out, x, target))
     if reduce is not None:
         reduce((target, flat))
-    dw = flat[: geo.C_out * K_W].view(geo.C_out, geo.CG_IN, geo.KH, geo.KW)
-    db = flat[geo.C_out * K_W:] if bias_grad else None
+    if bias_grad and channels_last:  # db: the column sums of dy, an NHWC [pixels, C_out] buffer
+        column_sums(dy.as_strided((dy.numel() // geo.C_out, geo.C_out), (geo.C_out, 1)), out=flat[dw_numel:],
+                    op="conv2d_bias_grad")
+    dw = flat[:dw_numel].view(geo.C_out, geo.CG_IN, geo.KH, geo.KW)
+    db = flat[dw_numel:] if bias_grad else None
     return dw, db
 
 
@@ -1469,15 +1471,16 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
     _check_int32_layouts(geo, [(g_shape, g_stride), (x_shape, x_stride)])
     K_W = geo.CG_IN * geo.KH * geo.KW
     P = geo.N * geo.OH * geo.OW
-    L = geo.C_out * K_W + (geo.C_out if bias_grad else 0)
     split, per = wgrad_split(geo, split_k)
     esize = torch.empty((), dtype=x_dtype).element_size()
+    channels_last = geo.channels_last(geo.CG_IN)
+    # what the GEMM writes per split: dw, and db where the (packed) kernel sums it too
+    L = geo.C_out * K_W + (geo.C_out if bias_grad and not channels_last else 0)
     info = runtime.LaunchInfo(
         "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(x_shape)), x_dtype,
-        flops=2 * geo.macs + (P * geo.C_out if bias_grad else 0),
+        flops=2 * geo.macs + (P * geo.C_out if bias_grad and not channels_last else 0),
         bytes=(_numel(g_shape) + _numel(x_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
-    channels_last = geo.channels_last(geo.CG_IN)
     fixed = None if config is None and AUTOTUNE else _split_config(
         dict(config) if config is not None else _fixed_config("wgrad"))
     if channels_last:
@@ -1493,7 +1496,7 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         consts = {"RELU": relu, "PADDED": not geo.windows_inside,
                   "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1,
                   "DY_ROW_POW2": rows if g_stride[3] == 1 else 1}
-    consts = {**consts, "HAS_BIAS": bias_grad, **_dot_flags(x_dtype)}
+    consts = {**consts, **({} if channels_last else {"HAS_BIAS": bias_grad}), **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
                              runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]))
