@@ -7,7 +7,8 @@ device time), in order of what the next decision needs (a budget cuts the tail):
 
 1. bf16 CIFAR layers: the NCHW call (staging + kernel + NCHW store) and the channels-last one
    against cuDNN in both layouts and the same GEMM in cuBLAS (torch.mm [M, K] x [K, N], the
-   ceiling an implicit GEMM aims at); staging x as NHWC alone; the packed RGB stem.
+   ceiling an implicit GEMM aims at); staging x as NHWC alone; the bias gradient's column sums;
+   the packed RGB stem.
 2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
    K-major: autotuned against cuDNN, then over tiles (dgrad's 128x128x64 compiles with serialised
    wgmma: does it still win?); wgrad's tensor-core tiles against its FMA variant.
@@ -31,6 +32,7 @@ import torch  # noqa: E402
 from tritonnet import runtime  # noqa: E402
 from tritonnet.kernels import conv as K  # noqa: E402
 from tritonnet.kernels.layout import to_channels_last  # noqa: E402
+from tritonnet.kernels.reduce import column_sums  # noqa: E402
 
 # (name, C_in, C_out, H, batch): bench_conv's CIFAR layers, 3x3 pad 1
 LAYERS = [("64->128 16x16", 64, 128, 16, 512), ("128->256 8x8", 128, 256, 8, 512)]
@@ -138,6 +140,10 @@ def main(argv=None):
         ref = conv(x.float(), w.float(), padding=1)
         timed(name, "tritonnet NCHW in+out (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
         timed(name, "tritonnet NHWC in+out (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref, tflops=tf)
+        # the channels-last bias gradient, summed apart from the wgrad GEMM since this session
+        dy_rows = torch.randn(n * h * h, c_out, device=dev, dtype=dtype)
+        timed(name, "tritonnet bias grad (column sums of NHWC dy)", lambda: column_sums(dy_rows),
+              dy_rows.float().sum(0), gbs=lambda ms: round(dy_rows.numel() * 2 / (ms * 1e-3) / 1e9, 1))
     name, c_in, c_out, h, n = STEM
     x_stem, x_stem_cl, w_stem, _ = layer_tensors(c_in, c_out, h, n, 3, dtype, 0.2)
     gbs = lambda ms: round(n * c_out * h * h * 2 / (ms * 1e-3) / 1e9, 1)  # noqa: E731  (output bytes)
