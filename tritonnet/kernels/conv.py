@@ -433,7 +433,8 @@ def conv2d_wgrad_kernel(
     k = ci*KH*KW + kh*KW + kw, K_W = CG_IN*KH*KW.
     dw: flat buffer; split s writes dw[s*SPLIT_STRIDE + co*K_W + k] for co < C_out, and (HAS_BIAS,
     by the programs with pid_n == 0) db[co] at dw[s*SPLIT_STRIDE + C_OUT*K_W + co]. With SPLIT == 1
-    this buffer is the gradient itself, otherwise an fp32 workspace for splitk_reduce_kernel.
+    this buffer is the gradient itself, otherwise an fp32 workspace [SPLIT, SPLIT_STRIDE] whose
+    column sums (kernels/reduce.py) are the gradient.
     PADDED: as in conv2d_fwd_kernel. X_ROW_POW2, DY_ROW_POW2: see _row_runs (x's and dy's offsets
     along output rows, when stride_w*sxw == 1 and sdw == 1; they also divide P_PER_SPLIT).
     Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
@@ -703,17 +704,6 @@ def conv2d_wgrad_cl_kernel(
     _store_split(dw_ptr, acc, split, SPLIT_STRIDE,
                  (co_g.to(tl.int64) * K_W)[:, None] + ((ci * KH + kh) * KW + kw)[None, :],
                  m_mask[:, None] & n_mask[None, :])
-
-
-@triton.jit
-def splitk_reduce_kernel(ws_ptr, out_ptr, L, SPLIT, BLOCK: tl.constexpr):
-    """out[i] = sum over s = 0..SPLIT-1, in that order, of ws[s*L + i]; ws fp32 [SPLIT, L], out [L]."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < L
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(0, SPLIT):
-        acc += tl.load(ws_ptr + s * L + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- tile configurations
@@ -1433,7 +1423,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     runtime.check_tensor(x, "x", ndim=4)
     relu = relu_mask is not None
     bias_grad = bool(bias_grad)
-    geo, split, launch, reduce, channels_last, stage_x = _planned(
+    geo, split, launch, channels_last, stage_x = _planned(
         _wgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, x.shape, x.stride(), x.dtype, tuple(w_shape),
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bias_grad, split_k,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
@@ -1448,8 +1438,8 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
         launch((dy, to_channels_last(x) if stage_x else x, target))
     else:
         launch((grad_out, relu_mask if relu else grad_out, x, target))
-    if reduce is not None:
-        reduce((target, flat))
+    if split > 1:  # the splits' partial sums, added in a fixed order (one pass for a few hundred)
+        column_sums(target, out=flat[:ws_row], op="conv2d_wgrad_reduce")
     if bias_grad and channels_last:  # db: the column sums of dy, an NHWC [pixels, C_out] buffer
         column_sums(dy.as_strided((dy.numel() // geo.C_out, geo.C_out), (geo.C_out, 1)), out=flat[dw_numel:],
                     op="conv2d_bias_grad")
@@ -1461,8 +1451,7 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
 @functools.lru_cache(maxsize=512)
 def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape, stride, padding, dilation, groups,
                 relu, bias_grad, split_k, precision, autotune, config):
-    """(geometry, SPLIT, wgrad _Launch, split-K reduce _Launch or None, channels-last?, stage x?)
-    of conv2d_weight_grad."""
+    """(geometry, SPLIT, wgrad _Launch, channels-last?, stage x?) of conv2d_weight_grad."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if x_dtype != g_dtype:
         raise TypeError(f"x must have grad_out's dtype {g_dtype}, got {x_dtype}")
@@ -1505,13 +1494,7 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         blocks, options = fixed
         grid = (cols_of(blocks["BLOCK_N"]) * geo.groups * split, runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]))
         launch = _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
-    reduce = None
-    if split > 1:
-        block = 16384 if runtime.INTERPRETED else 1024
-        reduce = _Launch(splitk_reduce_kernel, (runtime.cdiv(L, block),), (L, split), {"BLOCK": block},
-                         runtime.LaunchInfo("conv2d_wgrad_reduce", ((split, L),), x_dtype, flops=split * L,
-                                            bytes=split * L * 4 + L * esize))
-    return geo, split, launch, reduce, channels_last, channels_last and not is_channels_last(x_shape, x_stride)
+    return geo, split, launch, channels_last, channels_last and not is_channels_last(x_shape, x_stride)
 
 
 def conv2d_backward(grad_out, x, weight, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,

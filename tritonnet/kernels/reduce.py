@@ -1,5 +1,6 @@
 """Reductions, deterministic (fixed partition, no atomics): to a scalar (sum, mean) and over the
-rows of a [P, C] matrix (column sums: a channels-last convolution's bias gradient)."""
+rows of a [P, C] matrix (column sums: a convolution's split-K partial weight gradients, and the
+bias gradient over a channels-last dy)."""
 import torch
 import triton
 import triton.language as tl
@@ -66,9 +67,12 @@ def mean_all(x):
 
 # ----------------------------------------------------------------------------- column sums
 
-# [rows, columns] tiles: 64 columns (128 bytes of bf16) a program; under the interpreter few, large ones
-COLUMN_TILE = (256, 64) if runtime.INTERPRETED else (128, 64)
-COLUMN_OPTIONS = {"num_warps": 8} if runtime.INTERPRETED else {"num_warps": 8, "num_stages": 3}
+# [rows, columns] tiles: 64 columns (128 bytes of bf16) a program; under the interpreter few, wide ones
+COLUMN_TILE = (64, 1024) if runtime.INTERPRETED else (128, 64)
+COLUMN_OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {"num_warps": 8, "num_stages": 3}
+# Up to this many tiles of rows a program walks them all in one launch (a split-K workspace: a
+# few hundred rows); beyond, parts of the rows go to ~4 programs per SM and a second pass adds them.
+ONE_PASS_TILES = 4
 
 
 @triton.jit(do_not_specialize=["P", "ROWS"])
@@ -94,9 +98,9 @@ def column_sums_kernel(x_ptr, out_ptr, P, C, ROWS, BLOCK_P: tl.constexpr, BLOCK_
 
 def column_sums(x, out=None, op: str = "column_sums"):
     """The sums over the rows of a contiguous [P, C] matrix x, as a (C,) tensor in x's dtype
-    (or written into ``out``, a contiguous (C,) tensor), accumulated in fp32: one launch over
-    parts of the rows, then one adding the parts' fp32 sums in order. ``op`` names the launches
-    for the profiler."""
+    (or written into ``out``, a contiguous (C,) tensor), accumulated in fp32 in a fixed order:
+    one launch over all rows when they are few, else one over parts of the rows and one adding
+    the parts' fp32 sums. ``op`` names the launches for the profiler."""
     runtime.check_tensor(x, "x", ndim=2)
     if not x.is_contiguous():
         raise ValueError(f"x must be contiguous, got strides {x.stride()}")
@@ -110,7 +114,10 @@ def column_sums(x, out=None, op: str = "column_sums"):
     block_p, block_c = COLUMN_TILE
     col_tiles = runtime.cdiv(C, block_c)
     # ~4 programs per SM, each a whole number of tiles: the partition depends on the shape only
-    parts = 2 if runtime.INTERPRETED else max(1, runtime.cdiv(4 * runtime.sm_count(), col_tiles))
+    if P <= ONE_PASS_TILES * block_p:
+        parts = 1
+    else:
+        parts = 2 if runtime.INTERPRETED else max(1, runtime.cdiv(4 * runtime.sm_count(), col_tiles))
     rows = runtime.cdiv(runtime.cdiv(P, min(parts, runtime.cdiv(P, block_p))), block_p) * block_p
     parts = runtime.cdiv(P, rows)
     info = runtime.LaunchInfo(op, ((P, C),), x.dtype, flops=P * C,
