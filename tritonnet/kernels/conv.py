@@ -83,7 +83,9 @@ _SHAPE_ARGS_WGRAD = [
 ]
 _GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW']
 _WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
-_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
+# the forward's KH and KW are constexprs (its tap loop divides by them)
+_SHAPE_ARGS_FWD_CL = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')] + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] \
+    + _WEIGHT_STRIDES
 _SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
                                             'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
@@ -541,7 +543,7 @@ def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, ROW_LEN, COL_LEN, s_row,
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
 def conv2d_fwd_cl_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
-    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
     M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
@@ -566,8 +568,9 @@ def conv2d_fwd_cl_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     chunks = tl.cdiv(CG_IN, BLOCK_K)
+    # channel chunks outermost: the divisions are by the constexpr window (a multiply and a shift)
     for step in range(0, KH * KW * chunks):
-        kh, kw, chunk = _split_index(step, KW, chunks)
+        chunk, kh, kw = _split_index(step, KH, KW)
         c = chunk * BLOCK_K + offs_k
         ih = ih0 + kh * dil_h
         iw = iw0 + kw * dil_w
