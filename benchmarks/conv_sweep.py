@@ -10,8 +10,8 @@ device time), in order of what the next decision needs (a budget cuts the tail):
    ceiling an implicit GEMM aims at); staging x as NHWC alone; the bias gradient's column sums;
    the packed RGB stem.
 2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
-   K-major: autotuned against cuDNN, then over tiles (dgrad's 128x128x64 compiles with serialised
-   wgmma: does it still win?); wgrad's tensor-core tiles against its FMA variant.
+   K-major: autotuned against cuDNN, then over tiles (dgrad's 8-warp 128x128x32 compiles with
+   serialised wgmma, 128x128x64 no longer does); wgrad's tensor-core tiles against its FMA variant.
 3. LeNet's weight gradients against cuDNN's, over the number of pixel splits.
 4. The bf16 channels-last forward and the packed stem over wider tile sets than the autotuner's.
 
@@ -51,8 +51,8 @@ PACKED_TILES = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 3), (2
 # shared memory per stage (128x128x64 x 3 stages already takes 192 KB)
 TF32_FWD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 8, 4), (128, 128, 32, 4, 4),
                   (128, 64, 32, 4, 5)]
-# dgrad: every 8-warp 128x128 TF32 tile compiles with serialised wgmma (ptxas C7515), these
-# 4-warp and 256-row ones do not
+# dgrad: the 8-warp 128x128x32 TF32 tile compiles with serialised wgmma (ptxas C7515); the
+# listed 128x128x64 and these 4-warp and 256-row ones do not
 TF32_DGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (256, 128, 32, 8, 3)]
 # wgrad's tensor-core tiles fill K-major shared memory with 4-byte copies; "fma" = FMA_DOT
 TF32_WGRAD_TILES = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4, "fma"), (64, 32, 64, 4, 4, "fma")]

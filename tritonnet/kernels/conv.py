@@ -83,11 +83,11 @@ _SHAPE_ARGS_WGRAD = [
 ]
 _GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KH', 'KW']
 _WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
-# the forward's KH and KW are constexprs (its tap loop divides by them)
-_SHAPE_ARGS_FWD_CL = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')] + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] \
-    + _WEIGHT_STRIDES
-_SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
-                                            'NKH', 'NKW'] + _WEIGHT_STRIDES
+# the forward's and dgrad's KH and KW are constexprs (their tap loops divide by them)
+_GEOMETRY_ARGS_CL_RUNTIME = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')]
+_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
+_SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
+                                                    'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
 
 
@@ -588,10 +588,11 @@ def conv2d_fwd_cl_kernel(
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
 def conv2d_dgrad_cl_kernel(
     dy_ptr, w_ptr, dx_ptr,
-    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
     M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, W_LAYOUT: tl.constexpr,
+    ALL_TAPS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -602,7 +603,8 @@ def conv2d_dgrad_cl_kernel(
     w: W_LAYOUT 1: [C_OUT, KH, KW, CG_IN] contiguous (in channels, the GEMM's N, contiguous),
     2: [CG_IN, KH, KW, C_OUT] contiguous (K-major, TF32), 0: torch's [C_OUT, CG_IN, KH, KW] with
     strides sw* (see conv2d_fwd_cl_kernel). dx: [N, C_IN, H, W] contiguous.
-    Reduction over (tap of the phase, out-channel chunk).
+    Reduction over (out-channel chunk, tap of the phase). ALL_TAPS: this phase has every tap
+    (NKH, NKW = KH, KW; KH0 = KW0 = 0, unit steps), as with stride 1.
     Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_IN, BLOCK_N))
@@ -625,7 +627,12 @@ def conv2d_dgrad_cl_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     chunks = tl.cdiv(CG_OUT, BLOCK_K)
     for step in range(0, NKH * NKW * chunks):
-        t_h, t_w, chunk = _split_index(step, NKW, chunks)
+        # channel chunks outermost; with every tap in this phase (stride 1) NKH, NKW are the
+        # constexpr window, and the divisions are by constants
+        if ALL_TAPS:
+            chunk, t_h, t_w = _split_index(step, KH, KW)
+        else:
+            chunk, t_h, t_w = _split_index(step, NKH, NKW)
         c = chunk * BLOCK_K + offs_k
         kh = KH0 + t_h * KSTEP_H
         kw = KW0 + t_w * KSTEP_W
@@ -1332,7 +1339,8 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
                         geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
                 launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
                                              geo.CG_IN, geo.groups, tail,
-                                             {**wide, "W_LAYOUT": w_layout, **_dot_flags(g_dtype)}, info, config))
+                                             {**wide, "W_LAYOUT": w_layout, "ALL_TAPS": (nkh, nkw) == (geo.KH, geo.KW),
+                                              **_dot_flags(g_dtype)}, info, config))
                 continue
             tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
                     *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
