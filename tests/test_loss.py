@@ -25,7 +25,10 @@ def _compare(logits, target, reduction, smoothing, upstream=1.0, blocks=None):
     assert value.shape == () and value.dtype == logits.dtype
     assert grad.dtype == logits.dtype and grad.shape == logits.shape
     torch.testing.assert_close(value.double(), ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * 10)
-    torch.testing.assert_close(grad.double(), ref_in.grad, **tol)
+    # absolute error in units of the gradient's own scale (the upstream factor times a probability):
+    # an fp32 softmax is a few ulps off, 1e-6 absolute at 2.5 (seen 1 draw in ~6 at atol 1e-6)
+    scale = max(1.0, float(ref_in.grad.abs().max()))
+    torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
