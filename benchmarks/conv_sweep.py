@@ -69,6 +69,11 @@ def device_ms(fn):
     return triton.testing.do_bench_cudagraph(fn, rep=20)
 
 
+def tflops(flops):
+    """The TFLOP/s column of a row that did ``flops`` in its time (ms)."""
+    return lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)
+
+
 def tiles(t):
     return {"BLOCK_M": t[0], "BLOCK_N": t[1], "BLOCK_K": t[2], "num_warps": t[3], "num_stages": t[4]}
 
@@ -125,11 +130,12 @@ def main(argv=None):
 
     # 1. bf16 CIFAR layers: NCHW and channels-last paths against cuDNN and cuBLAS
     dtype = torch.bfloat16
-    cifar = {}
+    cifar = {}  # name: (x, x channels-last, w, w channels-last, TFLOP/s column, fp32 reference y)
     for name, c_in, c_out, h, n in LAYERS:
-        x, x_cl, w, w_cl = cifar[name] = layer_tensors(c_in, c_out, h, n, 3, dtype, 0.05)
-        flops = 2 * n * h * h * c_out * c_in * 9
-        tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
+        x, x_cl, w, w_cl = layer_tensors(c_in, c_out, h, n, 3, dtype, 0.05)
+        tf = tflops(2 * n * h * h * c_out * c_in * 9)
+        ref = conv(x.float(), w.float(), padding=1)
+        cifar[name] = (x, x_cl, w, w_cl, tf, ref)
         a = torch.randn(n * h * h, c_in * 9, device=dev, dtype=dtype)
         b = torch.randn(c_in * 9, c_out, device=dev, dtype=dtype)
         timed(name, "cuBLAS mm [M,K]x[K,N]", lambda: torch.mm(a, b), tflops=tf)
@@ -137,10 +143,9 @@ def main(argv=None):
         timed(name, "cuDNN channels_last", lambda: conv(x_cl, w_cl, padding=1), tflops=tf)
         timed(name, "stage x NCHW->NHWC", lambda: to_channels_last(x),
               gbs=lambda ms: round(2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9, 1))
-        ref = conv(x.float(), w.float(), padding=1)
         timed(name, "tritonnet NCHW in+out (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
         timed(name, "tritonnet NHWC in+out (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref, tflops=tf)
-        # the channels-last bias gradient, summed apart from the wgrad GEMM since this session
+        # the channels-last bias gradient, summed apart from the wgrad GEMM
         dy_rows = torch.randn(n * h * h, c_out, device=dev, dtype=dtype)
         timed(name, "tritonnet bias grad (column sums of NHWC dy)", lambda: column_sums(dy_rows),
               dy_rows.float().sum(0), gbs=lambda ms: round(dy_rows.numel() * 2 / (ms * 1e-3) / 1e9, 1))
@@ -161,14 +166,12 @@ def main(argv=None):
     try:
         cases = []
         for name, c_in, c_out, h, n in LAYERS:
-            x, x_cl, w, w_cl = (t.float() for t in cifar[name])
-            x_cl, w_cl = (t.contiguous(memory_format=torch.channels_last) for t in (x_cl, w_cl))
+            x, x_cl, w, w_cl = (t.float() for t in cifar[name][:4])  # .float() keeps channels_last
             gy = torch.randn(n, c_out, h, h, device=dev)
-            flops = 2 * n * h * h * c_out * c_in * 9
             cases.append(dict(
                 layer=f"{name} tf32", c_in=c_in, c_out=c_out, x=x, x_cl=x_cl, w=w, w_cl=w_cl, gy=gy,
                 gy_cl=gy.contiguous(memory_format=torch.channels_last),
-                tf=lambda ms, flops=flops: round(flops / (ms * 1e-3) / 1e12, 1),
+                tf=cifar[name][4],
                 ref=conv(x.double(), w.double(), padding=1).float(),
                 dref=torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=1).float(),
                 wref=torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1).float()))
@@ -233,10 +236,7 @@ def main(argv=None):
 
     # 4. bf16 tile sweeps
     for name, c_in, c_out, h, n in LAYERS:
-        x, x_cl, w, _ = cifar[name]
-        flops = 2 * n * h * h * c_out * c_in * 9
-        tf = lambda ms: round(flops / (ms * 1e-3) / 1e12, 1)  # noqa: E731
-        ref = conv(x.float(), w.float(), padding=1)
+        x, x_cl, w, _, tf, ref = cifar[name]
         for t in CL_TILES:
             if t[1] > c_out or not in_budget():
                 continue

@@ -297,7 +297,7 @@ def test_tf32_reads_the_weight_k_major(seed, device):
 
 def test_tf32_wgrad_fma_variant(seed, device):
     """The channels-last wgrad's FMA_DOT variant (a TF32 autotune candidate) computes in IEEE fp32
-    whatever the precision mode: grouped, strided, split-K, with the bias gradient fused."""
+    whatever the precision mode: grouped, strided, split-K, with the bias gradient."""
     x, wt, b = _inputs(device, torch.float32, 3, 32, 9, 7, 32, 3, 2)
     gy = torch.randn(3, 32, 5, 4, device=device)
     _, _, dw_ref, db_ref = _reference(x, wt, b, gy, None, stride=2, padding=1, groups=2)

@@ -11,6 +11,7 @@ observers (the profiler, the ahead-of-time compile check) hook into.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 
@@ -48,14 +49,10 @@ def device() -> torch.device:
     return DEVICE
 
 
-_SM_COUNT: list = []
-
-
+@functools.lru_cache(maxsize=None)
 def sm_count() -> int:
     """The GPU's streaming multiprocessors, which launchers size their grids by (GPU only)."""
-    if not _SM_COUNT:
-        _SM_COUNT.append(torch.cuda.get_device_properties(device()).multi_processor_count)
-    return _SM_COUNT[0]
+    return torch.cuda.get_device_properties(device()).multi_processor_count
 
 
 def mode() -> str:

@@ -38,8 +38,8 @@ Its layout, ``[C_out, cdiv(M, 8)]`` uint8 with bit ``m % 8`` of byte ``m // 8`` 
 pixels, aligned) packs whole bytes, so no two programs share a byte.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
-sizes and the dot precision only. A ``config=`` argument fixes the tiles (debugging, tests); ``set_autotune(False)``
-uses one fixed config per kernel; under the interpreter one fixed config is always used, large
+sizes and the dot precision only. A ``config=`` argument fixes the tiles (debugging, tests);
+``set_autotune(False)`` uses one fixed config per kernel; under the interpreter one fixed config is always used, large
 there because the interpreter's cost is per program and per op.
 """
 from __future__ import annotations
@@ -522,22 +522,20 @@ def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, ROW_LEN, COL_LEN, s_row,
     """The [rows, cols] (GEMM [K, N]) tile of the weight at tap (kh, kw), 0 where masked.
 
     W_LAYOUT 1 (N-major): the staged [rows, KH, KW, COL_LEN] contiguous copy, cols contiguous.
-    W_LAYOUT 2 (K-major): the staged [cols, KH, KW, ROW_LEN] contiguous copy, rows contiguous,
-    loaded as [cols, rows] and transposed: TF32 wgmma takes its B operand from shared memory
-    K-major only, and an N-major tile reached it through 4-byte copies (sm_90: 96 LDGSTS.E per
-    thread per step for the 128x128x64 forward instead of 24 16-byte ones).
+    W_LAYOUT 2 (K-major): the staged [cols, KH, KW, ROW_LEN] contiguous copy, rows contiguous:
+    TF32 wgmma takes its B operand from shared memory K-major only, and an N-major tile reached it
+    through 4-byte copies (sm_90: 96 LDGSTS.E per thread per step for the 128x128x64 forward
+    instead of 24 16-byte ones).
     W_LAYOUT 0: torch's layout in place, rows and cols strided by s_row and s_col.
     (The forward's rows are in channels and cols out channels; dgrad's the other way round.)
     """
     if W_LAYOUT == 1:
         off = (((rows * KH + kh) * KW + kw) * COL_LEN)[:, None] + cols[None, :]
-        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
     elif W_LAYOUT == 2:
         off = rows[:, None] + (((cols * KH + kh) * KW + kw) * ROW_LEN)[None, :]
-        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
     else:
         off = (rows * s_row + kh * swh + kw * sww)[:, None] + (cols * s_col)[None, :]
-        return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+    return tl.load(w_ptr + off, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD_CL)
@@ -1409,7 +1407,8 @@ def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
             # The fp32 workspace this costs is split * C_out*C_in*KH*KW*4 bytes, small at these sizes.
             bm = min(128, max(16, runtime.next_power_of_2(geo.CG_OUT)))
             if geo.channels_last(geo.CG_IN):  # one program per (tap, in-channel tile)
-                cols = geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, min(128, max(64, runtime.next_power_of_2(geo.CG_IN))))
+                ci_tile = min(128, max(64, runtime.next_power_of_2(geo.CG_IN)))
+                cols = geo.KH * geo.KW * runtime.cdiv(geo.CG_IN, ci_tile)
             else:
                 k_w = geo.CG_IN * geo.KH * geo.KW
                 cols = runtime.cdiv(k_w, min(128, max(32, runtime.next_power_of_2(k_w))))
@@ -1434,15 +1433,13 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     runtime.check_tensor(x, "x", ndim=4)
     relu = relu_mask is not None
     bias_grad = bool(bias_grad)
-    geo, split, launch, channels_last, stage_x = _planned(
+    geo, split, launch, channels_last, stage_x, ws_row = _planned(
         _wgrad_plan, grad_out.shape, grad_out.stride(), grad_out.dtype, x.shape, x.stride(), x.dtype, tuple(w_shape),
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bias_grad, split_k,
         runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
     dw_numel = geo.C_out * geo.CG_IN * geo.KH * geo.KW
     flat = runtime.empty((dw_numel + (geo.C_out if bias_grad else 0),), x.dtype)  # dw, then db
-    # split-K: each split's dw (and, from the packed kernel, db) in an fp32 workspace row
-    ws_row = dw_numel + (geo.C_out if bias_grad and not channels_last else 0)
     target = flat if split == 1 else runtime.empty((split, ws_row), torch.float32)
     if channels_last:
         dy = _staged_grad_out(grad_out, relu_mask, _staged)
@@ -1462,7 +1459,9 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
 @functools.lru_cache(maxsize=512)
 def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape, stride, padding, dilation, groups,
                 relu, bias_grad, split_k, precision, autotune, config):
-    """(geometry, SPLIT, wgrad _Launch, channels-last?, stage x?) of conv2d_weight_grad."""
+    """(geometry, SPLIT, wgrad _Launch, channels-last?, stage x?, L) of conv2d_weight_grad; L is
+    what the GEMM writes per split, one row of the split-K workspace: dw, and db where the packed
+    kernel sums it too (the channels-last path sums db apart)."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if x_dtype != g_dtype:
         raise TypeError(f"x must have grad_out's dtype {g_dtype}, got {x_dtype}")
@@ -1474,11 +1473,11 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
     split, per = wgrad_split(geo, split_k)
     esize = torch.empty((), dtype=x_dtype).element_size()
     channels_last = geo.channels_last(geo.CG_IN)
-    # what the GEMM writes per split: dw, and db where the (packed) kernel sums it too
-    L = geo.C_out * K_W + (geo.C_out if bias_grad and not channels_last else 0)
+    fused_bias = bias_grad and not channels_last
+    L = geo.C_out * K_W + (geo.C_out if fused_bias else 0)
     info = runtime.LaunchInfo(
         "conv2d_wgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(x_shape)), x_dtype,
-        flops=2 * geo.macs + (P * geo.C_out if bias_grad and not channels_last else 0),
+        flops=2 * geo.macs + (P * geo.C_out if fused_bias else 0),
         bytes=(_numel(g_shape) + _numel(x_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
     fixed = None if config is None and AUTOTUNE else _split_config(
@@ -1493,10 +1492,10 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
         kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
         rows = min(_pow2_dividing(geo.OW), _pow2_dividing(per))  # see _row_runs: runs also start each split
-        consts = {"RELU": relu, "PADDED": not geo.windows_inside,
+        consts = {"RELU": relu, "HAS_BIAS": bias_grad, "PADDED": not geo.windows_inside,
                   "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1,
                   "DY_ROW_POW2": rows if g_stride[3] == 1 else 1}
-    consts = {**consts, **({} if channels_last else {"HAS_BIAS": bias_grad}), **_dot_flags(x_dtype)}
+    consts = {**consts, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
                              runtime.cdiv(geo.CG_OUT, meta["BLOCK_M"]))
@@ -1505,7 +1504,7 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         blocks, options = fixed
         grid = (cols_of(blocks["BLOCK_N"]) * geo.groups * split, runtime.cdiv(geo.CG_OUT, blocks["BLOCK_M"]))
         launch = _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
-    return geo, split, launch, channels_last, channels_last and not is_channels_last(x_shape, x_stride)
+    return geo, split, launch, channels_last, channels_last and not is_channels_last(x_shape, x_stride), L
 
 
 def conv2d_backward(grad_out, x, weight, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,

@@ -42,8 +42,8 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, gr
     # rounded at a logit scale of 1e4 is 5e-4 off, and exp(x - lse) inherits that as a relative
     # error (the float64 reference saw gradients 2e-5 off); exp(x - row_max) / sum_exp does not.
     loss = tl.log(sum_exp) + (1.0 - smoothing) * (row_max - x_target) + smoothing * (row_max - sum_x / C)
-    inv_sum = 1.0 / sum_exp
     if WRITE_GRAD:
+        inv_sum = 1.0 / sum_exp
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             in_c = cols < C
