@@ -41,6 +41,7 @@ import tritonnet as tn  # noqa: E402
 import tritonnet.functional as F  # noqa: E402
 from tritonnet import bench, runtime  # noqa: E402
 from tritonnet.kernels import pool as P  # noqa: E402
+from tritonnet.profile import keep_gpu_busy  # noqa: E402
 
 aten = torch.ops.aten
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -75,9 +76,9 @@ def _wall_ms(fn, args_sets, reps=20):
 _FLUSH = {}
 
 
-def _queued_gpu_ms(fn, args_sets, reps=40, head_start_cycles=1_000_000):
+def _queued_gpu_ms(fn, args_sets, reps=40, head_start_ms=0.5):
     """Device time of one call with the host's launch cost kept out: L2 flushed as in time_op, then
-    the stream is kept busy (``torch.cuda._sleep``, ~0.5 ms) while the host queues the call, so
+    the stream is kept busy (``keep_gpu_busy``, 0.5 ms) while the host queues the call, so
     the start event is only reached once the call's kernels are already queued.
 
     ``time_op``'s events (triton's do_bench) start right after its 256 MB L2 flush; when a call's
@@ -94,7 +95,7 @@ def _queued_gpu_ms(fn, args_sets, reps=40, head_start_cycles=1_000_000):
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
         _FLUSH["buf"].zero_()
-        torch.cuda._sleep(head_start_cycles)
+        keep_gpu_busy(head_start_ms)
         starts[i].record()
         fn(*args_sets[i % len(args_sets)])
         ends[i].record()

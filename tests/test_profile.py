@@ -1,6 +1,7 @@
 """The profiler: what it records per launch, how it aggregates, its FLOP/byte models against hand
 counts, its roofline arithmetic, the peaks cache, the trace/CSV files, and that it costs nothing off."""
 import csv
+import importlib
 import json
 import math
 
@@ -12,6 +13,8 @@ import tritonnet.functional as F
 from tritonnet import runtime
 from tritonnet.kernels.elementwise import add
 from tritonnet.profile import Profiler, device_peaks, roofline_ms
+
+profile_module = importlib.import_module("tritonnet.profile")
 
 PEAKS = {"copy_gbs": 1000.0, "matmul_tflops": {"fp32": 50.0, "tf32": 400.0, "fp16": 800.0, "bf16": 800.0}}
 
@@ -246,24 +249,45 @@ def test_gpu_path_reads_events_back_once_after_the_region(seed, device, monkeypa
         def synchronize(self):
             log.append("sync")
 
+        def query(self):  # has the fake GPU reached this event? (the launches' start events only)
+            log.append("query")
+            return gpu_reached.pop(0)
+
         def elapsed_time(self, other):
             log.append("read")
             return float(other.t - self.t)
 
+    gpu_reached = [False, True, False]  # the second launch's start event fired before it was queued
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(("sleep", cycles)), raising=False)
+    monkeypatch.setattr(profile_module, "_sleep_cycles_per_ms", lambda: 1000.0)
     a = torch.randn(100, device=device)
-    with Profiler(peaks=PEAKS) as prof:
+    with Profiler(peaks=PEAKS, head_start_ms=2.5) as prof:
+        # the head start is queued before the region's first event
+        assert log[:2] == [("sleep", 2500), "record"]
         for _ in range(3):
             add(a, a)
-        assert "sync" not in log and "read" not in log  # inside the region: only records
+        assert "sync" not in log and "read" not in log  # inside the region: only records and queries
     assert log.count("sync") == 1 and log.index("sync") > max(i for i, e in enumerate(log) if e == "record")
+    assert log.count("query") == 3 and not gpu_reached
     assert prof.time_source == "CUDA events" and len(prof.launches) == 3
-    assert all(launch.ms == 1.0 for launch in prof.launches)  # start and end events, one tick apart
+    assert all(launch.ms == 2.0 for launch in prof.launches)  # start, query, end: two ticks apart
+    assert [launch.gpu_idle for launch in prof.launches] == [False, True, False]
     (row,) = prof.summary()
-    assert row["count"] == 3 and row["total_ms"] == 3.0 and row["roofline_pct"] is not None
+    assert row["count"] == 3 and row["total_ms"] == 6.0 and row["roofline_pct"] is not None
+    assert row["gpu_idle"] == 1 and prof.idle_launches == 1
+    assert "1 launches found the GPU idle" in prof.table().title
     events = [e for e in prof.trace()["traceEvents"] if e["ph"] == "X"]
     assert {e["pid"] for e in events} == {0, 1}  # the device track and the host's launch calls
+    assert [e["args"]["gpu_idle"] for e in events if e["pid"] == 0] == [False, True, False]
     assert prof.trace()["otherData"]["device"] == "Fake GPU"
+    assert prof.trace()["otherData"]["idle_launches"] == 1
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "5", True])
+def test_head_start_must_be_a_finite_nonnegative_number(bad):
+    with pytest.raises(ValueError, match="head_start_ms"):
+        Profiler(peaks=None, head_start_ms=bad)

@@ -418,7 +418,7 @@ def _run_op(row, builder, impl, quick, peaks):
 
 
 def _run_step(row, impl, quick, peaks):
-    from .profile import Profiler
+    from .profile import Profiler, head_start_for
     from .workloads import build_step
 
     try:
@@ -436,10 +436,11 @@ def _run_step(row, impl, quick, peaks):
         # graphed step's first replay comes after its warm-up steps, so it differs)
         result["first_loss"] = float(loss.data if hasattr(loss, "_node") else loss.detach())
         if impl == "tritonnet":  # where a step's time goes: GPU time inside kernels vs. the rest
-            with Profiler(peaks=peaks) as prof:
+            with Profiler(peaks=peaks, head_start_ms=head_start_for(result["wall_ms"])) as prof:
                 step()
             result["launches"] = len(prof.launches)
             result["kernel_sum_ms"] = sum(l.ms for l in prof.launches)
+            result["kernel_idle_launches"] = prof.idle_launches
             result["top_kernels"] = [
                 {k: r[k] for k in ("op", "kernel", "dtype", "count", "total_ms", "roofline_pct")}
                 for r in prof.summary()[:6]]
@@ -676,7 +677,9 @@ def markdown(results) -> str:
         lines += ["Training step (forward, cross-entropy, backward, SGD with momentum): wall time per step as a "
                   "user sees it (ms, Python and launch overhead included, 30 back-to-back steps). Speed-up = torch "
                   "time / best tritonnet time. GPU time = CUDA events around one step (L2 cleared between steps); "
-                  "in kernels = the sum of tritonnet's kernel durations in one step (the rest is launch gaps).",
+                  "in kernels = the sum of tritonnet's kernel durations in one eager step, its launches queued "
+                  "behind a head start of GPU work so that the events time the kernels, not the host's launch "
+                  "calls.",
                   "",
                   "| model | input | dtype | tritonnet CUDA graph | tritonnet eager | torch eager | torch.compile "
                   "| vs eager | vs compile | tritonnet GPU time p50 (p20–p80) | in kernels | launches |",
@@ -740,6 +743,9 @@ def _where_the_time_goes(results, model, dtype) -> str:
                     for k in tn.get("top_kernels", [])[:4])
     text = (f"{model} {dtype}: {tn['launches']} launches, {tn['kernel_sum_ms']:.3f} ms in kernels of a "
             f"{best:.3f} ms step ({share:.0f}%; the rest is Python and launch gaps)")
+    if tn.get("kernel_idle_launches"):
+        text += (f" ({tn['kernel_idle_launches']} launches found the GPU idle: their times include the host's "
+                 "launch)")
     if "skipped" in graph:
         text += f"; {graph['skipped']}"
     return text + (f"; slowest kernels: {top}" if top else "")

@@ -17,7 +17,17 @@ both go through ``sys.modules``; only attribute access ``tritonnet.profile`` giv
 How it measures: the profiler is an observer on ``runtime.launch``, the one path every launcher
 takes. On a GPU each launch is bracketed by two CUDA events recorded on the current stream; the
 events are read back once, after the profiled region (one synchronisation in all, none per
-launch), so the GPU runs ahead exactly as it does unprofiled. Under Triton's interpreter each
+launch), so the GPU runs ahead exactly as it does unprofiled.
+
+An event pair times a kernel only if the kernel is queued before the GPU reaches the first
+event. When the GPU waits for the host (a small CNN's eager step: the host needs longer to launch
+a kernel than the kernel runs), the first event fires at once and the pair also times the host's
+launch call: the H100 run of 2026-11-27 summed 4.7 ms "in kernels" for a VGG step whose CUDA-graph
+replay took 2.9 ms. So ``head_start_ms`` keeps the GPU busy (``torch.cuda._sleep``) for that long
+before the region, letting the host queue the launches ahead of it; and each launch records
+whether its first event had already fired when the launch call returned (``gpu_idle``: its time
+includes host latency), counted per row and in the table's title, so a head start too short to
+cover the region shows rather than skewing numbers silently. Under Triton's interpreter each
 launch is timed by the wall clock around it, which measures the interpreter, not a GPU, and is
 labelled so everywhere. While a CUDA graph is being captured the profiler steps aside (events
 recorded during capture would become graph nodes): profile eager steps, time graphed ones.
@@ -33,7 +43,9 @@ fp32, tf32, fp16, bf16), once, and cached in ``~/.cache/tritonnet/peaks.json`` k
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import math
 import os
 import time
 from collections import OrderedDict
@@ -148,6 +160,25 @@ def _grid_of(kernel, grid, constexprs):
         return "callable"
 
 
+@functools.lru_cache(maxsize=None)
+def _sleep_cycles_per_ms() -> float:
+    """The rate of ``torch.cuda._sleep``'s spin (GPU clock cycles per ms), measured once."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(10_000)
+    start.record()
+    torch.cuda._sleep(5_000_000)
+    end.record()
+    end.synchronize()
+    return 5_000_000 / max(start.elapsed_time(end), 1e-3)
+
+
+def keep_gpu_busy(ms: float) -> None:
+    """Queue ~``ms`` milliseconds of GPU work on the current stream (a spinning kernel), so what the
+    host launches next waits in the queue instead of finding the GPU idle. GPU only."""
+    if ms > 0:
+        torch.cuda._sleep(int(ms * _sleep_cycles_per_ms()))
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else ""
 
@@ -156,7 +187,7 @@ class Launch:
     """One recorded launch. ``ms`` is filled in when the profiled region ends."""
 
     __slots__ = ("kernel", "op", "shapes", "dtype", "precision", "grid", "flops", "bytes",
-                 "host_start", "host_end", "events", "start_ms", "ms")
+                 "host_start", "host_end", "events", "start_ms", "ms", "gpu_idle")
 
     def __init__(self, kernel, op, shapes, dtype, precision, grid, flops, nbytes):
         self.kernel, self.op, self.shapes, self.dtype, self.precision = kernel, op, shapes, dtype, precision
@@ -164,6 +195,9 @@ class Launch:
         self.host_start = self.host_end = 0.0
         self.events = None
         self.start_ms = self.ms = 0.0
+        # True: the GPU had reached this launch's first event before the launch call returned, so
+        # ``ms`` includes the host's launch latency; False: queued behind work; None: interpreter
+        self.gpu_idle = None
 
     def key(self):
         return (self.kernel, self.op, str(self.shapes), _dtype_name(self.dtype), str(self.grid))
@@ -175,10 +209,18 @@ class Profiler:
     ``nvtx=True`` also wraps each launch in an NVTX range named ``op:kernel`` so Nsight Systems
     shows tritonnet's names. ``peaks`` is a dict like :func:`device_peaks` returns, ``"auto"``
     (the cached/measured peaks of this GPU; none under the interpreter) or ``None`` (no roofline).
-    ``out``: a directory the table/trace/CSV are written into on exit.
+    ``out``: a directory the table/trace/CSV are written into on exit. ``head_start_ms``: GPU work
+    queued ahead of the region so its launches queue up behind it and the events time kernels, not
+    launch calls (see the module doc; size it above the host's time for the region; ignored under
+    the interpreter).
     """
 
-    def __init__(self, nvtx: bool = False, peaks="auto", out: str | None = None, name: str = "profile"):
+    def __init__(self, nvtx: bool = False, peaks="auto", out: str | None = None, name: str = "profile",
+                 head_start_ms: float = 0.0):
+        if isinstance(head_start_ms, bool) or not isinstance(head_start_ms, (int, float)) \
+                or not head_start_ms >= 0 or math.isinf(head_start_ms):
+            raise ValueError(f"head_start_ms must be a finite number >= 0, got {head_start_ms!r}")
+        self.head_start_ms = 0.0 if runtime.INTERPRETED else float(head_start_ms)
         self.nvtx = bool(nvtx) and not runtime.INTERPRETED
         self._peaks_arg, self.peaks = peaks, None
         self.out, self.name = out, name
@@ -201,6 +243,7 @@ class Profiler:
         self._active = True
         self._host_t0 = time.perf_counter()
         if not runtime.INTERPRETED:
+            keep_gpu_busy(self.head_start_ms)
             self._region_events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             self._region_events[0].record()
         runtime.add_observer(self._observe)
@@ -250,6 +293,7 @@ class Profiler:
         try:
             return run()
         finally:
+            launch.gpu_idle = start.query()  # already fired: the kernel was not queued in time
             end.record()
             launch.host_end = time.perf_counter()
             launch.events = (start, end)
@@ -259,6 +303,12 @@ class Profiler:
                 torch.cuda.nvtx.range_pop()
 
     # -- results
+    @property
+    def idle_launches(self) -> int:
+        """Launches whose time includes the host's launch latency (the GPU had run dry); 0 under
+        the interpreter, where no time is GPU time anyway."""
+        return sum(1 for launch in self.launches if launch.gpu_idle)
+
     def summary(self) -> list[dict]:
         """One row per (kernel, op, shapes, dtype, grid): launches aggregated, sorted by total time."""
         rows: "OrderedDict[tuple, dict]" = OrderedDict()
@@ -269,8 +319,10 @@ class Profiler:
                     "kernel": launch.kernel, "op": launch.op, "shapes": launch.shapes,
                     "dtype": _dtype_name(launch.dtype), "precision": launch.precision, "grid": launch.grid,
                     "count": 0, "total_ms": 0.0, "total_flops": 0, "total_bytes": 0, "_torch_dtype": launch.dtype,
+                    "gpu_idle": 0,
                 }
             row["count"] += 1
+            row["gpu_idle"] += bool(launch.gpu_idle)
             row["total_ms"] += launch.ms
             # summed, not taken from the first launch: launches sharing a key can differ in work
             # (e.g. a strided dgrad's per-phase launches)
@@ -305,16 +357,20 @@ class Profiler:
         kernel_ms = sum(r["total_ms"] for r in rows)
         title = (f"tritonnet profile: {len(self.launches)} launches, {kernel_ms:.3f} ms in kernels, "
                  f"{self.region_ms:.3f} ms region; time = {self.time_source}")
+        if not runtime.INTERPRETED:
+            title += (f"; {self.idle_launches} launches found the GPU idle (their times include the host's "
+                      f"launch: column 'idle')" if self.idle_launches else
+                      "; every launch queued before the GPU reached it (device time)")
         if limit and len(rows) > limit:
             title += f" (top {limit} of {len(rows)} rows by total time)"
         table = Table(title=title)
-        for col in ("kernel", "op", "shapes", "dtype", "grid", "count", "total ms", "mean ms", "%",
+        for col in ("kernel", "op", "shapes", "dtype", "grid", "count", "idle", "total ms", "mean ms", "%",
                     "GFLOP/launch", "MB/launch", "TFLOP/s", "GB/s", "% roofline"):
             table.add_column(col, justify="left" if col in ("kernel", "op", "shapes", "dtype", "grid") else "right")
         for r in rows[:limit] if limit else rows:
             shapes = _fmt_shapes(r["shapes"])
             table.add_row(r["kernel"], r["op"], shapes if len(shapes) <= 40 else shapes[:39] + "…", r["dtype"], str(r["grid"]), str(r["count"]),
-                          f"{r['total_ms']:.3f}", f"{r['mean_ms']:.4f}", f"{r['share_pct']:.1f}",
+                          "n/a" if runtime.INTERPRETED else str(r["gpu_idle"]), f"{r['total_ms']:.3f}", f"{r['mean_ms']:.4f}", f"{r['share_pct']:.1f}",
                           f"{r['flops'] / 1e9:.3g}", f"{r['bytes'] / 1e6:.3g}", _fmt(r["tflops"], 2),
                           _fmt(r["gbs"], 1), _fmt(r["roofline_pct"], 1))
         return table
@@ -334,7 +390,8 @@ class Profiler:
         ]
         for i, launch in enumerate(self.launches):
             args = {"op": launch.op, "shapes": _fmt_shapes(launch.shapes), "dtype": _dtype_name(launch.dtype),
-                    "grid": str(launch.grid), "flops": launch.flops, "bytes": launch.bytes, "index": i}
+                    "grid": str(launch.grid), "flops": launch.flops, "bytes": launch.bytes, "index": i,
+                    "gpu_idle": launch.gpu_idle}
             events.append({"name": launch.kernel, "cat": launch.op or "kernel", "ph": "X", "pid": 0, "tid": 0,
                            "ts": launch.start_ms * 1e3, "dur": launch.ms * 1e3, "args": args})
             if not runtime.INTERPRETED:
@@ -342,7 +399,8 @@ class Profiler:
                                "ts": (launch.host_start - self._host_t0) * 1e6,
                                "dur": (launch.host_end - launch.host_start) * 1e6, "args": {"index": i}})
         return {"traceEvents": events, "displayTimeUnit": "ms",
-                "otherData": {"time_source": self.time_source, "device": self.device}}
+                "otherData": {"time_source": self.time_source, "device": self.device,
+                              "head_start_ms": self.head_start_ms, "idle_launches": self.idle_launches}}
 
     def save(self, out_dir: str = ".", prefix: str | None = None) -> dict:
         """Write ``<prefix>_trace.json``, ``<prefix>.csv`` and ``<prefix>.txt`` (the table) into
@@ -355,7 +413,7 @@ class Profiler:
         with open(paths["trace"], "w") as f:
             json.dump(self.trace(), f)
         rows = self.summary()
-        columns = ["kernel", "op", "shapes", "dtype", "precision", "grid", "count", "total_ms", "mean_ms",
+        columns = ["kernel", "op", "shapes", "dtype", "precision", "grid", "count", "gpu_idle", "total_ms", "mean_ms",
                    "share_pct", "flops", "bytes", "total_flops", "total_bytes", "tflops", "gbs", "roofline_ms",
                    "roofline_pct"]
         with open(paths["csv"], "w", newline="") as f:
@@ -371,9 +429,17 @@ class Profiler:
         return paths
 
 
-def profile(nvtx: bool = False, peaks="auto", out: str | None = None, name: str = "profile") -> Profiler:
+def profile(nvtx: bool = False, peaks="auto", out: str | None = None, name: str = "profile",
+            head_start_ms: float = 0.0) -> Profiler:
     """A context manager recording every tritonnet kernel launch inside it; see :class:`Profiler`."""
-    return Profiler(nvtx=nvtx, peaks=peaks, out=out, name=name)
+    return Profiler(nvtx=nvtx, peaks=peaks, out=out, name=name, head_start_ms=head_start_ms)
+
+
+def head_start_for(host_ms: float) -> float:
+    """A head start covering a region whose unprofiled host time is ``host_ms``: profiling's own
+    events and checks roughly double the host's time per launch (the VGG step: 3.4 -> 6.4 ms),
+    so three times that, plus a millisecond. Capped at 10 s of GPU spinning."""
+    return min(3.0 * host_ms + 1.0, 10_000.0)
 
 
 def _fmt(value, digits):
@@ -404,6 +470,10 @@ def add_arguments(parser) -> None:
                         "autotunes; default 3, 1 under the interpreter)")
     parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--nvtx", action="store_true", help="NVTX range per launch (for Nsight Systems)")
+    parser.add_argument("--head-start-ms", type=float, default=None,
+                        help="GPU work queued before the profiled steps so their launches queue up and the "
+                        "events time kernels, not launch calls (default: sized from a warm-up step's host time; "
+                        "0: none, times then include launch latency wherever the GPU waits for the host)")
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="skip timing the CUDA-graphed step alongside the profiled eager steps")
     parser.add_argument("--limit", type=int, default=30, help="rows of the table printed")
@@ -427,20 +497,29 @@ def main(args) -> int:
         console.print("[yellow]Triton interpreter: times below are CPU wall clock of the interpreter and mean "
                       "nothing about GPU performance.[/yellow]")
     step = build_step(args.model, batch, args.dtype, cuda_graph=False)
+    host_ms = 0.0
     for _ in range(warmup):
+        t = time.perf_counter()
         step()
-    prof = Profiler(nvtx=args.nvtx, name=f"profile_{args.model}_{args.dtype}_b{batch}")
-    wall = time.perf_counter()
+        host_ms = (time.perf_counter() - t) * 1e3  # the last, warmest step's
+    head_start = head_start_for(steps * host_ms) if args.head_start_ms is None else args.head_start_ms
+    prof = Profiler(nvtx=args.nvtx, name=f"profile_{args.model}_{args.dtype}_b{batch}", head_start_ms=head_start)
     with prof:
+        wall = time.perf_counter()
         for _ in range(steps):
             step()
-    wall = (time.perf_counter() - wall) * 1e3
+        wall = (time.perf_counter() - wall) * 1e3
     prof.print_table(limit=args.limit, console=console)
     rows = prof.summary()
     kernel_ms = sum(r["total_ms"] for r in rows) / steps
     console.print(f"{args.model} batch {batch} {args.dtype}: {len(prof.launches) // steps} launches per step, "
-                  f"{kernel_ms:.3f} ms in kernels per step, {wall / steps:.3f} ms wall per step while profiled "
-                  f"({prof.time_source})")
+                  f"{kernel_ms:.3f} ms in kernels per step ({prof.time_source}), {wall / steps:.3f} ms of host "
+                  f"time per step while profiled")
+    if not interpreted:
+        console.print(f"head start {prof.head_start_ms:.1f} ms: " + (
+            f"{prof.idle_launches} of {len(prof.launches)} launches still found the GPU idle; their times include "
+            "the host's launch (raise --head-start-ms)" if prof.idle_launches else
+            "every launch was queued before the GPU reached it, so the times are the kernels' own"))
     if not interpreted and not args.no_cuda_graph:
         eager = wall_ms_per_call(step, reps=20)
         graphed = build_step(args.model, batch, args.dtype, cuda_graph=True)
@@ -454,5 +533,6 @@ def main(args) -> int:
     return 0
 
 
-__all__ = ["profile", "Profiler", "device_peaks", "measure_peaks", "roofline_ms", "kernel_name"]
+__all__ = ["profile", "Profiler", "device_peaks", "measure_peaks", "roofline_ms", "kernel_name", "keep_gpu_busy",
+           "head_start_for"]
 
