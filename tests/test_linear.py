@@ -79,6 +79,52 @@ def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     _check(40, 70, 90, torch.float16, None, True, device, blocks=K.SMALL_CONFIGS[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_split_k_matches_torch_and_is_reproducible(seed, device, dtype):
+    """The split-K path (a GPU takes it for long-K products with few output tiles; forced here):
+    forward with bias and ReLU, and the gated input gradient, against float64 torch; every
+    output element written; bitwise the same result when run again."""
+    M, K_, N = 37, 300, 45  # K = 300: splits of 64 and 128 with a partial last split
+    x = torch.randn(M, K_, device=device).to(dtype)
+    w = (torch.randn(N, K_, device=device) / K_ ** 0.5).to(dtype)
+    b = torch.randn(N, device=device).to(dtype)
+    ref = torch.relu(x.double() @ w.double().t() + b.double())
+    tol = TOL[dtype]
+    for split_k, blocks in [(2, None), (3, K.SMALL_CONFIGS[0]), (5, None)]:
+        out = torch.full((M, N), float("nan"), device=device, dtype=dtype)
+        y = K.matmul(x, w.t(), bias=b, relu=True, out=out, split_k=split_k, blocks=blocks)
+        assert y is out and not torch.isnan(y).any()
+        torch.testing.assert_close(y.double(), ref, **tol)
+        again = K.matmul(x, w.t(), bias=b, relu=True, split_k=split_k, blocks=blocks)
+        assert torch.equal(again, y)
+    # the input gradient's product, gated by the ReLU output, split as well
+    g = torch.randn(M, N, device=device).to(dtype)
+    gx = K.matmul(g, w, gate=y, split_k=2)
+    torch.testing.assert_close(gx.double(), (g.double() * (y.double() > 0)) @ w.double(), **tol)
+
+
+def test_split_k_count_depends_on_the_shape_only():
+    sms = 132  # the H100's
+    assert K.split_k_count(512, 256, 2048, sms) == 4  # the VGG's fc1 forward: 32 tiles of 64x64
+    assert K.split_k_count(512, 2048, 256, sms) == 1  # its input gradient: 256 tiles
+    assert K.split_k_count(256, 2048, 512, sms) == 1  # its weight gradient: 128 tiles, most SMs
+    assert K.split_k_count(512, 512, 4096, sms) == 2
+    assert K.split_k_count(64, 64, 300, sms) == 1  # too shallow to split into >= 256-deep parts
+    assert K.split_k_count(64, 64, 100_000, sms) == 131  # 132, rounded to parts of whole 64-deep tiles
+    for k in (511, 512, 2048, 3000, 100_000):
+        splits, per = K._split_k(k, K.split_k_count(64, 64, k, sms))
+        assert per % K.K_GRAIN == 0 and (splits - 1) * per < k <= splits * per
+
+
+def test_split_k_bad_arguments(device):
+    a, b = torch.randn(4, 8, device=device), torch.randn(8, 3, device=device)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="split_k"):
+            K.matmul(a, b, split_k=bad)
+    with pytest.raises(ValueError, match="rowsum"):
+        K.matmul(a, b, rowsum=True, split_k=2)
+
+
 def test_relu_gate_follows_torch_at_zero_and_only_needed_grads_computed(seed, device):
     # x = 0 rows give pre-activation == bias; bias 0 there makes the output exactly 0: no gradient.
     x = tn.Tensor(torch.zeros(4, 6, device=device))
@@ -151,6 +197,13 @@ def _gpu_specs():
         signature.update({name: "constexpr" for name in consts})
         specs.append({"module": K.__name__, "kernel": "matmul_kernel", "signature": signature,
                       "constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}})
+    for tt in ("fp32", "bf16"):  # the split-K sum's GPU tile (the interpreter launches a larger one)
+        signature = {name: ("*" + ("fp32" if name == "ws_ptr" else tt) if name.endswith("_ptr") else "i32")
+                     for name in K.split_k_sum_kernel.arg_names}
+        consts = dict(HAS_BIAS=True, RELU=True, BLOCK_M=K.SUM_TILE_GPU[0], BLOCK_N=K.SUM_TILE_GPU[1])
+        signature.update({name: "constexpr" for name in consts})
+        specs.append({"module": K.__name__, "kernel": "split_k_sum_kernel", "signature": signature,
+                      "constexprs": consts, "options": {"num_warps": 4}})
     return specs
 
 

@@ -10,7 +10,13 @@ so the three products of a linear layer are the same kernel with different views
 where ``g' = g * (y > 0)`` is the output gradient masked by the ReLU derivative, applied as the A
 operand is loaded (the "gate") rather than materialised. The bias gradient is the row sum of the
 weight-grad product's A operand, accumulated by the programs of the first column of tiles, so it
-costs no extra pass over g. No split-K and no atomics: results are reproducible bit for bit.
+costs no extra pass over g.
+
+A product with a small output and a long reduction (the VGG's fc1 forward, 512x2048 -> 256: 32
+tiles of 64x64 on 132 SMs; the H100 ran it in fp32 at 3.5 TFLOP/s, 0.41x cuBLAS) splits K: each
+split writes its fp32 partial product into a workspace and a second kernel adds the splits in a
+fixed order, then the bias and ReLU. The split depends on the shape and the SM count only, never
+on the tile the autotuner picks, and there are no atomics: results are reproducible bit for bit.
 """
 import functools
 
@@ -22,32 +28,38 @@ from .. import runtime
 
 
 @triton.jit
-def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, rowsum_ptr, M, N, K,
-                  stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gm, stride_gk,
+def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, rowsum_ptr, M, N, K, K_PER_SPLIT,
+                  stride_am, stride_ak, stride_bk, stride_bn, stride_cs, stride_cm, stride_cn,
+                  stride_gm, stride_gk,
                   HAS_BIAS: tl.constexpr, RELU: tl.constexpr, HAS_GATE: tl.constexpr,
                   HAS_ROWSUM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """C[m, n] = act(sum_k A'[m, k] * B[k, n] + bias[n]) with fp32 accumulation.
+    """C[m, n] = act(sum_k A'[m, k] * B[k, n] + bias[n]) with fp32 accumulation, the k of split s
+    being [s * K_PER_SPLIT, min((s + 1) * K_PER_SPLIT, K)).
 
-    a: (M, K) via (stride_am, stride_ak); b: (K, N) via (stride_bk, stride_bn); c: (M, N) via
-    (stride_cm, stride_cn), written in its own dtype; bias: (N,) contiguous (HAS_BIAS);
-    gate: (M, K) via (stride_gm, stride_gk), A' = A where gate > 0 else 0 (HAS_GATE; else A' = A);
-    rowsum: (M,) contiguous, receives sum_k A'[m, k] (HAS_ROWSUM, written by programs with
-    program_id(1) == 0). RELU: act = max(., 0), else identity. UPCAST: operands converted to fp32
-    before tl.dot (bf16 under the interpreter). Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)).
+    a: (M, K) via (stride_am, stride_ak); b: (K, N) via (stride_bk, stride_bn); c: (splits, M, N)
+    via (stride_cs, stride_cm, stride_cn), written in its own dtype (one split: K_PER_SPLIT >= K,
+    stride_cs unused; several: an fp32 workspace, with neither bias nor RELU); bias: (N,)
+    contiguous (HAS_BIAS); gate: (M, K) via (stride_gm, stride_gk), A' = A where gate > 0 else 0
+    (HAS_GATE; else A' = A); rowsum: (M,) contiguous, receives sum_k A'[m, k] (HAS_ROWSUM, one
+    split only, written by programs with program_id(1) == 0). RELU: act = max(., 0), else
+    identity. UPCAST: operands converted to fp32 before tl.dot (bf16 under the interpreter).
+    K_PER_SPLIT: a multiple of BLOCK_K. Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), splits).
     """
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     in_m = offs_m < M
     in_n = offs_n < N
+    k_end = tl.minimum((split + 1) * K_PER_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     rowsum = tl.zeros((BLOCK_M,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(split * K_PER_SPLIT, k_end, BLOCK_K):
         kk = k0 + offs_k
-        in_k = kk < K
+        in_k = kk < k_end
         a_mask = in_m[:, None] & in_k[None, :]
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak, mask=a_mask, other=0.0)
         if HAS_GATE:
@@ -67,21 +79,44 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, gate_ptr, rowsum_ptr, M, N, K,
         acc += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.where(acc < 0, tl.zeros_like(acc), acc)
-    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+    tl.store(c_ptr + split.to(tl.int64) * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn,
              acc.to(c_ptr.dtype.element_ty), mask=in_m[:, None] & in_n[None, :])
     if HAS_ROWSUM:
         if pid_n == 0:
             tl.store(rowsum_ptr + offs_m, rowsum.to(rowsum_ptr.dtype.element_ty), mask=in_m)
 
 
+@triton.jit
+def split_k_sum_kernel(ws_ptr, c_ptr, bias_ptr, M, N, SPLITS, stride_cm, stride_cn,
+                       HAS_BIAS: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """C[m, n] = act(sum over s = 0, 1, ... of ws[s, m, n] + bias[n]), the splits added in order.
+
+    ws: (SPLITS, M, N) fp32 contiguous (matmul_kernel's split partial products); c: (M, N) via
+    (stride_cm, stride_cn) in its own dtype; bias: (N,) contiguous (HAS_BIAS). RELU: act =
+    max(., 0). Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)).
+    """
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    tile = offs_m[:, None] * N + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for s in range(SPLITS):
+        acc += tl.load(ws_ptr + s * M * N + tile, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, tl.zeros_like(acc), acc)
+    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty),
+             mask=mask)
+
+
 # GPU tile configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Small products
 # (the classifier layers of small CNNs) are launch-bound: a fixed choice by tile count, no timing
 # trials (each trial configuration costs a compile). Larger ones are tuned once per shape over a
 # few configurations per operand width: 16-bit operands feed the tensor cores 64 deep in K; the
-# 32x64 and 32x32 tiles keep enough programs busy when the output is small and K long (no
-# split-K here: results stay bitwise reproducible). The VGG's fc1 forward (512x2048 -> 256) is 32
-# programs of 64x64 on 132 SMs, 128 of 32x32 (results/2026-11-27-h100-early: a 512x4096 -> 512
-# fp32 forward took 0.34 ms, 6 TFLOP/s, against cuBLAS's 0.10).
+# 32x64 and 32x32 tiles keep more programs busy when the output is small (results/
+# 2026-11-27-h100-early: a 512x4096 -> 512 fp32 forward, 64 programs of 64x64, took 0.34 ms,
+# 6 TFLOP/s, against cuBLAS's 0.10), and split-K (below) fills the rest.
 SMALL_CONFIGS = ((32, 32, 64, 4, 3), (64, 64, 32, 4, 3))
 TUNE_CONFIGS = {
     4: ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (32, 64, 32, 4, 4), SMALL_CONFIGS[0]),
@@ -99,6 +134,31 @@ def set_autotune(enabled: bool) -> bool:
     global AUTOTUNE
     previous, AUTOTUNE = AUTOTUNE, bool(enabled) and not runtime.INTERPRETED
     return previous
+
+
+# Split-K: only where the 64x64 tiles would occupy under half the SMs, one split per SM's worth
+# of tiles, each split at least SPLIT_MIN_K deep (shallower, the partial sums cost more than the
+# programs gain) and a whole number of K_GRAIN, the deepest BLOCK_K, so that the splits and with
+# them the order of the additions are the same whichever tile the autotuner picks.
+SPLIT_MIN_K = 256
+K_GRAIN = 64
+# the sum of the splits: rows of 128 fp32 (512 bytes) per tile row, 128 programs for fc1's output
+SUM_TILE_GPU = (16, 128)
+SUM_TILE = (128, 128) if runtime.INTERPRETED else SUM_TILE_GPU
+
+
+def split_k_count(M, N, K, sms):
+    """How many K splits a (M, K) @ (K, N) product gets on a GPU with ``sms`` SMs (1: none)."""
+    tiles = runtime.cdiv(M, 64) * runtime.cdiv(N, 64)
+    if 2 * tiles > sms:
+        return 1
+    return _split_k(K, max(1, min(sms // tiles, K // SPLIT_MIN_K)))[0]
+
+
+def _split_k(K, splits):
+    """(splits, k_per_split): ``splits`` rounded so every split is a whole number of K_GRAIN."""
+    per = runtime.cdiv(runtime.cdiv(K, splits), K_GRAIN) * K_GRAIN
+    return runtime.cdiv(K, per), per
 
 
 def _small_config(M, N):
@@ -133,12 +193,18 @@ def _tuned_config(key, run, candidates):
     return config
 
 
-def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, blocks=None):
+def _direct_launch(kernel, grid, args, constexprs, info):
+    return kernel[grid](*args, **constexprs)
+
+
+def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, blocks=None, split_k=None):
     """``act(A' @ B + bias)`` for 2-D views a (M, K) and b (K, N) of one float dtype.
 
     ``gate`` (M, K): A' = a where gate > 0 else 0. ``rowsum``: also return sum_k A'[:, k] (M,).
     ``blocks``: force (BLOCK_M, BLOCK_N, BLOCK_K[, num_warps, num_stages]), as tests do to run
-    GPU-sized tiles under the interpreter. Returns c (M, N), or (c, rowsum) with ``rowsum``.
+    GPU-sized tiles under the interpreter. ``split_k``: force the number of K splits (default:
+    ``split_k_count`` on a GPU, none under the interpreter; not with ``rowsum``).
+    Returns c (M, N), or (c, rowsum) with ``rowsum``.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -149,16 +215,26 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         return (c, rs) if rowsum else c
     if gate is not None and gate.shape != a.shape:
         raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
+    if split_k is None:
+        split_k = 1 if rowsum or runtime.INTERPRETED or 2 * M * N * K <= SMALL_FLOPS \
+            else split_k_count(M, N, K, runtime.sm_count())
+    elif isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
+        raise ValueError(f"split_k must be a positive int, got {split_k!r}")
+    elif rowsum and split_k > 1:
+        raise ValueError("split_k > 1 cannot also return the row sums (rowsum=True)")
     g = gate if gate is not None else a
-    tensors = (a, b, c, bias if bias is not None else c, g, rs if rs is not None else c)
+    bias_or_c = bias if bias is not None else c
     key = (M, N, K, a.stride(), b.stride(), c.stride(), g.stride(), dtype, bias is not None, bool(relu),
-           gate is not None, bool(rowsum), runtime.dot_precision(dtype))
+           gate is not None, bool(rowsum), runtime.dot_precision(dtype), _split_k(K, max(1, min(split_k, K)))[0])
 
     def run(cfg, direct=False):
-        grid, tail, constexprs, info = _matmul_plan(*key, cfg)
-        if direct:
-            return matmul_kernel[grid](*tensors, *tail, **constexprs)
-        return runtime.launch(matmul_kernel, grid, tensors + tail, constexprs, info)
+        product, split_sum = _matmul_plan(*key, cfg)
+        launch = _direct_launch if direct else runtime.launch
+        ws = c if split_sum is None else runtime.empty((key[-1], M, N), torch.float32)
+        launch(matmul_kernel, product[0], (a, b, ws, bias_or_c, g, rs if rs is not None else c) + product[1],
+               *product[2:])
+        if split_sum is not None:
+            launch(split_k_sum_kernel, split_sum[0], (ws, c, bias_or_c) + split_sum[1], *split_sum[2:])
 
     if blocks is not None:
         cfg = tuple(blocks)
@@ -176,24 +252,37 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
 
 @functools.lru_cache(maxsize=1024)
 def _matmul_plan(M, N, K, a_stride, b_stride, c_stride, g_stride, dtype, has_bias, relu, has_gate, rowsum,
-                 precision, cfg):
-    """(grid, scalar arguments, constexprs, LaunchInfo) of one matmul launch: computed once per
-    shape, layout, flags and tile config, since a training step repeats the same few products and
-    at small sizes the host's time per launch matters as much as the kernel's."""
+                 precision, splits, cfg):
+    """The launches of one product, each as (grid, scalar arguments, constexprs, LaunchInfo): the
+    matmul, and with several K splits the sum of their partial products (else None). Computed
+    once per shape, layout, flags, splits and tile config, since a training step repeats the same
+    few products and at small sizes the host's time per launch matters as much as the kernel's."""
     # The interpreter computes bf16 wrongly: load bf16, compute in fp32 there.
     upcast = runtime.INTERPRETED and dtype == torch.bfloat16
+    splits, k_per_split = _split_k(K, splits)
     bm, bn, bk = cfg[:3]
-    constexprs = {"HAS_BIAS": has_bias, "RELU": relu, "HAS_GATE": has_gate, "HAS_ROWSUM": rowsum,
-                  "PRECISION": precision, "UPCAST": upcast, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
+    split = splits > 1  # bias and ReLU then wait for the sum of the splits
+    constexprs = {"HAS_BIAS": has_bias and not split, "RELU": relu and not split, "HAS_GATE": has_gate,
+                  "HAS_ROWSUM": rowsum, "PRECISION": precision, "UPCAST": upcast,
+                  "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
     if len(cfg) > 3:
         constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
-    grid = (runtime.cdiv(M, bm), runtime.cdiv(N, bn))
-    tail = (M, N, K, *a_stride, *b_stride, *c_stride, *g_stride)
     size = torch.empty((), dtype=dtype).element_size()
-    info = runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
-                              bytes=size * (M * K * (2 if has_gate else 1) + K * N + M * N
-                                            + (N if has_bias else 0) + (M if rowsum else 0)))
-    return grid, tail, constexprs, info
+    out_bytes = 4 * splits * M * N if split else size * (M * N + (N if has_bias else 0))
+    product = ((runtime.cdiv(M, bm), runtime.cdiv(N, bn), splits),
+               (M, N, K, k_per_split, *a_stride, *b_stride, M * N, *((N, 1) if split else c_stride), *g_stride),
+               constexprs,
+               runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
+                                  bytes=size * (M * K * (2 if has_gate else 1) + K * N + (M if rowsum else 0))
+                                  + out_bytes))
+    if not split:
+        return product, None
+    sum_m, sum_n = SUM_TILE
+    split_sum = ((runtime.cdiv(M, sum_m), runtime.cdiv(N, sum_n)), (M, N, splits, *c_stride),
+                 {"HAS_BIAS": has_bias, "RELU": relu, "BLOCK_M": sum_m, "BLOCK_N": sum_n, "num_warps": 4},
+                 runtime.LaunchInfo("linear_split_sum", ((splits, M, N),), torch.float32, flops=splits * M * N,
+                                    bytes=out_bytes + size * (M * N + (N if has_bias else 0))))
+    return product, split_sum
 
 
 def _check_linear(x, weight, bias):
