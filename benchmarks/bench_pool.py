@@ -3,19 +3,20 @@
 Cases, from real small CNNs: N=256, C=64, 32x32 (a VGG-style CIFAR net) and N=256, C=6, 28x28
 (LeNet-5), windows 2x2/s2 and 3x3/s2, float32 and bfloat16. For each case and direction:
 
-- milliseconds: p20/p50/p80 of device-event timings (``bench.time_op``), rotating through enough
-  input copies that L2 (50 MB on an H100) cannot hold them, plus wall-clock ms per call (Python
-  launch overhead included, so a CPU-bound launcher shows);
+- milliseconds: p20/p50/p80 of device-event timings (``bench.time_op``: each call queued behind a
+  head start of GPU work, so host launch time stays out), rotating through enough input copies
+  that L2 (50 MB on an H100) cannot hold them, plus wall-clock ms per call (Python launch
+  overhead included, so a CPU-bound launcher shows);
 - the minimum bytes each implementation must move -- tritonnet forward: the input elements some
   window covers, the output, the 1-byte argmax; torch: input, output, int64 indices. Backward:
   grad_out + argmax (ours) or int64 indices (torch) + grad_in -- and from it the achieved GB/s,
   the percentage of the measured device-to-device copy bandwidth, and the floor (bytes / copy
   bandwidth) with the percentage of it reached;
 - the ratio torch time / tritonnet time (> 1: tritonnet is faster);
-- beside ``time_op``'s median, ``queued_gpu_ms``: the same call timed with the stream kept busy
-  while the host queues it, so host launch cost cannot land inside the events (see
-  ``_queued_gpu_ms``; POOL_NOTES.md says why), ``profiled_kernel_ms`` (the kernels' own
-  durations from torch.profiler) and ``wall_ms``;
+- beside ``time_op``'s median, ``profiled_kernel_ms`` (the kernels' own durations from
+  torch.profiler) and ``wall_ms``. (Runs before 2026-11-27 late timed with triton's do_bench,
+  whose events could include the host's launch, and reported the queued timing as a separate
+  ``queued_gpu_ms``; POOL_NOTES.md says why.)
 - the bytes kept for backward: tritonnet's tape (the compact argmax) against what torch autograd
   actually saves (measured with saved-tensor hooks: the input and the int64 indices).
 
@@ -41,7 +42,6 @@ import tritonnet as tn  # noqa: E402
 import tritonnet.functional as F  # noqa: E402
 from tritonnet import bench, runtime  # noqa: E402
 from tritonnet.kernels import pool as P  # noqa: E402
-from tritonnet.profile import keep_gpu_busy  # noqa: E402
 
 aten = torch.ops.aten
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -73,36 +73,6 @@ def _wall_ms(fn, args_sets, reps=20):
     return (time.perf_counter() - start) * 1e3 / reps
 
 
-_FLUSH = {}
-
-
-def _queued_gpu_ms(fn, args_sets, reps=40, head_start_ms=0.5):
-    """Device time of one call with the host's launch cost kept out: L2 flushed as in time_op, then
-    the stream is kept busy (``keep_gpu_busy``, 0.5 ms) while the host queues the call, so
-    the start event is only reached once the call's kernels are already queued.
-
-    ``time_op``'s events (triton's do_bench) start right after its 256 MB L2 flush; when a call's
-    Python + launch time outlasts that flush, the events also count the GPU waiting for the host.
-    The two numbers side by side say how much of ``ms`` is that wait. Median of ``reps`` calls.
-    """
-    if runtime.INTERPRETED or not hasattr(torch.cuda, "_sleep"):
-        return None
-    if "buf" not in _FLUSH:
-        _FLUSH["buf"] = torch.empty(64 * 2**20, dtype=torch.int32, device=runtime.device())  # 256 MB
-    for i in range(3):
-        fn(*args_sets[i % len(args_sets)])
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        _FLUSH["buf"].zero_()
-        keep_gpu_busy(head_start_ms)
-        starts[i].record()
-        fn(*args_sets[i % len(args_sets)])
-        ends[i].record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
-
 
 def _profiled_kernel_ms(fn, args_sets, calls=10):
     """Device time of the kernels one call launches, from CUDA's own kernel records (torch.profiler
@@ -130,22 +100,14 @@ def _timed(fn, args_sets, min_bytes, copy_gbs, profiled=True):
     ms = t["p50"]
     gbs = min_bytes / (ms * 1e-3) / 1e9
     floor_ms = min_bytes / (copy_gbs * 1e9) * 1e3
-    try:  # the two diagnostic timings are missing columns when they fail, not a failed run
-        gpu_ms = _queued_gpu_ms(fn, args_sets)
-    except Exception as exc:
-        gpu_ms, gpu_error = None, _error(exc)
-    else:
-        gpu_error = None
-    try:
+    try:  # the diagnostic timing is a missing column when it fails, not a failed run
         kernel_ms = _profiled_kernel_ms(fn, args_sets) if profiled else None
     except Exception as exc:
         kernel_ms = {"error": _error(exc)}
-    return {"ms": t, "queued_gpu_ms": gpu_ms, "profiled_kernel_ms": kernel_ms,
+    return {"ms": t, "profiled_kernel_ms": kernel_ms,
             "wall_ms": _wall_ms(fn, args_sets), "min_bytes": min_bytes,
             "gb_s": gbs, "pct_copy_bw": 100 * gbs / copy_gbs, "floor_ms": floor_ms,
-            "pct_of_floor": 100 * floor_ms / ms,
-            "queued_pct_copy_bw": None if gpu_ms is None else 100 * floor_ms / gpu_ms,
-            **({"queued_error": gpu_error} if gpu_error else {})}
+            "pct_of_floor": 100 * floor_ms / ms}
 
 
 def _torch_saved_bytes(fn, x):
@@ -224,9 +186,6 @@ def run_case(shape_name, shape, window_name, k, s, dtype_name, dtype, copy_gbs, 
         for name, r in table.items():
             if "ms" in r and name != ours and "ms" in table[ours]:
                 table[ours].setdefault("speedup_vs", {})[name] = r["ms"]["p50"] / table[ours]["ms"]["p50"]
-                if r.get("queued_gpu_ms") and table[ours].get("queued_gpu_ms"):
-                    table[ours].setdefault("queued_speedup_vs", {})[name] = (r["queued_gpu_ms"]
-                                                                            / table[ours]["queued_gpu_ms"])
     row["forward"], row["backward"] = fwd, bwd
 
     # correctness of what was timed, and the bytes kept for backward
@@ -257,11 +216,9 @@ def run_case(shape_name, shape, window_name, k, s, dtype_name, dtype, copy_gbs, 
 def _fmt(r):
     if "ms" not in r:
         return f"{(r.get('error') or r.get('skipped', ''))[:40]:>40}"
-    queued = "" if r.get("queued_gpu_ms") is None else (
-        f" | queued {r['queued_gpu_ms']:7.4f} ms {r['queued_pct_copy_bw']:5.1f}% bw")
     kernels = r.get("profiled_kernel_ms")
     kernels = f" | kernels {kernels:7.4f} ms" if isinstance(kernels, float) else ""
-    return (f"{r['ms']['p50']:8.4f} ms {r['gb_s']:8.1f} GB/s {r['pct_copy_bw']:5.1f}% bw{queued}{kernels}"
+    return (f"{r['ms']['p50']:8.4f} ms {r['gb_s']:8.1f} GB/s {r['pct_copy_bw']:5.1f}% bw{kernels}"
             f" | wall {r['wall_ms']:7.4f} ms")
 
 
@@ -297,9 +254,6 @@ def main(argv=None) -> int:
                     for impl, r in row[direction].items():
                         speed = r.get("speedup_vs", {})
                         extra = " ".join(f"{v:.2f}x vs {n}" for n, v in speed.items())
-                        queued = r.get("queued_speedup_vs", {})
-                        if queued:
-                            extra += " | queued: " + " ".join(f"{v:.2f}x vs {n}" for n, v in queued.items())
                         print(f"    {direction:>8} {impl:<18} {_fmt(r)} {extra}")
                 _write(args.out, rows, copy_gbs, clock)
 
@@ -341,11 +295,8 @@ def _target(rows):
             for direction, ours in (("forward", "tritonnet"), ("backward", "tritonnet_gather")):
                 r = row[direction][ours]
                 speedup = r.get("speedup_vs", {}).get("torch_eager")
-                queued = r.get("queued_speedup_vs", {}).get("torch_eager")
                 result[direction] = {"speedup_vs_torch_eager": speedup, "pct_copy_bw": r["pct_copy_bw"],
-                                     "met": bool(speedup is not None and speedup >= 1.3 and r["pct_copy_bw"] >= 80),
-                                     "queued_speedup_vs_torch_eager": queued,
-                                     "queued_pct_copy_bw": r.get("queued_pct_copy_bw")}
+                                     "met": bool(speedup is not None and speedup >= 1.3 and r["pct_copy_bw"] >= 80)}
             return result
     return {"note": "target shape not run (interpreter smoke run or --quick without it)"}
 
