@@ -75,6 +75,9 @@ class FakeTensor:
     def permute(self, *dims):
         return FakeTensor(self.dtype, [self.shape[d] for d in dims], [self._strides[d] for d in dims])
 
+    def t(self):
+        return self.permute(1, 0)
+
     def as_strided(self, shape, strides):
         return FakeTensor(self.dtype, shape, strides)
 
