@@ -40,7 +40,11 @@ pixels, aligned) packs whole bytes, so no two programs share a byte.
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
 sizes and the dot precision only. A ``config=`` argument fixes the tiles (debugging, tests);
 ``set_autotune(False)`` uses one fixed config per kernel; under the interpreter one fixed config is always used, large
-there because the interpreter's cost is per program and per op.
+there because the interpreter's cost is per program and per op. The split-K partition depends on
+the shape only, never on the tile picked. One pick changes the arithmetic: in TF32 mode the
+channels-last wgrad's candidates include IEEE FMAs (``FMA_DOT``, more precise than TF32), and which
+of them wins the timing may differ between processes; TF32 weight gradients are then the same
+within a process, and across processes with ``set_autotune(False)``.
 """
 from __future__ import annotations
 
