@@ -147,6 +147,31 @@ def test_linear_accepts_extra_leading_dims_and_torch_constants(seed, device):
     torch.testing.assert_close(w.grad, torch.ones(6, 4, device=device).t() @ x.reshape(6, 7), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fin,fout", [(0, 3), (5, 0)])
+def test_linear_with_zero_features_matches_torch(seed, device, fin, fout):
+    """in_features = 0: the output is the bias alone and the bias gradient still sums the rows
+    (the weight-grad product has no columns, only row sums); out_features = 0: empty output, zero
+    input gradient. Every output poisoned first."""
+    x = torch.randn(4, fin, device=device)
+    w, b = torch.randn(fout, fin, device=device), torch.randn(fout, device=device)
+    g = torch.randn(4, fout, device=device)
+    xt, wt, bt = (tn.Tensor(t.clone(), requires_grad=True) for t in (x, w, b))
+    y = F.linear(xt, wt, bt, activation="relu")
+    y.backward(g)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    yr = torch.relu(torch.nn.functional.linear(xr, wr, br))
+    yr.backward(g)
+    for ours, ref in ((y.data, yr), (xt.grad, xr.grad), (wt.grad, wr.grad), (bt.grad, br.grad)):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref.detach(), rtol=1e-6, atol=1e-6)
+    # the row sums alone, into poisoned memory
+    gate = torch.randn(6, 4, device=device)
+    a = torch.randn(6, 4, device=device)
+    out, rows = K.matmul(a, torch.empty(4, 0, device=device), gate=gate, rowsum=True)
+    assert out.shape == (6, 0)
+    torch.testing.assert_close(rows, torch.where(gate > 0, a, 0.0).sum(1), rtol=1e-6, atol=1e-6)
+
+
 def test_linear_errors_name_the_argument(device):
     x, w = torch.randn(2, 3, device=device), torch.randn(4, 5, device=device)
     with pytest.raises(ValueError, match="in_features=5"):

@@ -7,6 +7,8 @@ Arguments may be ``tn.Tensor`` or plain ``torch.Tensor`` (constants); results ar
 """
 from __future__ import annotations
 
+import math
+
 from .kernels import conv as _conv_kernels
 from .kernels import elementwise as _ew
 from .kernels import linear as _linear_kernels
@@ -59,7 +61,8 @@ def linear(x, weight, bias=None, activation=None):
     if x.ndim < 1:
         raise ValueError("x must have at least one dimension (in_features)")
     lead = tuple(x.shape[:-1])
-    x2 = x.data.reshape(-1, x.shape[-1])
+    rows = math.prod(lead)  # not -1: with in_features = 0 the row count would be ambiguous
+    x2 = x.data.reshape(rows, x.shape[-1])
     y = _linear_kernels.linear_forward(x2, w.data, None if b is None else b.data, activation)
     need_x, need_w = x.requires_grad, w.requires_grad
     need_b = b is not None and b.requires_grad
@@ -67,7 +70,7 @@ def linear(x, weight, bias=None, activation=None):
 
     def backward(grad):
         gx, gw, gb = _linear_kernels.linear_backward(
-            grad.reshape(-1, grad.shape[-1]), x2, w.data, y_saved, need_input=need_x, need_weight=need_w,
+            grad.reshape(rows, grad.shape[-1]), x2, w.data, y_saved, need_input=need_x, need_weight=need_w,
             need_bias=need_b)
         return (None if gx is None else gx.reshape(x.shape)), gw, gb
 

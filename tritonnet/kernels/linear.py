@@ -157,6 +157,8 @@ def split_k_count(M, N, K, sms):
 
 def _split_k(K, splits):
     """(splits, k_per_split): ``splits`` rounded so every split is a whole number of K_GRAIN."""
+    if K <= K_GRAIN:  # (K = 0: an empty reduction, the bias alone)
+        return 1, K_GRAIN
     per = runtime.cdiv(runtime.cdiv(K, splits), K_GRAIN) * K_GRAIN
     return runtime.cdiv(K, per), per
 
@@ -211,7 +213,7 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
     dtype = a.dtype
     c = runtime.empty((M, N), dtype) if out is None else out
     rs = runtime.empty((M,), dtype) if rowsum else None
-    if M == 0 or N == 0:
+    if M == 0 or (N == 0 and not rowsum):  # (no columns, but row sums: one column of programs)
         return (c, rs) if rowsum else c
     if gate is not None and gate.shape != a.shape:
         raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
@@ -224,13 +226,14 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         raise ValueError("split_k > 1 cannot also return the row sums (rowsum=True)")
     g = gate if gate is not None else a
     bias_or_c = bias if bias is not None else c
+    splits = _split_k(K, split_k)[0]
     key = (M, N, K, a.stride(), b.stride(), c.stride(), g.stride(), dtype, bias is not None, bool(relu),
-           gate is not None, bool(rowsum), runtime.dot_precision(dtype), _split_k(K, max(1, min(split_k, K)))[0])
+           gate is not None, bool(rowsum), runtime.dot_precision(dtype), splits)
 
     def run(cfg, direct=False):
         product, split_sum = _matmul_plan(*key, cfg)
         launch = _direct_launch if direct else runtime.launch
-        ws = c if split_sum is None else runtime.empty((key[-1], M, N), torch.float32)
+        ws = c if split_sum is None else runtime.empty((splits, M, N), torch.float32)
         launch(matmul_kernel, product[0], (a, b, ws, bias_or_c, g, rs if rs is not None else c) + product[1],
                *product[2:])
         if split_sum is not None:
@@ -269,7 +272,7 @@ def _matmul_plan(M, N, K, a_stride, b_stride, c_stride, g_stride, dtype, has_bia
         constexprs.update(num_warps=cfg[3], num_stages=cfg[4])
     size = torch.empty((), dtype=dtype).element_size()
     out_bytes = 4 * splits * M * N if split else size * (M * N + (N if has_bias else 0))
-    product = ((runtime.cdiv(M, bm), runtime.cdiv(N, bn), splits),
+    product = ((runtime.cdiv(M, bm), max(1, runtime.cdiv(N, bn)), splits),
                (M, N, K, k_per_split, *a_stride, *b_stride, M * N, *((N, 1) if split else c_stride), *g_stride),
                constexprs,
                runtime.LaunchInfo("linear", ((M, K), (K, N)), dtype, flops=2 * M * N * K,
