@@ -466,29 +466,36 @@ def test_nchw_store_run_promises_are_true(seed, device, monkeypatch):
 def test_wgrad_gather_run_promises_are_true(seed, device, monkeypatch):
     """The packed wgrad promises its gathers runs of ROW_POW2 pixels that are neighbours in memory
     (see _row_runs): a power of two dividing the output row and each split's first pixel, and 1
-    where a row's pixels are not neighbours (a strided conv's x, a non-contiguous x or dy)."""
+    where a row's pixels are not neighbours (a strided conv's x, a non-contiguous x or dy); and
+    dy's runs aligned (DY_ALIGNED: 16-byte loads) only where every stride of dy is a multiple of
+    the run, not for a dy cut from wider rows."""
     rows = []
 
     def record(kernel, grid, args, constexprs, info, run):
         if "X_ROW_POW2" in constexprs:
-            rows.append((constexprs["X_ROW_POW2"], constexprs["DY_ROW_POW2"]))
+            rows.append((constexprs["X_ROW_POW2"], constexprs["DY_ROW_POW2"], constexprs["DY_ALIGNED"]))
         run()
 
     monkeypatch.setattr(runtime, "_OBSERVERS", [record])
     x = torch.randn(3, 3, 12, 24, device=device)
     wt = torch.randn(4, 3, 3, 3, device=device)
-    cases = [  # (x, dy's layout, stride, split_k, expected (X_ROW_POW2, DY_ROW_POW2))
-        (x, "contiguous", 1, 1, (8, 8)),                   # 24-pixel rows
-        (x, "contiguous", 2, 1, (1, 4)),                   # 12-pixel rows; x read every other pixel
-        (x[..., ::2], "contiguous", 1, 1, (1, 4)),         # x strided along its rows; 12-pixel rows
-        (x, "transposed", 1, 1, (8, 1)),                   # dy's rows not contiguous
-        (torch.randn(1, 3, 1, 32, device=device), "contiguous", 1, 2, (16, 16)),  # 32-pixel rows, two
-    ]                                                                            # splits of 16
+    cases = [  # (x, dy's layout, stride, split_k, expected (X_ROW_POW2, DY_ROW_POW2, DY_ALIGNED))
+        (x, "contiguous", 1, 1, (8, 8, True)),             # 24-pixel rows
+        (x, "contiguous", 2, 1, (1, 4, True)),             # 12-pixel rows; x read every other pixel
+        (x[..., ::2], "contiguous", 1, 1, (1, 4, True)),   # x strided along its rows; 12-pixel rows
+        (x, "transposed", 1, 1, (8, 1, False)),            # dy's rows not contiguous
+        (x, "cut", 1, 1, (8, 8, False)),                   # dy's rows 24 of 26 elements: runs unaligned
+        (torch.randn(1, 3, 1, 32, device=device), "contiguous", 1, 2, (16, 16, True)),  # 32-pixel rows,
+    ]                                                                                  # two splits of 16
     for xx, layout, stride, split, expected in cases:
         rows.clear()
         y = conv_kernels.conv2d_forward(xx, wt, stride=stride, padding=1)
-        gy = torch.randn_like(y) if layout == "contiguous" else torch.randn(y.shape[:2] + y.shape[:1:-1],
-                                                                            device=device).transpose(2, 3)
+        if layout == "contiguous":
+            gy = torch.randn_like(y)
+        elif layout == "cut":
+            gy = torch.randn(y.shape[:3] + (y.shape[3] + 2,), device=device)[..., :y.shape[3]]
+        else:
+            gy = torch.randn(y.shape[:2] + y.shape[:1:-1], device=device).transpose(2, 3)
         dw, _ = conv_kernels.conv2d_weight_grad(gy, xx, wt.shape, stride=stride, padding=1, split_k=split)
         assert rows == [expected], (xx.shape, layout, stride, split, rows)
         _, _, dw_ref, _ = _reference(xx, wt, torch.zeros(4, device=device), gy, None, stride=stride, padding=1)

@@ -428,7 +428,7 @@ def conv2d_wgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
     RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr, X_ROW_POW2: tl.constexpr,
-    DY_ROW_POW2: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DY_ROW_POW2: tl.constexpr, DY_ALIGNED: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[co, k] = sum_p dy[p, co] * x_window[p, k] (and db[co] = sum_p dy[p, co]) over one split of p.
@@ -443,6 +443,7 @@ def conv2d_wgrad_kernel(
     column sums (kernels/reduce.py) are the gradient.
     PADDED: as in conv2d_fwd_kernel. X_ROW_POW2, DY_ROW_POW2: see _row_runs (x's and dy's offsets
     along output rows, when stride_w*sxw == 1 and sdw == 1; they also divide P_PER_SPLIT).
+    DY_ALIGNED: sdn, sdc and sdh are multiples of DY_ROW_POW2 too, so dy's runs are aligned (vector loads).
     Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
     pid_n, pid_z, pid_m = _gemm_program(tl.cdiv(K_W, BLOCK_N))
@@ -463,16 +464,26 @@ def conv2d_wgrad_kernel(
 
     p_start = split * P_PER_SPLIT  # int32 pixel indices (P < 2**31, checked by the launcher)
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
+    DY_RUN: tl.constexpr = DY_ROW_POW2 if DY_ROW_POW2 < BLOCK_K else BLOCK_K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     bias_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_K)
     for p0 in range(p_start, p_end, BLOCK_K):
-        p = p0 + tl.arange(0, BLOCK_K)
-        p_mask = p < p_end
+        # p0 and p_end are multiples of DY_RUN (see DY_ROW_POW2): the mask is constant over its runs
+        p = tl.multiple_of(p0 + tl.arange(0, BLOCK_K), DY_RUN)
+        p_mask = _run_mask(p, p_end, DY_RUN)
         # p is the bit index of output pixel (n, oh, ow) in the ReLU mask
-        dy_pix = dy_ptr + _row_runs(n_idx.to(tl.int64) * sdn, oh * sdh + ow * sdw, DY_ROW_POW2, BLOCK_K)
-        a = _load_dy(dy_pix[None, :], dy_row[:, None],
-                     mask_ptr, co_g[:, None], p[None, :], m_mask[:, None] & p_mask[None, :], MASK_ROW, RELU)
+        tile_mask = m_mask[:, None] & p_mask[None, :]
+        if DY_ALIGNED:
+            # runs of DY_RUN pixels contiguous and aligned: 16-byte copies the pipeliner makes
+            # asynchronous (one 2-byte load per element and no pipelining for 16-bit dy without)
+            dy_offs = dy_row.to(tl.int64)[:, None] + (n_idx.to(tl.int64) * sdn + oh * sdh + ow * sdw)[None, :]
+            dy_offs = tl.max_contiguous(tl.multiple_of(dy_offs, [1, DY_RUN]), [1, DY_RUN])
+            a = _load_dy(dy_ptr, dy_offs, mask_ptr, co_g[:, None], p[None, :], tile_mask, MASK_ROW, RELU)
+        else:
+            dy_pix = dy_ptr + _row_runs(n_idx.to(tl.int64) * sdn, oh * sdh + ow * sdw, DY_ROW_POW2, BLOCK_K)
+            a = _load_dy(dy_pix[None, :], dy_row[:, None], mask_ptr, co_g[:, None], p[None, :], tile_mask,
+                         MASK_ROW, RELU)
         if HAS_BIAS:
             bias_acc += tl.sum(a.to(tl.float32), axis=1)
         oh_s = oh * stride_h
@@ -1498,7 +1509,8 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         rows = min(_pow2_dividing(geo.OW), _pow2_dividing(per))  # see _row_runs: runs also start each split
         consts = {"RELU": relu, "HAS_BIAS": bias_grad, "PADDED": not geo.windows_inside,
                   "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1,
-                  "DY_ROW_POW2": rows if g_stride[3] == 1 else 1}
+                  "DY_ROW_POW2": rows if g_stride[3] == 1 else 1,
+                  "DY_ALIGNED": rows > 1 and g_stride[3] == 1 and all(st % rows == 0 for st in g_stride[:3])}
     consts = {**consts, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
