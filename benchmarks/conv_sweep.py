@@ -12,7 +12,8 @@ device time), in order of what the next decision needs (a budget cuts the tail):
 2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
    K-major: autotuned against cuDNN, then over tiles (dgrad's 8-warp 128x128x32 compiles with
    serialised wgmma, 128x128x64 no longer does); wgrad's tensor-core tiles against its FMA variant.
-3. LeNet's weight gradients against cuDNN's, over the number of pixel splits.
+3. LeNet's and the VGG stem's weight gradients (packed kernel: gathers, so latency-bound; the
+   number of programs in flight is what hides it) against cuDNN's, over the number of pixel splits.
 4. The bf16 channels-last forward and the packed stem over wider tile sets than the autotuner's.
 
     python benchmarks/conv_sweep.py [--out DIR] [--budget-s 100]
@@ -37,10 +38,11 @@ from tritonnet.kernels.reduce import column_sums  # noqa: E402
 # (name, C_in, C_out, H, batch): bench_conv's CIFAR layers, 3x3 pad 1
 LAYERS = [("64->128 16x16", 64, 128, 16, 512), ("128->256 8x8", 128, 256, 8, 512)]
 STEM = ("3->64 32x32", 3, 64, 32, 512)
-# (name, C_in, C_out, H, batch): LeNet's layers, 5x5 no padding; their weight gradients are a long
-# reduction over pixels into 150-2400 weights, split across programs (wgrad_split)
-LENET = [("LeNet conv1 1->6 28x28", 1, 6, 28, 256), ("LeNet conv2 6->16 14x14", 6, 16, 14, 256)]
-SPLITS = [64, 128, 256, 512, 1024]
+# (name, C_in, C_out, H, batch, kernel, padding): LeNet's layers and the VGG's RGB stem; their weight
+# gradients are a long reduction over pixels into 150-2400 weights, split across programs (wgrad_split)
+SPLIT_LAYERS = [("LeNet conv1 1->6 28x28", 1, 6, 28, 256, 5, 0), ("LeNet conv2 6->16 14x14", 6, 16, 14, 256, 5, 0),
+                ("VGG stem 3->32 32x32", 3, 32, 32, 512, 3, 1)]
+SPLITS = [64, 128, 256, 512, 1024, 2048]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CL_TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 128, 32, 4, 5),
             (256, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
@@ -86,6 +88,7 @@ def main(argv=None):
     print(runtime.describe())
     started = time.perf_counter()
     rows = []
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "conv_sweep.json")
 
     def record(**row):
@@ -111,10 +114,10 @@ def main(argv=None):
         record(layer=layer, what=what, ms=round(ms, 4), **{k: (v(ms) if callable(v) else v) for k, v in extra.items()})
         return ms
 
-    global LAYERS, STEM, CL_TILES, PACKED_TILES, LENET, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES, TF32_WGRAD_TILES
+    global LAYERS, STEM, CL_TILES, PACKED_TILES, SPLIT_LAYERS, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES, TF32_WGRAD_TILES
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
-        LENET, SPLITS = [("tiny LeNet", 1, 6, 8, 2)], [3]
+        SPLIT_LAYERS, SPLITS = [("tiny LeNet", 1, 6, 8, 2, 5, 0), ("tiny stem", 3, 8, 6, 2, 3, 1)], [3]
         CL_TILES = PACKED_TILES = TF32_FWD_TILES = TF32_DGRAD_TILES = [(16, 16, 16, 4, 1)]
         TF32_WGRAD_TILES = [(16, 16, 16, 4, 1), (16, 16, 16, 4, 1, "fma")]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
@@ -218,21 +221,22 @@ def main(argv=None):
         runtime.set_float32_matmul_precision(tn_precision)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
-    # 3. LeNet wgrad: how many pixel splits hide the latency of these small, gather-heavy programs
-    for name, c_in, c_out, h, n in LENET:
+    # 3. packed wgrads: how many pixel splits hide the latency of these small, gather-heavy programs
+    for name, c_in, c_out, h, n, k, pad in SPLIT_LAYERS:
         if not in_budget():
             break
-        x, _, w, _ = layer_tensors(c_in, c_out, h, n, 5, dtype, 0.2)
-        gy = torch.randn(n, c_out, h - 4, h - 4, device=dev, dtype=dtype)
+        x, _, w, _ = layer_tensors(c_in, c_out, h, n, k, dtype, 0.2)
+        oh = h + 2 * pad - k + 1
+        gy = torch.randn(n, c_out, oh, oh, device=dev, dtype=dtype)
         timed(name, "cuDNN wgrad",
-              lambda: conv_bwd(gy, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False]))
-        ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float())
-        for split in [None] + [s for s in SPLITS if s <= n * (h - 4) ** 2]:
+              lambda: conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False]))
+        ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float(), padding=pad)
+        for split in [None] + [s for s in SPLITS if s <= n * oh * oh]:
             if split is not None and not in_budget():
                 break
-            used = K.wgrad_split(K.geometry(x.shape, w.shape, 1, 0, 1, 1), split)[0]
+            used = K.wgrad_split(K.geometry(x.shape, w.shape, 1, pad, 1, 1), split)[0]
             timed(name, f"tritonnet wgrad split_k={split} ({used} splits)",
-                  lambda: K.conv2d_weight_grad(gy, x, w.shape, split_k=split)[0], ref)
+                  lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, split_k=split)[0], ref)
 
     # 4. bf16 tile sweeps
     for name, c_in, c_out, h, n in LAYERS:
