@@ -291,3 +291,29 @@ def test_gpu_path_reads_events_back_once_after_the_region(seed, device, monkeypa
 def test_head_start_must_be_a_finite_nonnegative_number(bad):
     with pytest.raises(ValueError, match="head_start_ms"):
         Profiler(peaks=None, head_start_ms=bad)
+
+
+@pytest.mark.skipif(runtime.INTERPRETED, reason="real CUDA events: the GPU check's test stage runs it")
+def test_head_start_keeps_host_gaps_out_of_kernel_times(device):
+    """On a GPU: launches with the host pausing 2 ms between them find the GPU idle, and their
+    event pairs would time the launch calls; behind a head start longer than the region, none
+    does and each launch times its kernel alone (an add of 1000 elements: microseconds)."""
+    import time as _time
+
+    a = torch.randn(1000, device=device)
+    add(a, a)
+    torch.cuda.synchronize()
+
+    def region():
+        for _ in range(5):
+            _time.sleep(0.002)
+            add(a, a)
+
+    with Profiler(peaks=None) as bare:
+        region()
+    assert bare.idle_launches >= 3  # (an event can lag its record by a few microseconds)
+    with Profiler(peaks=None, head_start_ms=100.0) as queued:
+        region()
+    assert queued.idle_launches == 0
+    assert all(launch.ms < 1.0 for launch in queued.launches)
+    assert queued.region_ms < 20.0  # the kernels and events, not the 10 ms the host spent pausing
