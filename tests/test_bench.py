@@ -24,6 +24,10 @@ def test_bench_quick_writes_json_markdown_and_png(tmp_path, capsys):
     md = (tmp_path / "bench.md").read_text()
     env = results["environment"]
     assert env["commit"] and env["torch"] == torch.__version__ and env["device"]
+    # the method is recorded, and the tables say which one their numbers came from
+    assert env["kernel_timing"] == bench.KERNEL_TIMING and "queued behind a head start" in md
+    older = dict(results, environment={k: v for k, v in env.items() if k != "kernel_timing"})
+    assert "predate the queued timing" in bench.markdown(older) and "do_bench" in bench.markdown(older)
     if runtime.INTERPRETED:
         assert "mean nothing" in out and not results["meaningful"] and "mean nothing" in md
     kinds = {r["kind"] for r in results["rows"]}

@@ -60,6 +60,7 @@ def time_op(fn, inputs=None, warmup_ms: float = 25, rep_ms: float = 100, quantil
 
 
 _FLUSH: dict = {}
+KERNEL_TIMING = "queued behind a head start"
 
 
 def _queued_device_ms(call, warmup_ms, rep_ms, quantiles):
@@ -156,6 +157,9 @@ def environment() -> dict:
         "commit": commit or "unknown",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "timings_meaningful": timing_is_meaningful(),
+        # how kernel times were taken; results without it (before 2026-11-27, night) used
+        # triton's do_bench, whose events could include the host's launch calls
+        "kernel_timing": KERNEL_TIMING,
     }
 
 
@@ -721,6 +725,7 @@ def _x(v):
 def markdown(results) -> str:
     """The results as markdown: environment, step table, op table, targets, skips and errors."""
     env = results["environment"]
+    queued = env.get("kernel_timing") == KERNEL_TIMING
     lines = [f"**{env['device']}** · torch {env['torch']} · triton {env['triton']} · commit `{env['commit']}` · "
              f"{env['date']}", ""]
     for note in results.get("notes", []):
@@ -733,13 +738,19 @@ def markdown(results) -> str:
                   + " TFLOP/s.", ""]
     steps = [r for r in results["rows"] if r["kind"] == "step"]
     if steps:
+        if queued:
+            gpu_time = ("GPU time = CUDA events around one step queued behind a head start of GPU work (device "
+                        "time, host launch time excluded; L2 cleared between steps); in kernels = the sum of "
+                        "tritonnet's kernel durations in one eager step, its launches queued behind a head start "
+                        "so that the events time the kernels, not the host's launch calls.")
+        else:
+            gpu_time = ("GPU time = CUDA events around one step (L2 cleared between steps); in kernels = the sum "
+                        "of tritonnet's kernel durations in one step (the rest is launch gaps). These results "
+                        "predate the queued timing: where the GPU waited for the host, both include the host's "
+                        "launch calls.")
         lines += ["Training step (forward, cross-entropy, backward, SGD with momentum): wall time per step as a "
                   "user sees it (ms, Python and launch overhead included, 30 back-to-back steps). Speed-up = torch "
-                  "time / best tritonnet time. GPU time = CUDA events around one step queued behind a head start of GPU "
-                  "work (device time, host launch time excluded; L2 cleared between steps); "
-                  "in kernels = the sum of tritonnet's kernel durations in one eager step, its launches queued "
-                  "behind a head start of GPU work so that the events time the kernels, not the host's launch "
-                  "calls.",
+                  "time / best tritonnet time. " + gpu_time,
                   "",
                   "| model | input | dtype | tritonnet CUDA graph | tritonnet eager | torch eager | torch.compile "
                   "| vs eager | vs compile | tritonnet GPU time p50 (p20–p80) | in kernels | launches |",
@@ -757,9 +768,11 @@ def markdown(results) -> str:
         lines.append("")
     ops = [r for r in results["rows"] if r["kind"] == "op"]
     if ops:
-        lines += ["Ops, kernel time p50 (ms; CUDA events around each call queued behind a head start of GPU "
-                  "work, so host launch time is excluded for torch and tritonnet alike; L2 cleared between calls, "
-                  "inputs rotated). Floor = "
+        lines += ["Ops, kernel time p50 (ms; CUDA events around each call"
+                  + (" queued behind a head start of GPU work, so host launch time is excluded for torch and "
+                     "tritonnet alike" if queued else ", started right after an L2 flush (triton's do_bench): "
+                     "where a call's launches outlast the flush, host time is included")
+                  + "; L2 cleared between calls, inputs rotated). Floor = "
                   "analytic FLOPs and minimum bytes against this card's measured matmul peak and copy bandwidth.",
                   "",
                   "| op | shape | dtype | tritonnet | torch eager | torch.compile | vs eager | vs compile "
