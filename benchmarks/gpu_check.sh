@@ -4,7 +4,7 @@
 # Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR)
 # The default stages finish within ~6 minutes (their limits add up to 395 s); STAGES=all adds
 # bench_pool (issue 2's, resolved), the LeNet and bf16 VGG profiles, bench_train (a timed epoch of
-# `tritonnet train`) and bench_linear (160 s more), and
+# `tritonnet train`), bench_linear and host_overhead (200 s more), and
 # STAGES="tests bench_pool ..." runs the stages named. Each stage has its own time limit and a
 # failing stage does not stop the next: the summary at the end says which passed.
 set -u
@@ -20,7 +20,7 @@ summary=$out/summary.txt
 
 stages=${STAGES:-tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32}
 [[ $stages == all ]] && stages="tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 bench_pool profile
-  profile_vgg_bf16 bench_train bench_linear"
+  profile_vgg_bf16 bench_train bench_linear host_overhead"
 stages=${stages//$'\n'/ }
 
 stage() {  # stage NAME SECONDS COMMAND...
@@ -62,5 +62,9 @@ stage profile 15 $python -m tritonnet profile --out "$out"
 stage profile_vgg_bf16 25 $python -m tritonnet profile --model vgg --dtype bf16 --out "$out"
 stage bench_train 30 $python benchmarks/bench_train.py --out "$out" --budget-s 25
 stage bench_linear 30 $python benchmarks/bench_linear.py --out "$out"
+# the host's time per op of a LeNet step, tritonnet's Python path alone (stub) and with Triton's
+# launch (real): eager small-CNN steps are host-bound (LeNet fp32: 3.1 ms eager, 0.5 ms graphed)
+stage host_overhead 40 bash -c "$python benchmarks/bench_host_overhead.py --quick --mode stub --out '$out/host_stub' \
+  && $python benchmarks/bench_host_overhead.py --quick --mode real --out '$out/host_real'"
 
 echo "--- summary"; cat "$summary"
