@@ -45,6 +45,14 @@ def device():
     return runtime.device()
 
 
+@pytest.fixture(autouse=True)
+def no_deferred_error_left():
+    """Bad input found without waiting for the device (runtime.check_later) belongs to the test
+    that made it: one left pending would otherwise surface in whichever test reads a value next."""
+    yield
+    runtime.raise_deferred(wait=True)
+
+
 def pytest_sessionfinish(session, exitstatus):
     # A run that collected nothing must not look like success.
     if session.testscollected == 0 and exitstatus in (0, 5):

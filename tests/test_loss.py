@@ -4,6 +4,7 @@ import torch
 
 import tritonnet as tn
 import tritonnet.functional as F
+from tritonnet import runtime
 from tritonnet.kernels import loss as K
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3),
@@ -66,16 +67,21 @@ def test_cross_entropy_is_stable_for_large_logits(seed, device, dtype):
 
 
 def test_bad_labels_are_a_value_error(device):
+    """Raised by the call under the interpreter; on a GPU by the read of the loss at the latest
+    (the count is checked without waiting for the device: see runtime.check_later)."""
     logits = torch.randn(6, 10, device=device)
     for bad in (10, -1, 1 << 40):
         target = torch.tensor([0, 1, 2, bad, 4, 5], device=device)
         with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\)"):
-            F.cross_entropy(tn.Tensor(logits, requires_grad=True), target)
+            F.cross_entropy(tn.Tensor(logits, requires_grad=True), target).item()
     target = torch.randint(0, 10, (40,), device=device)
     target[33] = 10
     for blocks in ((16, 16), (16, 16, True)):  # several programs + reduction; one looping program
         with pytest.raises(ValueError, match=r"target has 1 label\(s\)"):
             K.cross_entropy(torch.randn(40, 10, device=device), target, blocks=blocks)
+            runtime.raise_deferred(wait=True)
+    runtime.raise_deferred(wait=True)  # nothing left pending
+    F.cross_entropy(logits, torch.randint(0, 10, (6,), device=device)).item()  # good labels: no error
     with pytest.raises(TypeError, match="target must have dtype"):
         F.cross_entropy(logits, torch.zeros(6, device=device))
     with pytest.raises(ValueError, match="one label per row"):
@@ -96,3 +102,56 @@ def test_no_grad_records_nothing_and_results_are_reproducible(seed, device):
     again = F.cross_entropy(z, target)
     assert torch.equal(again.data, loss.data)  # fixed summation order: bitwise equal
     torch.testing.assert_close(loss.data, torch.nn.functional.cross_entropy(logits, target), rtol=1e-6, atol=1e-6)
+
+
+def test_deferred_checks_raise_once_their_count_has_arrived(monkeypatch):
+    """runtime.raise_deferred with the GPU's entries faked (a host count, an event that has or has
+    not completed): counts still in flight stay pending, arrived ones raise in call order (the
+    first bad one), good ones are dropped, and wait=True waits for all of them."""
+    class FakeEvent:
+        def __init__(self, done):
+            self.done = done
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.done = True
+
+    def error(tag):
+        return lambda n, deferred: ValueError(f"{tag}: {n} bad, deferred={deferred}")
+
+    def entry(n, done, tag):
+        return (torch.tensor(n, dtype=torch.int32), FakeEvent(done), error(tag))
+
+    in_flight = entry(3, False, "third")
+    monkeypatch.setattr(runtime, "_DEFERRED", [entry(0, True, "first"), entry(2, True, "second"), in_flight,
+                                               entry(5, True, "fourth")])
+    with pytest.raises(ValueError, match="second: 2 bad, deferred=True"):
+        runtime.raise_deferred()
+    assert runtime._DEFERRED == [in_flight]  # the arrived ones are consumed, raised or not
+    runtime.raise_deferred()  # still in flight: nothing yet
+    assert runtime._DEFERRED == [in_flight]
+    with pytest.raises(ValueError, match="third: 3 bad"):
+        runtime.raise_deferred(wait=True)
+    assert runtime._DEFERRED == []
+
+
+@pytest.mark.skipif(runtime.INTERPRETED, reason="needs a GPU running ahead of the host")
+def test_bad_labels_do_not_stop_the_host_on_a_gpu(device):
+    """On a GPU the label check waits for nothing: with the GPU kept busy for a while, the call
+    returns before the device has reached it, and the error comes with the read of the loss."""
+    from tritonnet.profile import keep_gpu_busy
+
+    logits = tn.Tensor(torch.randn(6, 10, device=device), requires_grad=True)
+    F.cross_entropy(logits, torch.zeros(6, dtype=torch.long, device=device)).item()  # compiled already
+    target = torch.tensor([0, 1, 2, 10, 4, 5], device=device)
+    torch.cuda.synchronize()
+    keep_gpu_busy(200.0)
+    busy = torch.cuda.Event()
+    busy.record()
+    loss = F.cross_entropy(logits, target)
+    assert not busy.query(), "cross_entropy waited for the device"
+    with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\) \(in an earlier"):
+        loss.item()
+

@@ -113,7 +113,9 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
 
     One kernel computes the loss and, when logits need a gradient, d(loss)/d(logits) in the same
     pass; backward only multiplies that saved gradient by the upstream scalar. Labels outside
-    [0, C) raise ValueError.
+    [0, C) raise ValueError: here under the interpreter; on a GPU without waiting for the device,
+    at the next cross_entropy call, ``backward()`` or read of a value (``loss.item()``), as soon
+    as their count has reached the host (torch's CUDA kernels assert asynchronously too).
     """
     z = as_tensor(logits, "logits")
     t = target.data if isinstance(target, Tensor) else target

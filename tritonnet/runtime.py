@@ -223,3 +223,58 @@ def observing(observer):
         yield observer
     finally:
         remove_observer(observer)
+
+
+# ----------------------------------------------------------------------------- deferred input checks
+#
+# Some bad input is only visible on the device (cross-entropy labels outside [0, C)): reading a
+# count back at once would stop the host until the GPU has finished everything queued, in the
+# middle of every training step (torch does not wait either: its CUDA kernels assert on the
+# device, and the error surfaces at a later synchronisation). So on a GPU the count is copied to
+# pinned host memory behind the kernel and checked once it has arrived: at the next check of
+# the same kind, and at any read of a value through the tape (``Tensor.item()``, ``numpy()``),
+# which waits for the device anyway. The kernels leave such input harmless meanwhile (no read
+# out of bounds, zero loss and gradient for the bad rows). Under the interpreter nothing runs
+# ahead of the host: the check is immediate.
+
+_DEFERRED: list = []
+
+
+def check_later(count: torch.Tensor, make_error) -> None:
+    """Raise ``make_error(n, deferred)`` if the 0-d integer tensor ``count`` holds n > 0, without
+    waiting for the device: immediately under the interpreter, else once its value has reached the
+    host (see above). Skipped while a CUDA graph is being captured (a replay is never checked)."""
+    if INTERPRETED:
+        n = int(count.item())
+        if n:
+            raise make_error(n, False)
+        return
+    if torch.cuda.is_current_stream_capturing():
+        return
+    host = torch.empty((), dtype=count.dtype, pin_memory=True)
+    host.copy_(count, non_blocking=True)
+    arrived = torch.cuda.Event()
+    arrived.record()
+    _DEFERRED.append((host, arrived, make_error))
+
+
+def raise_deferred(wait: bool = False) -> None:
+    """Raise the error of the first deferred check (in call order) that found bad input, once
+    its count has reached the host; with ``wait``, wait for every pending count first."""
+    global _DEFERRED
+    if not _DEFERRED:
+        return
+    pending, error = [], None
+    for entry in _DEFERRED:
+        host, arrived, make_error = entry
+        if wait:
+            arrived.synchronize()
+        elif not arrived.query():
+            pending.append(entry)
+            continue
+        n = int(host.item())  # pinned host memory: no device synchronisation
+        if n and error is None:
+            error = make_error(n, True)
+    _DEFERRED = pending
+    if error is not None:
+        raise error

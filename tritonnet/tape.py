@@ -115,7 +115,9 @@ class Tensor:
         return Tensor(self.data)
 
     def numpy(self):
-        return self.data.detach().cpu().numpy()
+        value = self.data.detach().cpu().numpy()
+        runtime.raise_deferred(wait=True)  # the read waited for the device: deferred checks are due
+        return value
 
     # Arithmetic a training loop needs, as tritonnet kernels recorded on the tape. functional
     # imports the tape, so it is imported lazily here.
@@ -124,7 +126,9 @@ class Tensor:
         """The value of a one-element tensor as a Python number (a device-to-host read)."""
         if self.data.numel() != 1:
             raise ValueError(f"item() needs a one-element tensor, got shape {tuple(self.data.shape)}")
-        return self.data.item()
+        value = self.data.item()
+        runtime.raise_deferred(wait=True)  # the read waited for the device: deferred checks are due
+        return value
 
     def __add__(self, other):
         from . import functional as F
@@ -209,6 +213,7 @@ class Tensor:
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad and has no grad_fn")
+        runtime.raise_deferred()  # bad input found meanwhile (without waiting for the device)
         if grad is None:
             if self.data.numel() != 1:
                 raise RuntimeError(

@@ -6,6 +6,8 @@ already scaled for the reduction, so backward is one multiply by the upstream sc
 reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
 ``[0, C)`` are never used as addresses: they are counted, and the launcher raises ValueError.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -131,10 +133,11 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     """Softmax cross-entropy of logits (B, C) against class indices target (B,).
 
     Returns ``(loss, grad)``: loss is a 0-d tensor in logits' dtype; grad (B, C) is d(loss)/d(logits)
-    for the chosen reduction (None without ``need_grad``). Raises ValueError for labels outside
-    [0, C) -- this reads one int back from the device, a sync the loss's ``item()`` pays anyway
-    (skipped while a CUDA graph is being captured).
+    for the chosen reduction (None without ``need_grad``). Labels outside [0, C) raise ValueError:
+    under the interpreter here, on a GPU once their count has reached the host, without waiting for
+    the device (``runtime.check_later``: at the next call, or the next ``Tensor.item()``/``numpy()``).
     """
+    runtime.raise_deferred()
     runtime.check_tensor(logits, "logits", ndim=2)
     runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
     if reduction not in ("mean", "sum"):
@@ -170,11 +173,14 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
         runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
                        {"BLOCK": REDUCE_BLOCK},
                        runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
-    # While a CUDA graph is captured nothing may wait for the device: the check is skipped there
-    # (bad rows still read nothing out of bounds; their loss and gradient are 0).
-    capturing = not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
-    n_bad = 0 if capturing else int(bad_count.item())
-    if n_bad:
-        raise ValueError(f"target has {n_bad} label(s) outside [0, {C}) (C = {C} classes from logits' "
-                         "second dimension)")
+    # Without waiting for the device (see runtime.check_later); bad rows read nothing out of
+    # bounds meanwhile, and their loss and gradient are 0.
+    runtime.check_later(bad_count, functools.partial(_bad_labels, C))
     return loss, (grad if need_grad else None)
+
+
+def _bad_labels(C: int, n: int, deferred: bool) -> ValueError:
+    when = (" (in an earlier cross_entropy call: on a GPU the labels are checked once the device has "
+            "reached them, without waiting for it)") if deferred else ""
+    return ValueError(f"target has {n} label(s) outside [0, {C}) (C = {C} classes from logits' second "
+                      f"dimension){when}")
