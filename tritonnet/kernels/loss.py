@@ -4,7 +4,8 @@ Forward computes, per row, the log-sum-exp with a running maximum (stable for an
 the loss with label smoothing, and -- when a gradient is wanted -- ``softmax - smoothed one-hot``
 already scaled for the reduction, so backward is one multiply by the upstream scalar. Rows are
 reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
-``[0, C)`` are never used as addresses: they are counted, and the launcher raises ValueError.
+``[0, C)`` are never used as addresses: they are counted, and the count raises ValueError
+(``runtime.check_later``: on a GPU without waiting for the device).
 """
 import functools
 
