@@ -89,7 +89,7 @@ def _queued_device_ms(call, warmup_ms, rep_ms, quantiles):
     end.synchronize()
     per_call_ms = max(start.elapsed_time(end) / 5, 1e-3)  # flush included, host-bound or not
     head_ms = 2 * host_ms + 0.02
-    for attempt in range(2):
+    for _ in range(2):
         per_rep_ms = per_call_ms + head_ms
         for _ in range(max(1, int(warmup_ms / per_rep_ms))):
             call()
