@@ -7,9 +7,10 @@ addresses back into typed pointers (typed like ``dtype_ptr``, a tensor of the gr
 updates up to BLOCK elements. This avoids copying gradients into a flat buffer every step (the
 tape allocates fresh gradient tensors) and keeps one launch for any number of tensors.
 
-The table reaches the device through a small kernel that takes its values as arguments, 16 per
-launch, rather than a host-to-device copy: a CUDA graph captures kernel arguments by value, while
-a copy from pageable memory may not be captured at all. Tables are cached by their contents (the
+The table reaches the device by one asynchronous copy from pinned memory, or, while a CUDA graph
+is being captured (and under the interpreter), through a small kernel that takes its values as
+arguments, 16 per launch: a graph captures kernel arguments by value, while a copy from host
+memory would read that memory again at every replay. Tables are cached by their contents (the
 caching allocator tends to hand out the same gradient addresses every step, so most steps launch
 no fill at all); a table used by a capture is kept alive for good, since every replay reads it.
 
@@ -166,17 +167,25 @@ def _device_table(values):
     """An int64 device tensor holding ``values`` (a flat list of non-negative ints < 2**62)."""
     key = tuple(values)
     table = _TABLES.get(key)
+    capturing = not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
     if table is None:
-        padded = [v + (1 << 40) for v in values] + [1 << 40] * (-len(values) % FILL_WIDTH)
-        table = torch.empty(len(padded), dtype=torch.int64, device=runtime.device())
-        for i in range(0, len(padded), FILL_WIDTH):
-            runtime.launch(fill_table_kernel, (1,), (table[i:i + FILL_WIDTH], *padded[i:i + FILL_WIDTH]), {},
-                           runtime.LaunchInfo("optimizer_table", ((FILL_WIDTH,),), torch.int64,
-                                              bytes=8 * FILL_WIDTH))
-        if len(_TABLES) >= 16:
-            _TABLES.pop(next(iter(_TABLES)))
-        _TABLES[key] = table
-    if not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing():
+        if runtime.INTERPRETED or capturing:
+            padded = [v + (1 << 40) for v in values] + [1 << 40] * (-len(values) % FILL_WIDTH)
+            table = torch.empty(len(padded), dtype=torch.int64, device=runtime.device())
+            for i in range(0, len(padded), FILL_WIDTH):
+                runtime.launch(fill_table_kernel, (1,), (table[i:i + FILL_WIDTH], *padded[i:i + FILL_WIDTH]), {},
+                               runtime.LaunchInfo("optimizer_table", ((FILL_WIDTH,),), torch.int64,
+                                                  bytes=8 * FILL_WIDTH))
+        else:
+            # Outside a capture one asynchronous copy from pinned memory replaces the fill launches
+            # (a new table most eager steps: backward's gradients land at new addresses). torch's
+            # pinned-memory allocator keeps the source alive until the copy has run.
+            table = torch.tensor(values, dtype=torch.int64, pin_memory=True).to(runtime.device(), non_blocking=True)
+        if not capturing:  # a captured fill runs at replays only: no eager step may find it before
+            if len(_TABLES) >= 16:
+                _TABLES.pop(next(iter(_TABLES)))
+            _TABLES[key] = table
+    if capturing:
         _CAPTURED_TABLES.append(table)
     return table
 
