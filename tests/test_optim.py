@@ -105,8 +105,9 @@ def test_gpu_sized_chunks_and_vector_widths(seed, device, monkeypatch):
 
 
 def test_address_table_is_cached_and_empty_tensors_own_no_chunk(seed, device, monkeypatch):
-    """The address table is written by a kernel (graph-capturable) only when its contents change;
-    tensors without elements own no chunk and do not shift the others."""
+    """The address table is written only when its contents change (by a kernel under the
+    interpreter, by one copy from pinned memory on a GPU outside a capture); tensors without
+    elements own no chunk and do not shift the others."""
     monkeypatch.setattr(K, "_TABLES", {})
     ours, opt, theirs, topt = _pair("AdamW", dict(lr=1e-2), device, shapes=[(0,), (9,), (0, 3), (20000,), (2,)])
     grads = [torch.randn(p.shape, device=device) for p in ours]
@@ -115,9 +116,26 @@ def test_address_table_is_cached_and_empty_tensors_own_no_chunk(seed, device, mo
             p.grad, q.grad = g, g.clone()
         launches = _count_launches(lambda: (opt.step(), topt.step()))
         # 5 rows x 6 values: two 16-value fills on the first step, none once the table is cached
-        assert launches == (["optimizer_table"] * 2 if step == 0 else []) + ["adamw_step"], launches
+        fills = 2 if step == 0 and runtime.INTERPRETED else 0
+        assert launches == ["optimizer_table"] * fills + ["adamw_step"], launches
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.data, q.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_table_filled_inside_a_capture_is_not_reused_by_eager_steps(device, monkeypatch):
+    """Inside a CUDA graph capture (faked) the table is filled by kernels, which run at replays
+    only: it is kept alive for the graph but never handed to an eager step from the cache."""
+    monkeypatch.setattr(K, "_TABLES", {})
+    monkeypatch.setattr(K, "_CAPTURED_TABLES", [])
+    values = [7, 8, 9, 10, 11, 12]
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    launches = _count_launches(lambda: K._device_table(values))
+    captured = K._CAPTURED_TABLES[-1]
+    assert launches == ["optimizer_table"] and K._TABLES == {}
+    monkeypatch.setattr(runtime, "INTERPRETED", True)  # (the fill ran at once here: the interpreter's)
+    assert captured[:6].tolist() == values
+    assert K._device_table(values) is not captured
 
 
 def test_hyper_parameters_are_runtime_values_so_nothing_recompiles(seed, device):
