@@ -69,3 +69,5 @@ stage bench_train 30 $python benchmarks/bench_train.py --out "$out" --budget-s 2
 stage bench_linear 30 $python benchmarks/bench_linear.py --out "$out"
 
 echo "--- summary"; cat "$summary"
+# one page of what matters first (targets, profiles, sweep decisions): OUT_DIR/report.md
+$python benchmarks/gpu_summary.py "$out" >/dev/null 2>&1 && echo "report: $out/report.md"

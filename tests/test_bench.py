@@ -184,6 +184,12 @@ def test_gpu_diagnostic_scripts_run_under_the_interpreter(tmp_path):
     assert all(float(r["rel_err"]) < 2e-2 for r in rows if "rel_err" in r)  # bf16 against fp32 torch
     assert {r["what"] for r in rows if "what" in r} >= {"cuDNN NCHW", "stage x NCHW->NHWC",
                                                         "tritonnet NCHW in+out (autotuned)"}
+    # the GPU check's one-page report reads whatever is there: the sweep's rows, the rest missing
+    report = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_summary.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "- tiny stem: cuDNN" in report.stdout and "wgrad splits: default" in report.stdout
+    assert "bench_conv.json: FileNotFoundError" in report.stdout and (tmp_path / "report.md").exists()
     diag = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "diag_gradients.py"), "--pool-winners", "3"],
                           capture_output=True, text=True, timeout=300)
     assert diag.returncode == 0 and "seed 3 pool2: " in diag.stdout, diag.stdout + diag.stderr
