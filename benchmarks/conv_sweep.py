@@ -7,8 +7,8 @@ device time), in order of what the next decision needs (a budget cuts the tail):
 
 1. bf16 CIFAR layers: the NCHW call (staging + kernel + NCHW store) and the channels-last one
    against cuDNN in both layouts and the same GEMM in cuBLAS (torch.mm [M, K] x [K, N], the
-   ceiling an implicit GEMM aims at); staging x as NHWC alone; the bias gradient's column sums;
-   the packed RGB stem.
+   ceiling an implicit GEMM aims at); the TMA prototype (benchmarks/conv_tma.py); staging x as
+   NHWC alone; the bias gradient's column sums; the packed RGB stem.
 2. TF32 (set_float32_matmul_precision("high")), the forward and dgrad now reading their weight
    K-major: autotuned against cuDNN, then over tiles (dgrad's 8-warp 128x128x32 compiles with
    serialised wgmma, 128x128x64 no longer does); wgrad's tensor-core tiles against its FMA variant.
@@ -35,6 +35,9 @@ from tritonnet.kernels import conv as K  # noqa: E402
 from tritonnet.kernels.layout import to_channels_last  # noqa: E402
 from tritonnet.kernels.reduce import column_sums  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conv_tma import box, conv2d_forward_tma  # noqa: E402
+
 # (name, C_in, C_out, H, batch): bench_conv's CIFAR layers, 3x3 pad 1
 LAYERS = [("64->128 16x16", 64, 128, 16, 512), ("128->256 8x8", 128, 256, 8, 512)]
 STEM = ("3->64 32x32", 3, 64, 32, 512)
@@ -43,6 +46,11 @@ STEM = ("3->64 32x32", 3, 64, 32, 512)
 SPLIT_LAYERS = [("LeNet conv1 1->6 28x28", 1, 6, 28, 256, 5, 0), ("LeNet conv2 6->16 14x14", 6, 16, 14, 256, 5, 0),
                 ("VGG stem 3->32 32x32", 3, 32, 32, 512, 3, 1)]
 SPLITS = [64, 128, 256, 512, 1024, 2048]
+# the TMA prototype's tile: 8 warps (sm_90 serialises the 4-warp and 128x256 ones' wgmma); one
+# tile a precision, since every new kernel's compile comes out of the sweep's budget (TF32's
+# 3-stage 128x128x64 pipeline takes 160 KB of shared memory: one program per SM)
+TMA_TILES = [(128, 128, 64, 8, 3)]
+TMA_TF32_TILES = [(128, 128, 64, 8, 3)]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CL_TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 128, 32, 4, 5),
             (256, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
@@ -115,11 +123,13 @@ def main(argv=None):
         return ms
 
     global LAYERS, STEM, CL_TILES, PACKED_TILES, SPLIT_LAYERS, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES, TF32_WGRAD_TILES
+    global TMA_TILES, TMA_TF32_TILES
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
         SPLIT_LAYERS, SPLITS = [("tiny LeNet", 1, 6, 8, 2, 5, 0), ("tiny stem", 3, 8, 6, 2, 3, 1)], [3]
         CL_TILES = PACKED_TILES = TF32_FWD_TILES = TF32_DGRAD_TILES = [(16, 16, 16, 4, 1)]
         TF32_WGRAD_TILES = [(16, 16, 16, 4, 1), (16, 16, 16, 4, 1, "fma")]
+        TMA_TILES = TMA_TF32_TILES = [(16, 16, 16, 4, 1)]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
     torch.backends.cudnn.benchmark = True
     dev = runtime.device()
@@ -148,6 +158,10 @@ def main(argv=None):
               gbs=lambda ms: round(2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9, 1))
         timed(name, "tritonnet NCHW in+out (autotuned)", lambda: K.conv2d_forward(x, w, padding=1), ref, tflops=tf)
         timed(name, "tritonnet NHWC in+out (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), ref, tflops=tf)
+        for t in TMA_TILES:  # the TMA prototype (benchmarks/conv_tma.py), not yet in the library
+            if t[1] <= c_out and box(h, h, t[0]):
+                timed(name, f"prototype TMA NHWC tile {t}",
+                      lambda: conv2d_forward_tma(x_cl, w, padding=1, config=t), ref, tflops=tf)
         # the channels-last bias gradient, summed apart from the wgrad GEMM
         dy_rows = torch.randn(n * h * h, c_out, device=dev, dtype=dtype)
         timed(name, "tritonnet bias grad (column sums of NHWC dy)", lambda: column_sums(dy_rows),
@@ -189,6 +203,10 @@ def main(argv=None):
                   tflops=tf)
             timed(layer, "tritonnet NHWC fwd (autotuned)", lambda: K.conv2d_forward(x_cl, w, padding=1), case["ref"],
                   tflops=tf)
+            for t in TMA_TF32_TILES:
+                if t[1] <= case["c_out"] and box(x.shape[2], x.shape[3], t[0]):
+                    timed(layer, f"prototype TMA NHWC fwd tile {t}",
+                          lambda: conv2d_forward_tma(x_cl, w, padding=1, config=t), case["ref"], tflops=tf)
             for op, mask in (("dgrad", [True, False, False]), ("wgrad", [False, True, False])):
                 for label, g, xx, ww in (("NCHW", gy, x, w), ("channels_last", gy_cl, x_cl, w_cl)):
                     timed(layer, f"cuDNN {label} {op}",

@@ -45,13 +45,14 @@ def install():
     load, store = builder.create_masked_load, builder.create_masked_store
     rmw, cas = builder.create_atomic_rmw, builder.create_atomic_cas
 
-    def create_masked_load(self, ptrs, mask, *rest):
+    # (keyword arguments too: tensor-descriptor loads pass cache_policy and the like by name)
+    def create_masked_load(self, ptrs, mask, *rest, **options):
         _check("load", ptrs, mask)
-        return load(self, ptrs, mask, *rest)
+        return load(self, ptrs, mask, *rest, **options)
 
-    def create_masked_store(self, ptrs, value, mask, *rest):
+    def create_masked_store(self, ptrs, value, mask, *rest, **options):
         _check("store", ptrs, mask)
-        return store(self, ptrs, value, mask, *rest)
+        return store(self, ptrs, value, mask, *rest, **options)
 
     def create_atomic_rmw(self, op, ptr, val, mask, *rest):
         _check("atomic", ptr, mask)

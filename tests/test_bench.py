@@ -279,3 +279,24 @@ def test_gpu_timing_excludes_the_host_time_of_a_call():
 
     result = bench.time_op(call, warmup_ms=5, rep_ms=50)
     assert result["p50"] < 0.5, result
+
+
+def test_tma_conv_prototype_matches_torch(seed):
+    """benchmarks/conv_tma.py (timed by conv_sweep against the library's kernel): tiles of one
+    image's rows and of two images (the second past the batch: zero-filled, masked), padding,
+    a 1x1 window, out channels not a multiple of the tile; and the shapes it must refuse."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from conv_tma import box, conv2d_forward_tma
+
+    dev = runtime.device()
+    for n, c_in, h, c_out, k, pad, config in [(3, 8, 4, 8, 3, 1, (32, 8, 8, 4, 1)), (2, 16, 8, 24, 3, 1, (32, 16, 8, 4, 1)),
+                                              (2, 8, 4, 8, 1, 0, (16, 8, 8, 4, 1))]:
+        x = torch.randn(n, c_in, h, h, device=dev).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(c_out, c_in, k, k, device=dev), torch.randn(c_out, device=dev)
+        y = conv2d_forward_tma(x, w, b, padding=pad, activation="relu", config=config)
+        ref = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=pad))
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    assert box(16, 16, 128) == (1, 8) and box(8, 8, 128) == (2, 8) and box(6, 6, 32) is None
+    with pytest.raises(ValueError, match="whole number"):
+        conv2d_forward_tma(torch.randn(1, 8, 6, 6, device=dev).contiguous(memory_format=torch.channels_last),
+                           torch.randn(8, 8, 3, 3, device=dev), padding=1, config=(32, 8, 8, 4, 1))
