@@ -82,6 +82,9 @@ def profiles(out, top: int = 8) -> list[str]:
     return lines + [""]
 
 
+OURS = ("tritonnet", "prototype")  # conv_sweep's rows of our kernels (the rest: cuDNN, cuBLAS, staging)
+
+
 def sweep(out) -> list[str]:
     lines = ["## Conv sweep decisions", ""]
     data = _load(os.path.join(out, "conv_sweep.json"))
@@ -92,7 +95,7 @@ def sweep(out) -> list[str]:
         lines.append("- the sweep did not finish (budget or limit): later phases are missing")
     for layer in dict.fromkeys(r["layer"] for r in rows):
         mine = [r for r in rows if r["layer"] == layer]
-        theirs = ", ".join(f"{r['what']} {r['ms']:.4f}" for r in mine if not r["what"].startswith("tritonnet"))
+        theirs = ", ".join(f"{r['what']} {r['ms']:.4f}" for r in mine if not r["what"].startswith(OURS))
         lines.append(f"- {layer}: {theirs or 'no reference row'} (ms)")
         splits = [r for r in mine if "split_k=" in r["what"]]
         if splits:
@@ -100,7 +103,7 @@ def sweep(out) -> list[str]:
             default = next((r for r in splits if "split_k=None" in r["what"]), None)
             lines.append(f"  - wgrad splits: default {default['ms'] if default else '–'} ms, best {best['ms']} ms "
                          f"({best['what']})")
-        ours = [r for r in mine if r["what"].startswith("tritonnet") and "split_k=" not in r["what"]]
+        ours = [r for r in mine if r["what"].startswith(OURS) and "split_k=" not in r["what"]]
         for r in sorted(ours, key=lambda r: r["ms"])[:3]:
             lines.append(f"  - {r['what']}: {r['ms']:.4f} ms")
     return lines + [""]
