@@ -289,8 +289,10 @@ def test_tma_conv_prototype_matches_torch(seed):
     from conv_tma import box, conv2d_forward_tma
 
     dev = runtime.device()
-    for n, c_in, h, c_out, k, pad, config in [(3, 8, 4, 8, 3, 1, (32, 8, 8, 4, 1)), (2, 16, 8, 24, 3, 1, (32, 16, 8, 4, 1)),
-                                              (2, 8, 4, 8, 1, 0, (16, 8, 8, 4, 1))]:
+    # 16-wide dots and 16-byte TMA boxes: the same cases compile on a GPU (the GPU check's suite)
+    for n, c_in, h, c_out, k, pad, config in [(3, 16, 4, 16, 3, 1, (32, 16, 16, 4, 1)),
+                                              (2, 32, 8, 24, 3, 1, (32, 16, 16, 4, 1)),
+                                              (2, 16, 4, 16, 1, 0, (16, 16, 16, 4, 1))]:
         x = torch.randn(n, c_in, h, h, device=dev).contiguous(memory_format=torch.channels_last)
         w, b = torch.randn(c_out, c_in, k, k, device=dev), torch.randn(c_out, device=dev)
         y = conv2d_forward_tma(x, w, b, padding=pad, activation="relu", config=config)
@@ -298,5 +300,5 @@ def test_tma_conv_prototype_matches_torch(seed):
         torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     assert box(16, 16, 128) == (1, 8) and box(8, 8, 128) == (2, 8) and box(6, 6, 32) is None
     with pytest.raises(ValueError, match="whole number"):
-        conv2d_forward_tma(torch.randn(1, 8, 6, 6, device=dev).contiguous(memory_format=torch.channels_last),
-                           torch.randn(8, 8, 3, 3, device=dev), padding=1, config=(32, 8, 8, 4, 1))
+        conv2d_forward_tma(torch.randn(1, 16, 6, 6, device=dev).contiguous(memory_format=torch.channels_last),
+                           torch.randn(16, 16, 3, 3, device=dev), padding=1, config=(32, 16, 16, 4, 1))
