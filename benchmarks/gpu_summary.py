@@ -32,23 +32,26 @@ def _ms(v):
     return "–" if v is None else f"{v:.4f} ms"
 
 
+def _conv_target(t) -> str:
+    return (f"{t['target']}: min {_ratio(t.get('min_ratio'))} ({'met' if t.get('met') else 'missed'}; all: "
+            + ", ".join(_ratio(r) for r in t.get("ratios", [])) + ")")
+
+
+def _step_target(t) -> str:
+    return (f"{t['model']} {t['dtype']} step {_ratio(t.get('x_vs_torch'))} torch eager (need "
+            f"{t['required_x_vs_torch']:.1f}x: {'met' if t.get('met') else 'missed'}), "
+            f"{_ratio(t.get('x_vs_compile'))} torch.compile")
+
+
 def targets(out) -> list[str]:
     lines = ["## Targets", ""]
-    conv = _load(os.path.join(out, "bench_conv.json"))
-    if "_missing" in conv:
-        lines.append(f"- issue 3: {conv['_missing']}")
-    for t in conv.get("targets", []):
-        lines.append(f"- issue 3: {t['target']}: min {_ratio(t.get('min_ratio'))} "
-                     f"({'met' if t.get('met') else 'missed'}; all: "
-                     + ", ".join(_ratio(r) for r in t.get("ratios", [])) + ")")
-    steps = _load(os.path.join(out, "bench.json"))
-    if "_missing" in steps:
-        lines.append(f"- issue 5: {steps['_missing']}")
-    for t in steps.get("targets", []):
-        lines.append(f"- issue 5: {t['model']} {t['dtype']} step {_ratio(t.get('x_vs_torch'))} torch eager "
-                     f"(need {t['required_x_vs_torch']:.1f}x: {'met' if t.get('met') else 'missed'}), "
-                     f"{_ratio(t.get('x_vs_compile'))} torch.compile")
-    for row in steps.get("rows", []):
+    results = {}
+    for issue, name, describe in (("issue 3", "bench_conv.json", _conv_target), ("issue 5", "bench.json", _step_target)):
+        data = results[name] = _load(os.path.join(out, name))
+        if "_missing" in data:
+            lines.append(f"- {issue}: {data['_missing']}")
+        lines += [f"- {issue}: {describe(t)}" for t in data.get("targets", [])]
+    for row in results["bench.json"].get("rows", []):
         if row.get("kind") != "step":
             continue
         ours = row.get("impls", {}).get("tritonnet") or {}
