@@ -162,6 +162,20 @@ def main(argv=None):
             if t[1] <= c_out and box(h, h, t[0]):
                 timed(name, f"prototype TMA NHWC tile {t}",
                       lambda: conv2d_forward_tma(x_cl, w, padding=1, config=t), ref, tflops=tf)
+        # dgrad (stride 1) is the forward of dy with the weight transposed and flipped, padding
+        # k - 1 - pad: the same prototype times what a TMA dgrad would take
+        gy_cl = torch.randn(n, c_out, h, h, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w_flip = w.transpose(0, 1).flip(2, 3).contiguous()
+        dref = torch.nn.grad.conv2d_input(x.shape, w.float(), gy_cl.float(), padding=1)
+        timed(name, "cuDNN channels_last dgrad",
+              lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]),
+              tflops=tf)
+        timed(name, "tritonnet NHWC dgrad (autotuned)",
+              lambda: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1, channels_last=True), dref, tflops=tf)
+        for t in TMA_TILES:
+            if t[1] <= c_in and box(h, h, t[0]):
+                timed(name, f"prototype TMA NHWC dgrad tile {t}",
+                      lambda: conv2d_forward_tma(gy_cl, w_flip, padding=1, config=t), dref, tflops=tf)
         # the channels-last bias gradient, summed apart from the wgrad GEMM
         dy_rows = torch.randn(n * h * h, c_out, device=dev, dtype=dtype)
         timed(name, "tritonnet bias grad (column sums of NHWC dy)", lambda: column_sums(dy_rows),
