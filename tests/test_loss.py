@@ -136,6 +136,21 @@ def test_deferred_checks_raise_once_their_count_has_arrived(monkeypatch):
         runtime.raise_deferred(wait=True)
     assert runtime._DEFERRED == []
 
+    class CapturedEvent(FakeEvent):  # CUDA forbids querying events while a graph is captured
+        def query(self):
+            raise AssertionError("an event was queried during a CUDA graph capture")
+
+        synchronize = query
+
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    pending = (torch.tensor(4, dtype=torch.int32), CapturedEvent(False), error("later"))
+    monkeypatch.setattr(runtime, "_DEFERRED", [pending])
+    runtime.raise_deferred()
+    runtime.raise_deferred(wait=True)
+    assert runtime._DEFERRED == [pending]  # checked after the capture
+    monkeypatch.setattr(runtime, "_DEFERRED", [])
+
 
 @pytest.mark.skipif(runtime.INTERPRETED, reason="needs a GPU running ahead of the host")
 def test_bad_labels_do_not_stop_the_host_on_a_gpu(device):

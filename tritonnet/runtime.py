@@ -260,9 +260,10 @@ def check_later(count: torch.Tensor, make_error) -> None:
 
 def raise_deferred(wait: bool = False) -> None:
     """Raise the error of the first deferred check (in call order) that found bad input, once
-    its count has reached the host; with ``wait``, wait for every pending count first."""
+    its count has reached the host; with ``wait``, wait for every pending count first. Nothing
+    while a CUDA graph is being captured: querying an event then would invalidate the capture."""
     global _DEFERRED
-    if not _DEFERRED:
+    if not _DEFERRED or (not INTERPRETED and torch.cuda.is_current_stream_capturing()):
         return
     pending, error = [], None
     for entry in _DEFERRED:
