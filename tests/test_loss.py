@@ -125,11 +125,13 @@ def test_deferred_checks_raise_once_their_count_has_arrived(monkeypatch):
         return (torch.tensor(n, dtype=torch.int32), FakeEvent(done), error(tag))
 
     in_flight = entry(3, False, "third")
+    monkeypatch.setattr(runtime, "_PINNED_FREE", [])
     monkeypatch.setattr(runtime, "_DEFERRED", [entry(0, True, "first"), entry(2, True, "second"), in_flight,
                                                entry(5, True, "fourth")])
     with pytest.raises(ValueError, match="second: 2 bad, deferred=True"):
         runtime.raise_deferred()
     assert runtime._DEFERRED == [in_flight]  # the arrived ones are consumed, raised or not
+    assert len(runtime._PINNED_FREE) == 3  # and their host slots are free for the next checks
     runtime.raise_deferred()  # still in flight: nothing yet
     assert runtime._DEFERRED == [in_flight]
     with pytest.raises(ValueError, match="third: 3 bad"):
@@ -169,4 +171,11 @@ def test_bad_labels_do_not_stop_the_host_on_a_gpu(device):
     assert not busy.query(), "cross_entropy waited for the device"
     with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\) \(in an earlier"):
         loss.item()
+    # good labels: no error, and the pinned slot of each count is reused, not allocated anew
+    good = torch.zeros(6, dtype=torch.long, device=device)
+    slots = []
+    for _ in range(5):
+        F.cross_entropy(logits, good).item()
+        slots.append(len(runtime._PINNED_FREE))
+    assert slots == [slots[0]] * 5 and slots[0] >= 1, slots
 

@@ -238,6 +238,9 @@ def observing(observer):
 # ahead of the host: the check is immediate.
 
 _DEFERRED: list = []
+# pinned host slots for the counts, reused once their count has been read: allocating pinned
+# memory is a heavy driver call, not something to do in every training step
+_PINNED_FREE: list = []
 
 
 def check_later(count: torch.Tensor, make_error) -> None:
@@ -251,7 +254,12 @@ def check_later(count: torch.Tensor, make_error) -> None:
         return
     if torch.cuda.is_current_stream_capturing():
         return
-    host = torch.empty((), dtype=count.dtype, pin_memory=True)
+    for i, slot in enumerate(_PINNED_FREE):
+        if slot.dtype == count.dtype:
+            host = _PINNED_FREE.pop(i)
+            break
+    else:
+        host = torch.empty((), dtype=count.dtype, pin_memory=True)
     host.copy_(count, non_blocking=True)
     arrived = torch.cuda.Event()
     arrived.record()
@@ -274,6 +282,7 @@ def raise_deferred(wait: bool = False) -> None:
             pending.append(entry)
             continue
         n = int(host.item())  # pinned host memory: no device synchronisation
+        _PINNED_FREE.append(host)  # its copy has landed: the slot is free again
         if n and error is None:
             error = make_error(n, True)
     _DEFERRED = pending
