@@ -273,7 +273,7 @@ class Profiler:
         return False
 
     def _observe(self, kernel, grid, args, constexprs, info, run):
-        if not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing():
+        if runtime.capturing():
             return run()
         launch = Launch(kernel_name(kernel), info.op if info else "", info.shapes if info else (),
                         info.dtype if info else None, runtime.get_float32_matmul_precision(), None,

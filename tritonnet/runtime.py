@@ -55,6 +55,12 @@ def sm_count() -> int:
     return torch.cuda.get_device_properties(device()).multi_processor_count
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream (never under the interpreter):
+    nothing may wait for the device or query it then, and work launched is recorded, not run."""
+    return not INTERPRETED and torch.cuda.is_current_stream_capturing()
+
+
 def mode() -> str:
     """``"cuda"`` when kernels are compiled for the GPU, ``"interpreter"`` when Triton interprets them."""
     return "interpreter" if INTERPRETED else "cuda"
@@ -252,7 +258,7 @@ def check_later(count: torch.Tensor, make_error) -> None:
         if n:
             raise make_error(n, False)
         return
-    if torch.cuda.is_current_stream_capturing():
+    if capturing():
         return
     for i, slot in enumerate(_PINNED_FREE):
         if slot.dtype == count.dtype:
@@ -271,7 +277,7 @@ def raise_deferred(wait: bool = False) -> None:
     its count has reached the host; with ``wait``, wait for every pending count first. Nothing
     while a CUDA graph is being captured: querying an event then would invalidate the capture."""
     global _DEFERRED
-    if not _DEFERRED or (not INTERPRETED and torch.cuda.is_current_stream_capturing()):
+    if not _DEFERRED or capturing():
         return
     pending, error = [], None
     for entry in _DEFERRED:

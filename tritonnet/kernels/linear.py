@@ -177,7 +177,7 @@ INTERPRETER_CONFIG = (128, 128, 32, 8, 1)
 def _tuned_config(key, run, candidates):
     """Pick the fastest of ``candidates`` for this key once (timing trials), then reuse it."""
     config = _TUNED.get(key)
-    if config is None and torch.cuda.is_current_stream_capturing():
+    if config is None and runtime.capturing():
         return candidates[0]  # no timing trials inside a CUDA graph capture
     if config is None:
         import triton.testing

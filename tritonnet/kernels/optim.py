@@ -167,7 +167,7 @@ def _device_table(values):
     """An int64 device tensor holding ``values`` (a flat list of non-negative ints < 2**62)."""
     key = tuple(values)
     table = _TABLES.get(key)
-    capturing = not runtime.INTERPRETED and torch.cuda.is_current_stream_capturing()
+    capturing = runtime.capturing()
     if table is None:
         if runtime.INTERPRETED or capturing:
             padded = [v + (1 << 40) for v in values] + [1 << 40] * (-len(values) % FILL_WIDTH)
