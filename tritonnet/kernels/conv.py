@@ -1507,10 +1507,10 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         cols_of = lambda bn: runtime.cdiv(K_W, bn)  # noqa: E731
         kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
         rows = min(_pow2_dividing(geo.OW), _pow2_dividing(per))  # see _row_runs: runs also start each split
+        dy_rows = rows if g_stride[3] == 1 else 1
         consts = {"RELU": relu, "HAS_BIAS": bias_grad, "PADDED": not geo.windows_inside,
-                  "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1,
-                  "DY_ROW_POW2": rows if g_stride[3] == 1 else 1,
-                  "DY_ALIGNED": rows > 1 and g_stride[3] == 1 and all(st % rows == 0 for st in g_stride[:3])}
+                  "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1, "DY_ROW_POW2": dy_rows,
+                  "DY_ALIGNED": dy_rows > 1 and all(st % dy_rows == 0 for st in g_stride[:3])}
     consts = {**consts, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731

@@ -217,9 +217,9 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         return (c, rs) if rowsum else c
     if gate is not None and gate.shape != a.shape:
         raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
+    small = 2 * M * N * K <= SMALL_FLOPS  # launch-bound: a fixed tile, no timing trials, no split
     if split_k is None:
-        split_k = 1 if rowsum or runtime.INTERPRETED or 2 * M * N * K <= SMALL_FLOPS \
-            else split_k_count(M, N, K, runtime.sm_count())
+        split_k = 1 if rowsum or runtime.INTERPRETED or small else split_k_count(M, N, K, runtime.sm_count())
     elif isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
         raise ValueError(f"split_k must be a positive int, got {split_k!r}")
     elif rowsum and split_k > 1:
@@ -243,7 +243,7 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         cfg = tuple(blocks)
     elif runtime.INTERPRETED:
         cfg = INTERPRETER_CONFIG
-    elif 2 * M * N * K <= SMALL_FLOPS:
+    elif small:
         cfg = _small_config(M, N)
     elif not AUTOTUNE:
         cfg = TUNE_CONFIGS[4 if a.element_size() == 4 else 2][0]
