@@ -23,6 +23,13 @@ import torch  # noqa: E402
 from tritonnet.kernels import pool as P  # noqa: E402
 
 SHAPES = {"vgg": (256, 64, 32, 32), "lenet": (256, 6, 28, 28), "optable": (512, 64, 16, 16)}
+# channels-last inputs (the NHWC kernels): the VGG's three pools as its channels-last step runs them
+CL_SHAPES = {"vgg1_cl": (512, 32, 32, 32), "vgg2_cl": (512, 64, 16, 16), "vgg3_cl": (512, 128, 8, 8)}
+
+
+def _channels_last(dtype, shape):
+    n, c, h, w = shape
+    return FakeTensor(dtype, shape, (h * w * c, 1, w * c, c))
 
 
 def main(argv=None):
@@ -32,16 +39,16 @@ def main(argv=None):
     P._INTERPRETER_TILES = False  # the GPU's tiles and hints
     from tritonnet import runtime
 
-    for shape_name, shape in SHAPES.items():
+    for shape_name, shape in {**SHAPES, **CL_SHAPES}.items():
+        cl = shape_name in CL_SHAPES
         for k in (2, 3):
             for dtype in (torch.float32, torch.bfloat16):
-                n, c, h, w = shape
-                x = FakeTensor(dtype, shape)
-                geo = P.pool_geometry(shape, k, 2)
+                x = _channels_last(dtype, shape) if cl else FakeTensor(dtype, shape)
+                geo = P.pool_geometry(shape, k, 2, channels_last=cl)
+                make = _channels_last if cl else FakeTensor
                 with fake_device(runtime) as recorder:
                     P.max_pool2d_forward(x, k, 2)
-                    P.max_pool2d_backward(FakeTensor(dtype, geo.output_shape),
-                                          FakeTensor(geo.argmax_dtype, geo.output_shape), geo)
+                    P.max_pool2d_backward(make(dtype, geo.output_shape), make(geo.argmax_dtype, geo.output_shape), geo)
                 for kernel, kargs, constexprs in recorder.launches:
                     label = f"{kernel.__name__.replace('max_pool2d_', '').replace('_kernel', '')} {shape_name} " \
                             f"{k}x{k} {str(dtype)[6:]}"

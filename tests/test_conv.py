@@ -502,6 +502,48 @@ def test_wgrad_gather_run_promises_are_true(seed, device, monkeypatch):
         _close(dw, dw_ref, 1e-5, f"dw {layout} stride {stride}")
 
 
+def test_channels_last_packed_promises_are_true(seed, device, monkeypatch):
+    """The packed kernels on channels-last tensors (a channels-last network's RGB stem) promise
+    alignment of their rows of out channels: CH_ALIGN to the forward's NHWC store, DY_NHWC to the
+    weight gradient's channels-last dy. Each is a power of two dividing C_out and C_out/groups
+    (at most 16 bytes), 1 where they are odd; DY_NHWC is 0 for a dy that is not channels-last.
+    The kernels rewrite the channel counts as (C // ALIGN) * ALIGN, so a false promise would give
+    wrong results here too, not only on a GPU."""
+    seen = {}
+
+    def record(kernel, grid, args, constexprs, info, run):
+        for key in ("CH_ALIGN", "DY_NHWC"):
+            if key in constexprs:
+                seen[key] = constexprs[key]
+        run()
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record])
+    cl = torch.channels_last
+    cases = [  # (C_in, C_out, groups, dtype, expected CH_ALIGN, DY_NHWC)
+        (3, 8, 1, torch.float32, 4, 4),
+        (3, 32, 1, torch.float16, 8, 8),
+        (4, 6, 2, torch.float32, 1, 1),    # 3 out channels a group
+    ]
+    for c_in, c_out, groups, dtype, ch_align, dy_nhwc in cases:
+        x, wt, b = _inputs(device, torch.float32, 2, c_in, 5, 6, c_out, 3, groups)
+        gy = torch.randn(2, c_out, 5, 6, device=device)
+        x, wt, b, gy = (t.to(dtype) for t in (x, wt, b, gy))
+        y_ref, _, dw_ref, db_ref = _reference(x, wt, b, gy, None, padding=1, groups=groups)
+        seen.clear()
+        y = conv_kernels.conv2d_forward(x.contiguous(memory_format=cl), wt, b, padding=1, groups=groups)
+        dw, db = conv_kernels.conv2d_weight_grad(gy.contiguous(memory_format=cl), x.contiguous(memory_format=cl),
+                                                 wt.shape, padding=1, groups=groups, bias_grad=True)
+        assert seen == {"CH_ALIGN": ch_align, "DY_NHWC": dy_nhwc}, (c_in, c_out, groups, seen)
+        assert y.is_contiguous(memory_format=cl)
+        tol = TOL[dtype]
+        _close(y, y_ref, tol, f"y {c_out}")
+        _close(dw, dw_ref, tol, f"dw {c_out}")
+        _close(db, db_ref, tol, f"db {c_out}")
+        seen.clear()
+        conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, groups=groups)
+        assert seen == {"DY_NHWC": 0}
+
+
 def test_64_bit_output_offsets(seed, device, monkeypatch):
     """Outputs of 2**31 or more elements are stored with 64-bit offsets: forced here on small
     shapes (both kernel families), which must give the same results."""

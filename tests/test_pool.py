@@ -35,6 +35,7 @@ CONFIGS = [
     (2, 1, 1, 3, True),                        # dilation larger than the kernel
     ((3, 2), (2, 1), (1, 0), (1, 2), True),    # rectangular everything
     ((1, 4), (1, 3), 0, 1, True),
+    ((3, 1), 1, (1, 0), 2, False),             # gather unrolled to 3 columns past a 1-wide window
     (1, 1, 0, 1, False),
 ]
 # odd sizes, batch 1, batch 100, and a CHW input
@@ -223,6 +224,95 @@ def test_non_contiguous_inputs_are_read_through_their_strides(seed, device):
                 F.max_pool2d(xt, *config).backward(grad_out)
                 assert xt.grad.shape == x.shape
                 assert_grad_matches(xt.grad, x.contiguous(), config, grad_out, ref_idx)
+
+
+def _launched(fn):
+    """fn's result and the names of the kernels it launched."""
+    names = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        names.append(kernel.__name__)
+        return run()
+
+    with runtime.observing(record):
+        result = fn()
+    return result, names
+
+
+def _channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_inputs_are_pooled_channels_last(seed, device):
+    """Every geometry through the NHWC kernels: values and indices bit for bit, outputs and the
+    input gradient laid out channels-last as torch returns them, whatever grad_out's layout."""
+    for config in CONFIGS:
+        for shape in ((2, 5, 9, 11), (100, 3, 7, 6)) if config is CONFIGS[2] else ((2, 5, 9, 11),):
+            # every geometry in float32; the half types (the same float32 comparisons after the
+            # load) on the two common window shapes: each extra combination is another sm_90 compile
+            for dtype in DTYPES if config in (CONFIGS[0], CONFIGS[2]) else DTYPES[:1]:
+                x = _channels_last(torch.randn(shape, device=device).to(dtype))
+                ref, ref_idx = torch_pool(x, config)
+                (out, idx), names = _launched(lambda: F.max_pool2d(x, *config, return_indices=True))
+                assert names == ["max_pool2d_forward_nhwc_kernel", "max_pool2d_indices_nhwc_kernel"]
+                assert out.data.is_contiguous(memory_format=torch.channels_last) and not out.data.is_contiguous()
+                assert idx.data.stride() == ref_idx.stride() == out.data.stride()
+                assert_values_equal(out.data, ref)
+                assert torch.equal(idx.data, ref_idx), (config, shape, dtype)
+                grad_out = torch.randn(ref.shape, device=device).to(dtype)
+                # grad_out channels-last (as a channels-last network passes it) and, on the common
+                # windows, contiguous (read through its strides); deterministic=False takes the
+                # (deterministic) gather too
+                layouts = [(_channels_last(grad_out), True)]
+                if config in (CONFIGS[0], CONFIGS[2]):
+                    layouts.append((grad_out, False))
+                for g, deterministic in layouts:
+                    xt = tn.Tensor(x, requires_grad=True)
+                    _, names = _launched(lambda: F.max_pool2d(xt, *config, deterministic=deterministic).backward(g))
+                    assert "max_pool2d_backward_nhwc_kernel" in names
+                    assert xt.grad.stride() == x.stride()
+                    assert_grad_matches(xt.grad, x, config, grad_out, ref_idx)
+
+
+def test_channels_last_gpu_sized_tiles(seed, device):
+    """Several programs along pixels and channels, partial tiles on both axes."""
+    for config in (CONFIGS[0], CONFIGS[2], CONFIGS[8]):
+        x = _channels_last(torch.randn(2, 20, 9, 11, device=device))
+        ref, ref_idx = torch_pool(x, config)
+        out, argmax, geo = P.max_pool2d_forward(x, *config, tile=(8, 16))
+        assert geo.channels_last and geo.n * geo.out_h * geo.out_w > 8
+        assert_values_equal(out, ref)
+        assert torch.equal(P.max_pool2d_indices(argmax, geo, tile=(4, 16)), ref_idx)
+        grad_out = _channels_last(torch.randn(ref.shape, device=device))
+        assert_grad_matches(P.max_pool2d_backward(grad_out, argmax, geo, tile=(16, 16)), x, config, grad_out,
+                            ref_idx)
+
+
+def test_channels_last_ties_nan_and_layout_ambiguity(seed, device):
+    for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[7]):
+        for dtype in DTYPES if config in (CONFIGS[0], CONFIGS[2]) else DTYPES[:1]:
+            x = torch.randint(-1, 2, (3, 4, 9, 10), device=device).to(dtype)
+            x[0, 0] = 1.0  # every window one big tie
+            x[1, 1:3, 2:5, 2:5] = float("nan")  # several NaNs per window, two channels of one pixel
+            assert_matches_torch(_channels_last(x), config, device)
+    # one channel, or 1x1 planes: channels-last and contiguous are the same memory, torch's rule
+    # calls the result contiguous, and so do the plane kernels here
+    for shape in ((2, 1, 9, 10), (2, 6, 1, 1)):
+        x = _channels_last(torch.randn(shape, device=device))
+        (out, idx), names = _launched(lambda: F.max_pool2d(x, 1, return_indices=True))
+        assert names[0] == "max_pool2d_forward_kernel" and out.data.is_contiguous()
+        assert torch.equal(out.data, torch_pool(x, (1, 1, 0, 1, False))[0])
+
+
+def test_channels_last_argmax_is_checked(device):
+    x = _channels_last(torch.randn(2, 3, 8, 8, device=device))
+    out, argmax, geo = P.max_pool2d_forward(x, 2)
+    with pytest.raises(ValueError, match="argmax must be the channels-last"):
+        P.max_pool2d_backward(out, argmax.contiguous(), geo)
+    with pytest.raises(ValueError, match="argmax must be the channels-last"):
+        P.max_pool2d_indices(argmax.contiguous(), geo)
+    with pytest.raises(ValueError, match="channels_last needs a 4-D"):
+        P.pool_geometry((3, 8, 8), 2, channels_last=True)
 
 
 def test_batch_zero_gives_empty_outputs_without_a_launch(device):

@@ -57,7 +57,7 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
-from .layout import is_channels_last, relu_gate, to_channels_last
+from .layout import empty_activation, is_channels_last, prefers_channels_last, relu_gate, to_channels_last
 from .reduce import column_sums
 
 # Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used:
@@ -170,12 +170,18 @@ def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: 
 def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
                       OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+                      BLOCK_N: tl.constexpr, CH_ALIGN: tl.constexpr = 1):
     """acc [BLOCK_M pixels, BLOCK_N channels] of program (pid_n, pid_m, g) + bias, ReLU, stored
     into y (NCHW, or NHWC with OUT_NHWC) and the ReLU mask. OFFSETS_64: y has 2**31+ elements.
-    PIX_POW2: a power of two dividing OHW (see _store_activation).
+    PIX_POW2: a power of two dividing OHW (see _store_activation). CH_ALIGN: a power of two
+    dividing C_OUT and CG_OUT, promised where they are not specialised (the packed kernel): an
+    NHWC tile's rows of channels are then aligned runs, stored as vectors, not one element a thread.
     The tile's indices are derived again here rather than kept live across the main loop: that
     costs registers (sm_90, bf16: 254 instead of 239 for 128x64x64, 96 instead of 80 for 64x16x32)."""
+    if CH_ALIGN > 1:
+        # (v // CH_ALIGN) * CH_ALIGN == v by the launcher's promise; written so, the compiler sees it
+        C_OUT = (C_OUT // CH_ALIGN) * CH_ALIGN
+        CG_OUT = (CG_OUT // CH_ALIGN) * CH_ALIGN
     RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < BLOCK_M else BLOCK_M
     offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     m_mask = _run_mask(offs_m, M, RUN)
@@ -300,7 +306,7 @@ def conv2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
+    CH_ALIGN: tl.constexpr, PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
@@ -313,7 +319,8 @@ def conv2d_fwd_kernel(
     contiguous, MASK_ROW = cdiv(M, 8); bit m % 8 of byte m // 8 is set where y[m] passes a gradient.
     Padding is the top/left amount (bottom/right follow from OH, OW). K_RED = CG_IN*KH*KW.
     PADDED: some window reaches into padding; without (LeNet) the gather needs no bounds checks
-    (~9 integer instructions per gathered element). PIX_POW2: see _store_activation.
+    (~9 integer instructions per gathered element). PIX_POW2: see _store_activation; CH_ALIGN
+    (with OUT_NHWC, else 1): see _forward_epilogue.
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups) (see _gemm_program).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
@@ -339,7 +346,8 @@ def conv2d_fwd_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N,
+                      CH_ALIGN)
 
 
 @triton.jit
@@ -428,8 +436,8 @@ def conv2d_wgrad_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     CG_IN, CG_OUT, K_W, SPLIT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
     RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr, X_ROW_POW2: tl.constexpr,
-    DY_ROW_POW2: tl.constexpr, DY_ALIGNED: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DY_ROW_POW2: tl.constexpr, DY_ALIGNED: tl.constexpr, DY_NHWC: tl.constexpr, DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[co, k] = sum_p dy[p, co] * x_window[p, k] (and db[co] = sum_p dy[p, co]) over one split of p.
 
@@ -444,8 +452,15 @@ def conv2d_wgrad_kernel(
     PADDED: as in conv2d_fwd_kernel. X_ROW_POW2, DY_ROW_POW2: see _row_runs (x's and dy's offsets
     along output rows, when stride_w*sxw == 1 and sdw == 1; they also divide P_PER_SPLIT).
     DY_ALIGNED: sdn, sdc and sdh are multiples of DY_ROW_POW2 too, so dy's runs are aligned (vector loads).
+    DY_NHWC (0, or a power of two dividing C_OUT and CG_OUT): dy is a contiguous [N, OH, OW, C_out]
+    buffer (channels-last; the strides are not read), so pixel p's channels sit at p*C_OUT + co:
+    aligned runs of DY_NHWC channels, vector loads along the tile's out channels.
     Grid: (cdiv(K_W, BLOCK_N) * groups*SPLIT, cdiv(CG_OUT, BLOCK_M)).
     """
+    if DY_NHWC > 1:
+        # (v // DY_NHWC) * DY_NHWC == v by the launcher's promise; written so, the compiler sees it
+        C_OUT = (C_OUT // DY_NHWC) * DY_NHWC
+        CG_OUT = (CG_OUT // DY_NHWC) * DY_NHWC
     pid_n, pid_z, pid_m = _gemm_program(tl.cdiv(K_W, BLOCK_N))
     g = pid_z // SPLIT
     split = pid_z - g * SPLIT
@@ -474,7 +489,10 @@ def conv2d_wgrad_kernel(
         p_mask = _run_mask(p, p_end, DY_RUN)
         # p is the bit index of output pixel (n, oh, ow) in the ReLU mask
         tile_mask = m_mask[:, None] & p_mask[None, :]
-        if DY_ALIGNED:
+        if DY_NHWC > 0:
+            dy_offs = co_g[:, None] + p.to(tl.int64)[None, :] * C_OUT
+            a = _load_dy(dy_ptr, dy_offs, mask_ptr, co_g[:, None], p[None, :], tile_mask, MASK_ROW, RELU)
+        elif DY_ALIGNED:
             # runs of DY_RUN pixels contiguous and aligned: 16-byte copies the pipeliner makes
             # asynchronous (one 2-byte load per element and no pipelining for 16-bit dy without)
             dy_offs = dy_row.to(tl.int64)[:, None] + (n_idx.to(tl.int64) * sdn + oh * sdh + ow * sdw)[None, :]
@@ -1181,7 +1199,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         x = to_channels_last(x)
     if w_layout != W_TORCH:
         weight = _staged_weight(weight, in_channels_contiguous=w_layout == W_K_MAJOR)
-    y = _empty_activation(geo.out_shape, x.dtype, out_nhwc)
+    y = empty_activation(geo.out_shape, x.dtype, out_nhwc)
     mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
     launch((x, weight, bias if bias is not None else y, y, mask))
     return (y, mask) if save_relu_mask else y
@@ -1215,30 +1233,11 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
+    # 16 bytes of channels at most: the widest vector store
+    ch_align = _pow2_dividing(math.gcd(geo.C_out, geo.CG_OUT), 16 // esize) if out_nhwc else 1
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
-                          {**consts, "PADDED": not geo.windows_inside}, info, config)
+                          {**consts, "PADDED": not geo.windows_inside, "CH_ALIGN": ch_align}, info, config)
     return geo, launch, False, W_TORCH, out_nhwc
-
-
-@functools.lru_cache(maxsize=256)  # asked on every conv forward, by the plan and by functional.conv2d
-def prefers_channels_last(shape, strides) -> bool:
-    """torch's rule for a convolution's output layout: channels-last when the input is laid out
-    channels-last and not also plain contiguous (as it is for 1x1 images or one channel)."""
-    if not is_channels_last(shape, strides):
-        return False
-    expected, step = [], 1
-    for d in reversed(shape):
-        expected.insert(0, step)
-        step *= d
-    return any(size != 1 and st != ex for size, st, ex in zip(shape, strides, expected))
-
-
-def _empty_activation(shape, dtype, channels_last: bool):
-    """An output [N, C, H, W], contiguous or laid out channels-last (an [N, H, W, C] buffer)."""
-    if not channels_last:
-        return runtime.empty(shape, dtype)
-    n, c, h, w = shape
-    return runtime.empty((n, h, w, c), dtype).permute(0, 3, 1, 2)
 
 
 def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):
@@ -1302,7 +1301,7 @@ def conv2d_input_grad(grad_out, weight, x_shape, stride=1, padding=0, dilation=1
         x_shape, _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, bool(channels_last),
         runtime.dot_precision(grad_out.dtype), AUTOTUNE, _config_key(config))
     _check_relu_mask(relu_mask, geo)
-    dx = _empty_activation(x_shape, grad_out.dtype, bool(channels_last))
+    dx = empty_activation(x_shape, grad_out.dtype, bool(channels_last))
     if cl_kernels:
         tensors = (_staged_grad_out(grad_out, relu_mask, _staged),
                    weight if w_layout == W_TORCH else _staged_weight(weight, w_layout == W_N_MAJOR), dx)
@@ -1508,9 +1507,12 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         kernel, autotuned = conv2d_wgrad_kernel, conv2d_wgrad_autotuned
         rows = min(_pow2_dividing(geo.OW), _pow2_dividing(per))  # see _row_runs: runs also start each split
         dy_rows = rows if g_stride[3] == 1 else 1
+        # a channels-last dy (a channels-last network's stem) is read along its channels instead
+        dy_nhwc = prefers_channels_last(g_shape, g_stride)
         consts = {"RELU": relu, "HAS_BIAS": bias_grad, "PADDED": not geo.windows_inside,
                   "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1, "DY_ROW_POW2": dy_rows,
-                  "DY_ALIGNED": dy_rows > 1 and all(st % dy_rows == 0 for st in g_stride[:3])}
+                  "DY_ALIGNED": dy_rows > 1 and all(st % dy_rows == 0 for st in g_stride[:3]),
+                  "DY_NHWC": _pow2_dividing(math.gcd(geo.C_out, geo.CG_OUT), 16 // esize) if dy_nhwc else 0}
     consts = {**consts, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731

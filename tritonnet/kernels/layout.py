@@ -1,4 +1,4 @@
-"""Channels-last staging: [B, C, H, W] (any strides) -> [B, H, W, C] contiguous.
+"""Channels-last staging: [B, C, H, W] (any strides) -> [B, H, W, C] contiguous, and back.
 
 Why it exists: a convolution's GEMM reduces over channels. In NCHW a tile of (pixels x channels)
 is a gather of 2-byte elements 2*H*W bytes apart, which the GPU loads one element per lane and
@@ -8,7 +8,8 @@ read and write of the operand buys that (~10 us for a 16 MB activation on an H10
 
 The conv launchers stage activations (x, and dy with the ReLU gate applied) and weights (a
 permuted view of [C_out, C_in, KH, KW] in, so that the GEMM's N side ends up contiguous) through
-this kernel.
+this kernel. The way back (``to_contiguous``) is for a channels-last activation that must be read
+in NCHW order, such as one flattened for a linear layer.
 """
 from __future__ import annotations
 
@@ -42,14 +43,17 @@ def relu_gate(values, mask_ptr, channel, bit, mask, MASK_ROW):
 def to_channels_last_kernel(
     src_ptr, dst_ptr, mask_ptr,
     B, C, H, W, HW, s_b, s_c, s_h, s_w, MASK_ROW, S_TILES,
-    SPATIAL_CONTIG: tl.constexpr, RELU_MASK: tl.constexpr,
+    SPATIAL_CONTIG: tl.constexpr, SRC_NHWC: tl.constexpr, DST_NCHW: tl.constexpr, RELU_MASK: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dst[b, h, w, c] = src[b, c, h, w], optionally gated by a ReLU bit mask.
+    """dst[b, h, w, c] = src[b, c, h, w], optionally gated by a ReLU bit mask; with DST_NCHW,
+    dst[b, c, h, w] = src[b, c, h, w] instead (dst contiguous [B, C, H, W]).
 
     src: [B, C, H, W] with element strides (s_b, s_c, s_h, s_w); dst: [B, H, W, C] contiguous.
     HW = H*W.
     SPATIAL_CONTIG: s_w == 1 and s_h == W (an NCHW plane), so the compiler sees contiguous rows.
+    SRC_NHWC: s_c == 1, s_w == C and s_h == W*C (a channels-last src): its rows of channels are
+    contiguous and, C being specialised, aligned.
     RELU_MASK: zero where bit m % 8 of mask[c, m // 8] is clear, m = b*H*W + h*W + w (the conv
     forward's ReLU gradient mask, [C, MASK_ROW] uint8), so the gradient is gated once, here.
     C is specialised (divisible by 16 for every wide layer): the stores' alignment comes from it.
@@ -61,17 +65,25 @@ def to_channels_last_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     s_mask = s < HW
     c_mask = c < C
-    if SPATIAL_CONTIG:
-        sp = s
-    else:
-        h = s // W
-        sp = h * s_h + (s - h * W) * s_w
     mask = c_mask[:, None] & s_mask[None, :]
-    # [C, S] tile: the load runs along the source's pixels, the store (transposed) along channels
-    tile = tl.load(src_ptr + b.to(tl.int64) * s_b + (c * s_c)[:, None] + sp[None, :], mask=mask, other=0.0)
+    # [C, S] tile: the load runs along the source's contiguous side, the store along the
+    # destination's (the compiler transposes the tile through shared memory in between)
+    if SRC_NHWC:
+        src = src_ptr + b.to(tl.int64) * s_b + s.to(tl.int64)[None, :] * C + c[:, None]
+    else:
+        if SPATIAL_CONTIG:
+            sp = s
+        else:
+            h = s // W
+            sp = h * s_h + (s - h * W) * s_w
+        src = src_ptr + b.to(tl.int64) * s_b + (c * s_c)[:, None] + sp[None, :]
+    tile = tl.load(src, mask=mask, other=0.0)
     if RELU_MASK:
         tile = relu_gate(tile, mask_ptr, c[:, None], (b * HW + s)[None, :], mask, MASK_ROW)
-    dst = dst_ptr + (b.to(tl.int64) * HW + s)[None, :] * C + c[:, None]
+    if DST_NCHW:
+        dst = dst_ptr + (b.to(tl.int64) * C + c)[:, None] * HW + s[None, :]
+    else:
+        dst = dst_ptr + (b.to(tl.int64) * HW + s)[None, :] * C + c[:, None]
     tl.store(dst, tile, mask=mask)
 
 
@@ -82,8 +94,19 @@ def to_channels_last(src, relu_mask=None, name="x"):
     bit is clear become 0.
     """
     runtime.check_tensor(src, name, ndim=4)
+    return _copy(src, relu_mask, dst_nchw=False)
+
+
+def to_contiguous(src, name="x"):
+    """src [B, C, H, W] (any strides; meant for channels-last ones) copied to a new contiguous
+    [B, C, H, W] tensor, src's dtype."""
+    runtime.check_tensor(src, name, ndim=4)
+    return _copy(src, None, dst_nchw=True)
+
+
+def _copy(src, relu_mask, dst_nchw: bool):
     dst_shape, grid, tail, consts, info = _plan(tuple(src.shape), src.stride(), src.dtype,
-                                                None if relu_mask is None else relu_mask.shape[1])
+                                                None if relu_mask is None else relu_mask.shape[1], dst_nchw)
     dst = runtime.empty(dst_shape, src.dtype)
     if grid is not None:
         runtime.launch(to_channels_last_kernel, grid, (src, dst, dst if relu_mask is None else relu_mask, *tail),
@@ -92,22 +115,23 @@ def to_channels_last(src, relu_mask=None, name="x"):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(shape, strides, dtype, mask_row):
+def _plan(shape, strides, dtype, mask_row, dst_nchw):
     """(dst shape, grid or None when empty, scalar arguments, constexprs, LaunchInfo): a training
     step stages the same few shapes every call, so its host path is worked out once per shape."""
     B, C, H, W = shape
     s_b, s_c, s_h, s_w = strides
+    dst_shape = shape if dst_nchw else (B, H, W, C)
     numel = B * C * H * W
     if numel == 0:
-        return (B, H, W, C), None, (), {}, None
+        return dst_shape, None, (), {}, None
     s_tiles = runtime.cdiv(H * W, BLOCK_S)
     esize = torch.empty((), dtype=dtype).element_size()
-    info = runtime.LaunchInfo("to_channels_last", ((B, C, H, W),), dtype, flops=0,
+    info = runtime.LaunchInfo("to_contiguous" if dst_nchw else "to_channels_last", ((B, C, H, W),), dtype, flops=0,
                               bytes=2 * numel * esize + (C * mask_row if mask_row is not None else 0))
-    consts = dict(OPTIONS, SPATIAL_CONTIG=s_w == 1 and s_h == W, RELU_MASK=mask_row is not None,
-                  BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)
+    consts = dict(OPTIONS, SPATIAL_CONTIG=s_w == 1 and s_h == W, SRC_NHWC=is_channels_last(shape, strides),
+                  DST_NCHW=dst_nchw, RELU_MASK=mask_row is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)
     tail = (B, C, H, W, H * W, s_b, s_c, s_h, s_w, mask_row or 0, s_tiles)
-    return (B, H, W, C), (B * s_tiles, runtime.cdiv(C, BLOCK_C)), tail, consts, info
+    return dst_shape, (B * s_tiles, runtime.cdiv(C, BLOCK_C)), tail, consts, info
 
 
 def is_channels_last(shape, strides) -> bool:
@@ -116,3 +140,30 @@ def is_channels_last(shape, strides) -> bool:
     B, C, H, W = shape
     expected = (H * W * C, 1, W * C, C)
     return all(size == 1 or st == ex for size, st, ex in zip(shape, strides, expected))
+
+
+@functools.lru_cache(maxsize=256)  # asked on every conv and pool forward
+def prefers_channels_last(shape, strides) -> bool:
+    """torch's rule for a convolution's or pool's output layout: channels-last when the input is
+    laid out channels-last and not also plain contiguous (as it is for 1x1 images or one channel)."""
+    if len(shape) != 4 or not is_channels_last(shape, strides):
+        return False
+    expected, step = [], 1
+    for d in reversed(shape):
+        expected.insert(0, step)
+        step *= d
+    return any(size != 1 and st != ex for size, st, ex in zip(shape, strides, expected))
+
+
+def empty_activation(shape, dtype, channels_last: bool):
+    """A new [N, C, H, W] tensor, contiguous or laid out channels-last (an [N, H, W, C] buffer)."""
+    if not channels_last:
+        return runtime.empty(shape, dtype)
+    n, c, h, w = shape
+    return runtime.empty((n, h, w, c), dtype).permute(0, 3, 1, 2)
+
+
+def channels_last_copy(src, name="x"):
+    """src [B, C, H, W] as a channels-last tensor of the same shape (a new [B, H, W, C] buffer):
+    what ``src.contiguous(memory_format=torch.channels_last)`` returns, copied by this kernel."""
+    return to_channels_last(src, name=name).permute(0, 3, 1, 2)

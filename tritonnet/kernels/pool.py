@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import runtime
+from .layout import empty_activation, is_channels_last, prefers_channels_last
 
 
 # ----------------------------------------------------------------------------- forward
@@ -167,19 +168,38 @@ def max_pool2d_forward_kernel(
 
 
 # ----------------------------------------------------------------------------- backward: gather
+#
+# Along one axis, window o covers input position i at kernel position kpos exactly when
+# i + P = o * S + kpos * D. The gathers (this layout and channels-last) find the windows that can
+# cover a position with these two helpers, each given t = i + P.
 
 
 @triton.jit
-def _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw, col_ok, kw, k, OW, SW, PW, DW):
-    """Add grad_out of the window that covers each element at kernel column kw, if it chose it."""
-    u = iw + PW - kw * DW
-    ow = u // SW  # u < 0 truncates toward zero; rejected by u >= 0 below
-    w_ok = col_ok & (u >= 0) & (ow * SW == u) & (ow < OW)
-    m = h_ok[:, None] & w_ok[None, :]
-    offsets = out_row[:, None] + ow[None, :]
-    chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
-    hit = m & (chosen == k)
-    return acc + tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+def _covering_window(t, a, CAND: tl.constexpr, S, K, D, O):
+    """The a-th, in ascending order, of the CAND windows that can cover t = i + P >= 0 (CAND =
+    ceil(extent / stride)): its index o, the kernel position in it, and whether it really covers
+    i (inside the output, the window's extent, and on a dilation step)."""
+    o = t // S - (CAND - 1 - a)  # t >= 0: truncating division is floor division here
+    dt = t - o * S  # kpos * D, >= 0
+    kpos = dt // D
+    return o, kpos, (o >= 0) & (o < O) & (dt < K * D) & (kpos * D == dt)
+
+
+@triton.jit
+def _window_at(t, kpos, K, S, D, O):
+    """The window that covers t = i + P at kernel position ``kpos`` (an unroll bound may exceed K):
+    its index o and whether there is one. ``kpos < K`` is compared as ``u > t - K * D``, a vector
+    compare: the interpreter rejects masks from scalar ones."""
+    u = t - kpos * D
+    o = u // S  # u < 0 truncates toward zero; rejected by u >= 0
+    return o, (u >= 0) & (o * S == u) & (o < O) & (u > t - K * D)
+
+
+@triton.jit
+def _gather_hit(grad_out_ptr, argmax_ptr, acc, argmax_offsets, grad_offsets, mask, k):
+    """acc plus grad_out where the window at ``argmax_offsets`` chose kernel position ``k``."""
+    chosen = tl.load(argmax_ptr + argmax_offsets, mask=mask, other=0).to(tl.int32)
+    return acc + tl.load(grad_out_ptr + grad_offsets, mask=mask & (chosen == k), other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -195,8 +215,7 @@ def max_pool2d_backward_gather_kernel(
     grad_out: [N, C, OH, OW] contiguous, float.   argmax: [N, C, OH, OW] contiguous (compact).
     grad_in:  [N, C, H, W] contiguous, grad_out's dtype; R = N * C * H rows of W elements.
     Each input element is written exactly once (zero when nothing chose it): no zero-fill pass,
-    no atomics. Window (oh, ow) covers (ih, iw) at kernel position (kh, kw) exactly when
-    ih = oh*SH - PH + kh*DH, so for each (kh, kw) there is at most one candidate window, found by
+    no atomics. For each kernel position (kh, kw) there is at most one candidate window, found by
     one division per row and one per column. Candidates are summed in float32 in ascending
     (oh, ow) order (descending kh, kw), the order torch's kernels use, so results are reproducible.
     CAND_H, CAND_W > 0: at most that many windows cover a position along each axis
@@ -207,54 +226,40 @@ def max_pool2d_backward_gather_kernel(
     """
     rows, iw, row_ok, col_ok, plane, ih = _row_tile(R, H, W, BLOCK_R, BLOCK_W)
     out_plane = plane.to(tl.int64) * OH * OW
-    # kh < KH  <=>  ih + PH - kh*DH > t_min (vector compares: see the forward kernel)
-    t_min = ih + PH - KH * DH
-    u_min = iw + PW - KW * DW
-
+    th = ih + PH
+    tw = iw + PW
     acc = tl.zeros([BLOCK_R, BLOCK_W], tl.float32)
     if CAND_H > 0:
-        th = ih + PH  # >= 0: truncating division is floor division here
-        tw = iw + PW
-        oh_last = th // SH
-        ow_last = tw // SW
         for a in tl.static_range(CAND_H):
-            oh = oh_last - (CAND_H - 1 - a)  # ascending oh, as in the kernel-position order below
-            dh = th - oh * SH  # kh * DH, >= 0
-            kh = dh // DH
-            h_ok = row_ok & (oh >= 0) & (oh < OH) & (dh < KH * DH) & (kh * DH == dh)
+            oh, kh, h_ok = _covering_window(th, a, CAND_H, SH, KH, DH, OH)
             out_row = out_plane + oh.to(tl.int64) * OW
             for b in tl.static_range(CAND_W):
-                ow = ow_last - (CAND_W - 1 - b)
-                dw = tw - ow * SW
-                kw = dw // DW
-                w_ok = col_ok & (ow >= 0) & (ow < OW) & (dw < KW * DW) & (kw * DW == dw)
-                m = h_ok[:, None] & w_ok[None, :]
+                ow, kw, w_ok = _covering_window(tw, b, CAND_W, SW, KW, DW, OW)
                 offsets = out_row[:, None] + ow[None, :]
-                chosen = tl.load(argmax_ptr + offsets, mask=m, other=0).to(tl.int32)
-                hit = m & (chosen == kh[:, None] * KW + kw[None, :])
-                acc += tl.load(grad_out_ptr + offsets, mask=hit, other=0.0).to(tl.float32)
+                acc = _gather_hit(grad_out_ptr, argmax_ptr, acc, offsets, offsets,
+                                  (row_ok & h_ok)[:, None] & (col_ok & w_ok)[None, :], kh[:, None] * KW + kw[None, :])
     elif UNROLL > 0:
         for i in tl.static_range(UNROLL):
             kh = UNROLL - 1 - i
-            t = ih + PH - kh * DH
-            oh = t // SH
-            h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH) & (t > t_min)
+            oh, h_ok = _window_at(th, kh, KH, SH, DH, OH)
             out_row = out_plane + oh.to(tl.int64) * OW
             for j in tl.static_range(UNROLL):
                 kw = UNROLL - 1 - j
-                acc = _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw,
-                                     col_ok & (iw + PW - kw * DW > u_min), kw, kh * KW + kw, OW, SW, PW, DW)
+                ow, w_ok = _window_at(tw, kw, KW, SW, DW, OW)
+                offsets = out_row[:, None] + ow[None, :]
+                acc = _gather_hit(grad_out_ptr, argmax_ptr, acc, offsets, offsets,
+                                  (row_ok & h_ok)[:, None] & (col_ok & w_ok)[None, :], kh * KW + kw)
     else:
         for i in range(KH):
             kh = KH - 1 - i
-            t = ih + PH - kh * DH
-            oh = t // SH
-            h_ok = row_ok & (t >= 0) & (oh * SH == t) & (oh < OH)
+            oh, h_ok = _window_at(th, kh, KH, SH, DH, OH)
             out_row = out_plane + oh.to(tl.int64) * OW
             for j in range(KW):
                 kw = KW - 1 - j
-                acc = _gather_column(grad_out_ptr, argmax_ptr, acc, out_row, h_ok, iw, col_ok, kw, kh * KW + kw,
-                                     OW, SW, PW, DW)
+                ow, w_ok = _window_at(tw, kw, KW, SW, DW, OW)
+                offsets = out_row[:, None] + ow[None, :]
+                acc = _gather_hit(grad_out_ptr, argmax_ptr, acc, offsets, offsets,
+                                  (row_ok & h_ok)[:, None] & (col_ok & w_ok)[None, :], kh * KW + kw)
 
     in_offsets = rows.to(tl.int64)[:, None] * W + iw[None, :]
     tl.store(grad_in_ptr + in_offsets, acc.to(grad_in_ptr.dtype.element_ty),
@@ -306,6 +311,15 @@ def max_pool2d_backward_tiled_kernel(
 
 
 @triton.jit
+def _winner_index(k, oh, ow, W, KW, SH, SW, PH, PW, DH, DW):
+    """torch's flat index ih * W + iw (int64) of the input element at compact position k
+    (``kh * KW + kw``) of window (oh, ow); the arguments broadcast."""
+    kh = k // KW
+    kw = k - kh * KW
+    return (oh * SH - PH + kh * DH).to(tl.int64) * W + (ow * SW - PW + kw * DW)
+
+
+@triton.jit
 def max_pool2d_backward_scatter_kernel(
     grad_out_ptr, argmax_ptr, grad_in_ptr,
     R, H, W, OH, OW,
@@ -323,11 +337,8 @@ def max_pool2d_backward_scatter_kernel(
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
     g = tl.load(grad_out_ptr + out_offsets, mask=mask, other=0.0).to(tl.float32)
-    kh = k // KW
-    kw = k - kh * KW
-    ih = (oh * SH - PH)[:, None] + kh * DH
-    iw = (ow * SW - PW)[None, :] + kw * DW
-    in_offsets = (plane.to(tl.int64) * H * W)[:, None] + ih.to(tl.int64) * W + iw
+    in_offsets = (plane.to(tl.int64) * H * W)[:, None] + _winner_index(k, oh[:, None], ow[None, :], W, KW, SH, SW,
+                                                                        PH, PW, DH, DW)
     tl.atomic_add(grad_in_ptr + in_offsets, g, mask=mask)
 
 
@@ -359,11 +370,175 @@ def max_pool2d_indices_kernel(
     mask = row_ok[:, None] & col_ok[None, :]
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     k = tl.load(argmax_ptr + out_offsets, mask=mask, other=0).to(tl.int32)
-    kh = k // KW
-    kw = k - kh * KW
-    ih = (oh * SH - PH)[:, None] + kh * DH
-    iw = (ow * SW - PW)[None, :] + kw * DW
-    tl.store(indices_ptr + out_offsets, ih.to(tl.int64) * W + iw, mask=mask)
+    tl.store(indices_ptr + out_offsets, _winner_index(k, oh[:, None], ow[None, :], W, KW, SH, SW, PH, PW, DH, DW),
+             mask=mask)
+
+
+# ----------------------------------------------------------------------------- channels-last (NHWC)
+#
+# An input laid out channels-last (torch's memory format: an [N, H, W, C] buffer behind an
+# [N, C, H, W] tensor) is read in tiles of [BLOCK_P pixels, BLOCK_C channels]: each window position
+# is then, per pixel, a run of contiguous channels (vector loads), where the plane-row tiles above
+# would read elements C apart. Values, argmax and the input gradient come out channels-last too,
+# as torch returns them, so a channels-last network never changes layout around its pools.
+
+
+@triton.jit
+def _pixel_tile(P, ROWS, COLS, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of a [P, C] grid whose pixels are p = (n * ROWS + r) * COLS + col: the
+    pixels, the channels, their in-bounds masks and each pixel's (n, r, col), with two integer
+    divisions per pixel and none per element."""
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    t = pix // COLS
+    n = t // ROWS
+    return pix, ch, pix < P, ch < C, n, t - n * ROWS, pix - t * COLS
+
+
+@triton.jit
+def _visit_pixel(x_ptr, image, ih, h_ok, iw, W, stride_h, stride_w, ch, ch_ok, k, best, best_k):
+    """Compare one window position: per output pixel, the input pixel (ih, iw), all channels."""
+    ok = h_ok & (iw >= 0) & (iw < W)
+    m = ok[:, None] & ch_ok[None, :]
+    pixel = image + ih.to(tl.int64) * stride_h + iw.to(tl.int64) * stride_w
+    v = tl.load(x_ptr + pixel[:, None] + ch[None, :], mask=m, other=float("-inf")).to(tl.float32)
+    return _take_max(v, m, k, best, best_k)
+
+
+@triton.jit
+def max_pool2d_forward_nhwc_kernel(
+    x_ptr, out_ptr, argmax_ptr,
+    P, C, H, W, OH, OW,
+    stride_n, stride_h, stride_w,
+    KH, KW, SH, SW, PH, PW, DH, DW,
+    UNROLL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """max_pool2d_forward_kernel for a channels-last input.
+
+    x: [N, C, H, W] with channel stride 1 and the other strides (elements) given.
+    out, argmax: [N, OH, OW, C] contiguous (channels-last [N, C, OH, OW]); P = N * OH * OW pixels.
+    Program (i, j) covers output pixels [i*BLOCK_P, ...) and channels [j*BLOCK_C, ...).
+    UNROLL, the scan order and the comparison: as in max_pool2d_forward_kernel.
+    """
+    pix, ch, pix_ok, ch_ok, n, oh, ow = _pixel_tile(P, OH, OW, C, BLOCK_P, BLOCK_C)
+    image = n.to(tl.int64) * stride_n
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    ih_end = ih0 + KH * DH  # see max_pool2d_forward_kernel
+    iw_end = iw0 + KW * DW
+    best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)
+    best_k = tl.full([BLOCK_P, BLOCK_C], -1, tl.int32)
+    if UNROLL > 0:
+        for kh in tl.static_range(UNROLL):
+            ih = ih0 + kh * DH
+            h_ok = pix_ok & (ih >= 0) & (ih < H) & (ih < ih_end)
+            for kw in tl.static_range(UNROLL):
+                iw = iw0 + kw * DW
+                best, best_k = _visit_pixel(x_ptr, image, ih, h_ok & (iw < iw_end), iw, W, stride_h, stride_w,
+                                            ch, ch_ok, kh * KW + kw, best, best_k)
+    else:
+        for kh in range(KH):
+            ih = ih0 + kh * DH
+            h_ok = pix_ok & (ih >= 0) & (ih < H)
+            for kw in range(KW):
+                best, best_k = _visit_pixel(x_ptr, image, ih, h_ok, iw0 + kw * DW, W, stride_h, stride_w,
+                                            ch, ch_ok, kh * KW + kw, best, best_k)
+    offsets = pix.to(tl.int64)[:, None] * C + ch[None, :]
+    mask = pix_ok[:, None] & ch_ok[None, :]
+    tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(argmax_ptr + offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gather_window_nhwc(grad_out_ptr, argmax_ptr, acc, n, oh, ow, ok, k, ch, ch_ok, C, OH, OW,
+                        g_stride_n, g_stride_c, g_stride_h, g_stride_w, G_NHWC: tl.constexpr):
+    """acc plus grad_out of window (oh, ow) of image n, per pixel, where it chose position k.
+
+    The gradient row is loaded whole and then selected (not loaded under the "chose it" mask,
+    as _gather_hit does): a per-element mask makes the compiler split a channel run into scalar
+    loads, and the row is in cache anyway, read by every pixel of its window."""
+    argmax_offsets = (((n.to(tl.int64) * OH + oh) * OW + ow) * C)[:, None] + ch[None, :]
+    if G_NHWC:
+        grad_offsets = argmax_offsets
+    else:
+        grad_offsets = (n.to(tl.int64) * g_stride_n + oh.to(tl.int64) * g_stride_h
+                        + ow.to(tl.int64) * g_stride_w)[:, None] + ch.to(tl.int64)[None, :] * g_stride_c
+    mask = ok[:, None] & ch_ok[None, :]
+    chosen = tl.load(argmax_ptr + argmax_offsets, mask=mask, other=0).to(tl.int32)
+    g = tl.load(grad_out_ptr + grad_offsets, mask=mask, other=0.0).to(tl.float32)
+    return acc + tl.where(chosen == k, g, 0.0)  # a select: a NaN elsewhere in the row stays out
+
+
+@triton.jit
+def max_pool2d_backward_nhwc_kernel(
+    grad_out_ptr, argmax_ptr, grad_in_ptr,
+    P, C, H, W, OH, OW,
+    g_stride_n, g_stride_c, g_stride_h, g_stride_w,
+    KH, KW, SH, SW, PH, PW, DH, DW,
+    G_NHWC: tl.constexpr, UNROLL: tl.constexpr, CAND_H: tl.constexpr, CAND_W: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """max_pool2d_backward_gather_kernel for a channels-last input: each input element written
+    once, candidates summed in float32 in the same (ascending oh, ow) order.
+
+    argmax: [N, OH, OW, C] contiguous (max_pool2d_forward_nhwc_kernel's). grad_out: [N, C, OH, OW]
+    with element strides g_stride_*; G_NHWC: laid out like argmax (then the strides are not read
+    and its loads are vectors). grad_in: [N, H, W, C] contiguous, grad_out's dtype; P = N * H * W.
+    CAND_H, CAND_W, UNROLL: as in max_pool2d_backward_gather_kernel. Windows that tile the input
+    exactly need no kernel of their own here: each pixel has one candidate (CAND 1), and the four
+    pixels of a 2x2 window read its gradient row from the cache, not from memory, three times.
+    """
+    pix, ch, pix_ok, ch_ok, n, ih, iw = _pixel_tile(P, H, W, C, BLOCK_P, BLOCK_C)
+    th = ih + PH
+    tw = iw + PW
+    acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    if CAND_H > 0:
+        for a in tl.static_range(CAND_H):
+            oh, kh, h_ok = _covering_window(th, a, CAND_H, SH, KH, DH, OH)
+            for b in tl.static_range(CAND_W):
+                ow, kw, w_ok = _covering_window(tw, b, CAND_W, SW, KW, DW, OW)
+                acc = _gather_window_nhwc(grad_out_ptr, argmax_ptr, acc, n, oh, ow, pix_ok & h_ok & w_ok,
+                                          (kh * KW + kw)[:, None], ch, ch_ok, C, OH, OW,
+                                          g_stride_n, g_stride_c, g_stride_h, g_stride_w, G_NHWC)
+    elif UNROLL > 0:
+        for i in tl.static_range(UNROLL):
+            kh = UNROLL - 1 - i
+            oh, h_ok = _window_at(th, kh, KH, SH, DH, OH)
+            for j in tl.static_range(UNROLL):
+                kw = UNROLL - 1 - j
+                ow, w_ok = _window_at(tw, kw, KW, SW, DW, OW)
+                acc = _gather_window_nhwc(grad_out_ptr, argmax_ptr, acc, n, oh, ow, pix_ok & h_ok & w_ok,
+                                          kh * KW + kw, ch, ch_ok, C, OH, OW,
+                                          g_stride_n, g_stride_c, g_stride_h, g_stride_w, G_NHWC)
+    else:
+        for i in range(KH):
+            kh = KH - 1 - i
+            oh, h_ok = _window_at(th, kh, KH, SH, DH, OH)
+            for j in range(KW):
+                kw = KW - 1 - j
+                ow, w_ok = _window_at(tw, kw, KW, SW, DW, OW)
+                acc = _gather_window_nhwc(grad_out_ptr, argmax_ptr, acc, n, oh, ow, pix_ok & h_ok & w_ok,
+                                          kh * KW + kw, ch, ch_ok, C, OH, OW,
+                                          g_stride_n, g_stride_c, g_stride_h, g_stride_w, G_NHWC)
+    offsets = pix.to(tl.int64)[:, None] * C + ch[None, :]
+    tl.store(grad_in_ptr + offsets, acc.to(grad_in_ptr.dtype.element_ty), mask=pix_ok[:, None] & ch_ok[None, :])
+
+
+@triton.jit
+def max_pool2d_indices_nhwc_kernel(
+    argmax_ptr, indices_ptr,
+    P, C, W, OH, OW,
+    KW, SH, SW, PH, PW, DH, DW,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """max_pool2d_indices_kernel for the channels-last argmax: argmax and indices [N, OH, OW, C]
+    contiguous (indices int64); P = N * OH * OW pixels."""
+    pix, ch, pix_ok, ch_ok, _, oh, ow = _pixel_tile(P, OH, OW, C, BLOCK_P, BLOCK_C)
+    offsets = pix.to(tl.int64)[:, None] * C + ch[None, :]
+    mask = pix_ok[:, None] & ch_ok[None, :]
+    k = tl.load(argmax_ptr + offsets, mask=mask, other=0).to(tl.int32)
+    tl.store(indices_ptr + offsets, _winner_index(k, oh[:, None], ow[:, None], W, KW, SH, SW, PH, PW, DH, DW),
+             mask=mask)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -408,6 +583,7 @@ class PoolGeometry:
     ceil_mode: bool
     out_h: int
     out_w: int
+    channels_last: bool = False   # the input (and so the outputs) laid out channels-last: the NHWC kernels
 
     @property
     def window(self) -> int:
@@ -457,15 +633,20 @@ def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fals
 
 
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  ) -> PoolGeometry:
+                  channels_last=False) -> PoolGeometry:
     """Validate max_pool2d's arguments against an input shape; see :func:`_pool_geometry`.
+    ``channels_last``: the input is laid out channels-last (4-D only), see max_pool2d_forward.
 
     Cached (the launchers call it on every step, and Python time per launch adds to small pools);
     the key is the arguments' repr, so ``True`` and ``1`` (equal in Python) stay distinct."""
-    key = repr((tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode))
+    key = repr((tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode, channels_last))
     geo = _GEOMETRY_CACHE.get(key)
     if geo is None:
         geo = _pool_geometry(input_shape, kernel_size, stride, padding, dilation, ceil_mode)
+        if channels_last:
+            if not geo.batched:
+                raise ValueError(f"channels_last needs a 4-D (N, C, H, W) input, got shape {tuple(input_shape)}")
+            geo = dataclasses.replace(geo, channels_last=True)
         if len(_GEOMETRY_CACHE) >= 256:
             _GEOMETRY_CACHE.clear()
         _GEOMETRY_CACHE[key] = geo
@@ -620,32 +801,43 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     ``out`` has x's dtype; ``argmax`` holds ``kh * KW + kw`` of each window's winner in
     ``geometry.argmax_dtype`` (uint8 up to 256 window positions). Non-contiguous ``x`` is read
     through its strides (no copy: a copy would cost more memory traffic than the pool itself).
+    An x laid out channels-last (torch's rule: see layout.prefers_channels_last) is pooled by the
+    NHWC kernels, and ``out`` and ``argmax`` are then channels-last too (``geometry.channels_last``).
     ``tile=(BLOCK_R, BLOCK_W)`` overrides the tile (tests force GPU-sized tiles with it).
     """
     runtime.check_tensor(x, "input", ndim=(3, 4))
-    geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    out = runtime.empty(geo.output_shape, x.dtype, x.device)
-    argmax = runtime.empty(geo.output_shape, geo.argmax_dtype, x.device)
+    geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                        channels_last=prefers_channels_last(x.shape, x.stride()))
+    out = empty_activation(geo.output_shape, x.dtype, geo.channels_last)
+    argmax = empty_activation(geo.output_shape, geo.argmax_dtype, geo.channels_last)
     if geo.n == 0:
+        return out, argmax, geo
+    info = runtime.LaunchInfo("max_pool2d_forward", (tuple(x.shape), tuple(out.shape)), x.dtype,
+                              flops=geo.n * geo.c * geo.out_h * geo.out_w * geo.window,
+                              bytes=min_forward_bytes(geo, x.element_size()))
+    unroll = _unroll(geo)
+    if geo.channels_last:
+        pixels = geo.n * geo.out_h * geo.out_w
+        _check_rows(pixels, "input")
+        block_p, block_c = tile or _tiles(pixels, geo.c)
+        runtime.launch(max_pool2d_forward_nhwc_kernel,
+                       (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+                       (x, out, argmax, pixels, geo.c, geo.h, geo.w, geo.out_h, geo.out_w,
+                        x.stride(0), x.stride(2), x.stride(3), *geo.kernel_args()),
+                       {"UNROLL": unroll, "BLOCK_P": block_p, "BLOCK_C": block_c}, info)
         return out, argmax, geo
     x4 = x if geo.batched else x.unsqueeze(0)
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "input")
     block_r, block_w = tile or _tiles(rows, geo.out_w)
-    unroll = _unroll(geo)
     pair_w = _pair_runs(geo, unroll)
     grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
-    n_out = rows * geo.out_w
-    es = x.element_size()
     runtime.launch(
         max_pool2d_forward_kernel, grid,
         (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
          *geo.kernel_args()),
         {"UNROLL": unroll, "PAIR_W": pair_w, "ALIGN": _alignment(x4, geo, pair_w), "BLOCK_R": block_r,
-         "BLOCK_W": block_w, "num_warps": _warps(block_r, block_w) if pair_w == 2 else 4},
-        runtime.LaunchInfo("max_pool2d_forward", (tuple(x.shape), tuple(out.shape)), x.dtype,
-                           flops=n_out * geo.window,
-                           bytes=min_forward_bytes(geo, es)))
+         "BLOCK_W": block_w, "num_warps": _warps(block_r, block_w) if pair_w == 2 else 4}, info)
     return out, argmax, geo
 
 
@@ -687,9 +879,16 @@ def _check_backward_args(grad_out, argmax, geo):
     if tuple(grad_out.shape) != geo.output_shape:
         raise ValueError(f"grad_output must have the pool's output shape {geo.output_shape}, "
                          f"got {tuple(grad_out.shape)}")
-    if tuple(argmax.shape) != geo.output_shape or not argmax.is_contiguous():
-        raise ValueError(f"argmax must be the contiguous {geo.output_shape} tensor max_pool2d_forward "
-                         f"returned, got shape {tuple(argmax.shape)}")
+    _check_argmax(argmax, geo)
+
+
+def _check_argmax(argmax, geo):
+    layout_ok = (is_channels_last(argmax.shape, argmax.stride()) if geo.channels_last
+                 else argmax.is_contiguous())
+    if tuple(argmax.shape) != geo.output_shape or not layout_ok:
+        layout = "channels-last" if geo.channels_last else "contiguous"
+        raise ValueError(f"argmax must be the {layout} {geo.output_shape} tensor max_pool2d_forward "
+                         f"returned, got shape {tuple(argmax.shape)} with strides {argmax.stride()}")
 
 
 def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool = True, *, tile=None):
@@ -700,17 +899,32 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     input elements a program writes is the union of a block of windows).
     ``deterministic=False``: atomic float32 scatter into a zeroed buffer, plus a cast kernel for
     float16/bfloat16 (float32 atomics also sidestep the interpreter's broken bf16 atomics).
-    Returns a contiguous tensor of the input's shape and grad_out's dtype.
+    Returns a contiguous tensor of the input's shape and grad_out's dtype, or with
+    ``geometry.channels_last`` a channels-last one, from the NHWC gather whatever
+    ``deterministic`` says (it reads grad_out, any strides, as it is).
     """
     _check_backward_args(grad_out, argmax, geo)
-    grad_out = grad_out.contiguous()
     shape = geo.input_shape
     if geo.n == 0:
-        return runtime.empty(shape, grad_out.dtype, grad_out.device)
+        return empty_activation(shape, grad_out.dtype, geo.channels_last)
     es = grad_out.element_size()
     info = runtime.LaunchInfo("max_pool2d_backward", (tuple(grad_out.shape), shape), grad_out.dtype,
                               flops=geo.n * geo.c * geo.out_h * geo.out_w,
                               bytes=min_backward_bytes(geo, es))
+    if geo.channels_last:
+        grad_in = empty_activation(shape, grad_out.dtype, True)
+        pixels = geo.n * geo.h * geo.w
+        _check_rows(pixels, "grad_input")
+        block_p, block_c = tile or _tiles(pixels, geo.c)
+        cand_h, cand_w = _gather_candidates(geo)
+        runtime.launch(max_pool2d_backward_nhwc_kernel, (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+                       (grad_out, argmax, grad_in, pixels, geo.c, geo.h, geo.w, geo.out_h, geo.out_w,
+                        *grad_out.stride(), *geo.kernel_args()),
+                       {"G_NHWC": is_channels_last(grad_out.shape, grad_out.stride()),
+                        "UNROLL": 0 if cand_h else _unroll(geo),  # unused with candidates: one compile, not two
+                        "CAND_H": cand_h, "CAND_W": cand_w, "BLOCK_P": block_p, "BLOCK_C": block_c}, info)
+        return grad_in
+    grad_out = grad_out.contiguous()
     if deterministic and _tiles_input_exactly(geo):
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
         rows = geo.n * geo.c * geo.out_h
@@ -759,19 +973,23 @@ def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
     if not isinstance(geo, PoolGeometry):
         raise TypeError(f"geometry must be a PoolGeometry (from max_pool2d_forward), got {type(geo).__name__}")
     runtime.check_tensor(argmax, "argmax", dtypes=(geo.argmax_dtype,))
-    if tuple(argmax.shape) != geo.output_shape or not argmax.is_contiguous():
-        raise ValueError(f"argmax must be the contiguous {geo.output_shape} tensor max_pool2d_forward "
-                         f"returned, got shape {tuple(argmax.shape)}")
-    indices = runtime.empty(geo.output_shape, torch.int64, argmax.device)
+    _check_argmax(argmax, geo)
+    indices = empty_activation(geo.output_shape, torch.int64, geo.channels_last)
     if geo.n == 0:
+        return indices
+    info = runtime.LaunchInfo("max_pool2d_indices", (tuple(argmax.shape),), torch.int64,
+                              flops=0, bytes=argmax.numel() * (argmax.element_size() + 8))
+    if geo.channels_last:
+        pixels = geo.n * geo.out_h * geo.out_w
+        block_p, block_c = tile or _tiles(pixels, geo.c)
+        runtime.launch(max_pool2d_indices_nhwc_kernel, (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+                       (argmax, indices, pixels, geo.c, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
+                       {"BLOCK_P": block_p, "BLOCK_C": block_c}, info)
         return indices
     rows = geo.n * geo.c * geo.out_h
     block_r, block_w = tile or _tiles(rows, geo.out_w)
     grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
-    n_out = rows * geo.out_w
     runtime.launch(max_pool2d_indices_kernel, grid,
                    (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
-                   {"BLOCK_R": block_r, "BLOCK_W": block_w},
-                   runtime.LaunchInfo("max_pool2d_indices", (tuple(argmax.shape),), torch.int64,
-                                      flops=0, bytes=n_out * (argmax.element_size() + 8)))
+                   {"BLOCK_R": block_r, "BLOCK_W": block_w}, info)
     return indices
