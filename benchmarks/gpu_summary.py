@@ -61,6 +61,13 @@ def targets(out) -> list[str]:
                          f"eager {ours.get('wall_ms', float('nan')):.3f} ms, in kernels {ours['kernel_sum_ms']:.3f} ms "
                          f"({ours.get('kernel_idle_launches', '?')} of {ours.get('launches', '?')} launches "
                          "found the GPU idle)")
+        layouts = [f"{label} {(row['impls'].get(impl) or {}).get('wall_ms', float('nan')):.3f} ms"
+                   for impl, label in (("tritonnet+graph NCHW", "tritonnet NCHW graphed"),
+                                       ("torch channels_last", "torch eager channels-last"))
+                   if impl in row.get("impls", {})]
+        if layouts:  # the channels-last default decided without a timing: this is the timing
+            lines.append(f"    - layouts ({'channels-last' if row.get('tritonnet_channels_last') else 'NCHW'} "
+                         f"is tritonnet's default here): " + ", ".join(layouts))
     return lines + [""]
 
 

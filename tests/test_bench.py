@@ -65,7 +65,10 @@ def _fake_results(meaningful=True):
                        "torch.compile": {"error": "RuntimeError: no compiler"}}},
             {"kind": "step", "name": "train step vgg", "model": "vgg", "batch": 512, "shape": "batch 512 x 3x32x32",
              "dtype": "bf16", "x_vs_torch": 0.9, "x_vs_compile": None, "tritonnet_best_ms": 4.0,
-             "impls": {"tritonnet": {"p20": 3, "p50": 3.5, "p80": 4, "wall_ms": 4.0, "kernel_sum_ms": 3.0,
+             "tritonnet_channels_last": True, "x_vs_torch_channels_last": 0.7,
+             "x_vs_torch_nchw_network": 1.2,
+             "impls": {bench.TORCH_CHANNELS_LAST: {"p20": 2, "p50": 2.5, "p80": 3, "wall_ms": 2.8},
+                       bench.TRITONNET_NCHW: {"p20": 2, "p50": 2.5, "p80": 3, "wall_ms": 3.0},"tritonnet": {"p20": 3, "p50": 3.5, "p80": 4, "wall_ms": 4.0, "kernel_sum_ms": 3.0,
                                      "launches": 40, "top_kernels": [
                                          {"op": "conv2d_wgrad_relu", "kernel": "conv2d_wgrad_kernel", "dtype": "bfloat16",
                                           "count": 3, "total_ms": 1.25, "roofline_pct": 31.0}]},
@@ -100,10 +103,20 @@ def test_update_readme_rewrites_only_the_results_section(tmp_path):
     # a missed target says where the step's time goes: kernels vs. gaps, and the slowest kernels
     assert "vgg bf16: 40 launches, 3.000 ms in kernels of a 4.000 ms step (75%" in first
     assert "conv2d_wgrad_relu 1.250 ms (31% of roofline)" in first and "capture failed" in first
+    # the channels-last network says so, with torch's channels-last step beside it (only there)
+    assert "| batch 512 x 3x32x32 (tritonnet channels-last) | bf16 |" in first and "| 2.800 (0.70x) |" in first
+    assert "| batch 256 x 1x28x28 | fp32 |" in first
+    assert "run NCHW by tritonnet (its channels-last default turned off; CUDA graph): vgg bf16 3.000 ms (1.20x" in first
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (tmp_path / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3" / name).exists()
     bench.update_readme(str(results_dir), str(readme))
     assert readme.read_text() == first  # regenerating is idempotent
+    # the GPU check's one-page report puts the layout comparison beside the step it qualifies
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_summary.py"), str(results_dir)],
+                            capture_output=True, text=True, timeout=60)
+    assert ("layouts (channels-last is tritonnet's default here): tritonnet NCHW graphed 3.000 ms, "
+            "torch eager channels-last 2.800 ms") in report.stdout, report.stdout + report.stderr
 
     bench.write_outputs(_fake_results(meaningful=False), str(results_dir))
     with pytest.raises(ValueError, match="interpreter"):
@@ -138,6 +151,31 @@ def test_tritonnet_and_torch_steps_do_the_same_work(seed):
         a, b = ours(), theirs()
         assert abs(float(a.data) - float(b.detach())) < 1e-4
     assert ours.graph is None and ours.graph_error
+
+
+def test_channels_last_steps_do_the_same_work(seed):
+    """The VGG step runs channels-last in tritonnet by default (the batch copied inside the step);
+    torch's channels-last step (the bench's extra column) and NCHW step agree with it."""
+    from tritonnet.workloads import channels_last_by_default
+
+    assert channels_last_by_default("vgg") and not channels_last_by_default("lenet")
+    ours = build_step("vgg", 2, "fp32", impl="tritonnet", cuda_graph=False, n_batches=1)
+    assert ours.channels_last
+    ops = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        ops.append(info.op)
+        return run()
+
+    with runtime.observing(record):
+        a = float(ours().data)
+    assert ops[0] == "to_channels_last" and "to_contiguous" in ops
+    row = {"kind": "step", "name": "train step vgg", "model": "vgg", "batch": 2, "dtype": "fp32", "impls": {}}
+    for impl in ("torch", bench.TORCH_CHANNELS_LAST):
+        bench._run_step(row, impl, quick=True, peaks=None)
+        assert abs(row["impls"][impl]["first_loss"] - a) < 1e-4, (impl, row["impls"][impl])
+    assert next(build_step("vgg", 2, impl="torch", n_batches=1, channels_last=True).net.parameters()).is_contiguous(
+        memory_format=torch.channels_last)
 
 
 def test_cuda_graph_step_replays_the_eager_step(seed):

@@ -120,6 +120,38 @@ def test_lenet_gradients_on_a_batch_of_100_match_torch(seed, device):
         assert relative_error(grads[name], p.grad) < 2e-5, name
 
 
+def test_channels_last_network_matches_torch_and_never_restages_activations(seed, device):
+    """A VGG-style net on a channels-last batch: every parameter gradient as torch's (float64),
+    activations channels-last from the stem to the flatten (no staging copy of any; the flatten's
+    reorder is tritonnet's kernel), and the same gradients as the NCHW run of the same net."""
+    nn = torch.nn
+    reference = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 8 -> 4, packed kernels
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 4 -> 2, channels-last kernels
+        nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
+    images = on_a_binary_grid(reference, (4, 3, 8, 8), device)
+    labels = torch.randint(0, 10, (4,), device=device)
+    reference64 = copy.deepcopy(reference).double().to(device)
+    torch.nn.functional.cross_entropy(reference64(images.double()), labels).backward()
+    model = layers.from_torch(reference)
+    ops = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        ops.append((info.op, info.shapes[0]))
+        return run()
+
+    with tn.runtime.observing(record):
+        _, grads_cl = grads_of(model, images.contiguous(memory_format=torch.channels_last), labels)
+    staged = [shape for op, shape in ops if op == "to_channels_last" and shape[0] == 4]
+    # only the ReLU-gated grad_out of the channels-last conv (the packed stem gates it while loading)
+    assert staged == [(4, 16, 4, 4)], ops
+    assert ("to_contiguous", (4, 16, 2, 2)) in ops
+    _, grads_nchw = grads_of(model, images, labels)
+    for name, p in reference64.named_parameters():
+        assert relative_error(grads_cl[name], p.grad) < 2e-5, name
+        assert torch.allclose(grads_cl[name], grads_nchw[name], rtol=1e-5, atol=1e-6), name
+
+
 def test_batched_gradient_is_the_mean_of_per_example_gradients(seed, device):
     nn = torch.nn
     # Overlapping pool windows (3, stride 2): a position can win in two windows, its gradients add.

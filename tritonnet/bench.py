@@ -61,6 +61,10 @@ def time_op(fn, inputs=None, warmup_ms: float = 25, rep_ms: float = 100, quantil
 
 _FLUSH: dict = {}
 KERNEL_TIMING = "queued behind a head start"
+TORCH_CHANNELS_LAST = "torch channels_last"  # torch eager with the model and the batch channels-last
+TRITONNET_NCHW = "tritonnet+graph NCHW"  # tritonnet's graphed step with its channels-last default turned off
+# extra step columns, run only where tritonnet's network is channels-last: the layout comparison
+LAYOUT_IMPLS = (TORCH_CHANNELS_LAST, TRITONNET_NCHW)
 
 
 def _queued_device_ms(call, warmup_ms, rep_ms, quantiles):
@@ -487,9 +491,10 @@ def _run_step(row, impl, quick, peaks):
     try:
         t = time.perf_counter()
         step = build_step(row["model"], row["batch"], row["dtype"], impl="torch.compile" if impl == "torch.compile"
-                          else ("torch" if impl == "torch" else "tritonnet"),
-                          cuda_graph=(impl == "tritonnet+graph"), n_batches=2 if quick else 4)
-        if impl == "tritonnet+graph" and step.graph is None:
+                          else ("torch" if impl.startswith("torch") else "tritonnet"),
+                          cuda_graph=impl in ("tritonnet+graph", TRITONNET_NCHW), n_batches=2 if quick else 4,
+                          channels_last={TORCH_CHANNELS_LAST: True, TRITONNET_NCHW: False}.get(impl))
+        if impl in ("tritonnet+graph", TRITONNET_NCHW) and step.graph is None:
             row["impls"][impl] = {"skipped": f"CUDA graph: {step.graph_error}"}
             return
         build_s = time.perf_counter() - t
@@ -527,9 +532,13 @@ def _ratios(row):
     ours = [v for v in (ms("tritonnet", key), ms("tritonnet+graph", key)) if v]
     best = min(ours) if ours else None
     row["tritonnet_best_ms"] = best
-    for other, name in (("torch", "x_vs_torch"), ("torch.compile", "x_vs_compile")):
+    for other, name in (("torch", "x_vs_torch"), ("torch.compile", "x_vs_compile"),
+                        (TORCH_CHANNELS_LAST, "x_vs_torch_channels_last")):
         theirs = ms(other, key)
         row[name] = theirs / best if best and theirs else None
+    nchw, torch_ms = ms(TRITONNET_NCHW, key), ms("torch", key)
+    if nchw and torch_ms:
+        row["x_vs_torch_nchw_network"] = torch_ms / nchw
     if row["kind"] == "op" and row.get("floor_ms") and ms("tritonnet", "p50"):
         row["pct_of_floor"] = 100.0 * row["floor_ms"] / ms("tritonnet", "p50")
 
@@ -545,8 +554,9 @@ def _warm(items, quick=False) -> int:
     for item in items:
         try:
             if item[0] == "step":
-                _, model, batch, dtype_name = item
-                build_step(model, batch, dtype_name, impl="tritonnet", cuda_graph=False, n_batches=1)()
+                _, model, batch, dtype_name, *layout = item  # layout: [channels_last], or [] for the default
+                build_step(model, batch, dtype_name, impl="tritonnet", cuda_graph=False, n_batches=1,
+                           channels_last=layout[0] if layout else None)()
             else:
                 _, index, dtype_name = item
                 with precision(dtype_name):
@@ -594,7 +604,7 @@ TARGETS = {"lenet": 1.5, "vgg": 1.0}  # required step speed-up over torch eager 
 def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=True, ops=True, steps=True,
               budget_s=None, progress=print, on_phase=None, precompile_workers=None):
     """Run the benchmark; return the results dict (see ``write_outputs``)."""
-    from .workloads import MODELS, default_batch
+    from .workloads import MODELS, channels_last_by_default, default_batch
 
     dtypes = list(dtypes or (("fp32",) if quick else ALL_DTYPES))
     models = list(models or (("digits",) if quick else ("lenet", "vgg")))
@@ -626,7 +636,7 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
             for dtype_name in dtypes:
                 row = {"kind": "step", "name": f"train step {model}", "model": model, "batch": batch,
                        "shape": f"batch {batch} x {'x'.join(map(str, MODELS[model][1]))}", "dtype": dtype_name,
-                       "impls": {}}
+                       "tritonnet_channels_last": channels_last_by_default(model), "impls": {}}
                 step_rows.append(row)
                 rows.append(row)
 
@@ -648,6 +658,10 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
         for item in items:
             row = item[0] if isinstance(item, tuple) else item
             for impl in impls:
+                # torch in channels-last beside tritonnet's channels-last networks only (the target
+                # stays torch's default, NCHW; where tritonnet runs NCHW that is the like for like)
+                if impl in LAYOUT_IMPLS and not row.get("tritonnet_channels_last"):
+                    continue
                 if impl == "torch.compile" and compile_skip:
                     row["impls"][impl] = {"skipped": compile_skip}
                 elif not over_budget(row, impl):
@@ -662,6 +676,8 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
         precompile_workers = 0 if runtime.INTERPRETED or quick else min(8, max(1, (os.cpu_count() or 2) // 2))
     if precompile_workers > 0:
         items = [("step", r["model"], r["batch"], r["dtype"]) for r in step_rows]
+        items += [("step", r["model"], r["batch"], r["dtype"], False) for r in step_rows
+                  if cuda_graph and r["tritonnet_channels_last"]]  # the NCHW network's own kernels
         cases = [c[0] for c in _op_cases(quick)]
         items += [("op", cases.index(r["name"]), r["dtype"]) for r, _ in op_rows]
         progress(f"[{budget.elapsed():6.1f}s] precompiling kernels in {precompile_workers} processes")
@@ -675,7 +691,8 @@ def run_suite(quick=False, dtypes=None, models=None, cuda_graph=True, compile=Tr
     saved_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # cuDNN's best algorithm for each shape: the fair opponent
     try:
-        step_impls = ["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch"]
+        step_impls = (["tritonnet"] + (["tritonnet+graph"] if cuda_graph else []) + ["torch", TORCH_CHANNELS_LAST]
+                      + ([TRITONNET_NCHW] if cuda_graph else []))
         run_step = lambda row, impl: _run_step(row, impl, quick, peaks)  # noqa: E731
         run_op = lambda item, impl: _run_op(item[0], item[1], impl, quick, peaks)  # noqa: E731
         # dtype-major, so a budget that runs out costs both models their last precision, not one model all
@@ -750,22 +767,35 @@ def markdown(results) -> str:
                         "launch calls.")
         lines += ["Training step (forward, cross-entropy, backward, SGD with momentum): wall time per step as a "
                   "user sees it (ms, Python and launch overhead included, 30 back-to-back steps). Speed-up = torch "
-                  "time / best tritonnet time. " + gpu_time,
+                  "time / best tritonnet time. Every step is given the same NCHW batch; tritonnet runs a network "
+                  "on images of several channels channels-last (the copy of the batch is part of its step), and "
+                  "torch eager is shown that way too (model and batch channels-last, the copy in its step; "
+                  "speed-up in brackets); the targets are against torch's default, NCHW. " + gpu_time,
                   "",
                   "| model | input | dtype | tritonnet CUDA graph | tritonnet eager | torch eager | torch.compile "
-                  "| vs eager | vs compile | tritonnet GPU time p50 (p20–p80) | in kernels | launches |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| vs eager | vs compile | torch eager channels-last | tritonnet GPU time p50 (p20–p80) "
+                  "| in kernels | launches |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in steps:
             i = r["impls"]
             tn = i.get("tritonnet") or {}
             ks = tn.get("kernel_sum_ms")
             band = f"{tn['p50']:.3f} ({tn['p20']:.3f}–{tn['p80']:.3f})" if "p50" in tn else "–"
-            lines.append(f"| {r['model']} | {r['shape']} | {r['dtype']} | {_ms(i.get('tritonnet+graph'), 'wall_ms')} "
+            cl = i.get(TORCH_CHANNELS_LAST)
+            cl = f"{_ms(cl, 'wall_ms')} ({_x(r.get('x_vs_torch_channels_last'))})" if cl else "–"
+            shape = r["shape"] + (" (tritonnet channels-last)" if r.get("tritonnet_channels_last") else "")
+            lines.append(f"| {r['model']} | {shape} | {r['dtype']} | {_ms(i.get('tritonnet+graph'), 'wall_ms')} "
                          f"| {_ms(tn, 'wall_ms')} | {_ms(i.get('torch'), 'wall_ms')} "
                          f"| {_ms(i.get('torch.compile'), 'wall_ms')} | {_x(r.get('x_vs_torch'))} "
-                         f"| {_x(r.get('x_vs_compile'))} | {band} | {'–' if ks is None else f'{ks:.3f}'} "
+                         f"| {_x(r.get('x_vs_compile'))} | {cl} | {band} | {'–' if ks is None else f'{ks:.3f}'} "
                          f"| {tn.get('launches', '–')} |")
         lines.append("")
+        nchw = [f"{r['model']} {r['dtype']} {_ms(r['impls'][TRITONNET_NCHW], 'wall_ms')} ms "
+                f"({_x(r.get('x_vs_torch_nchw_network'))} torch eager)"
+                for r in steps if TRITONNET_NCHW in r["impls"]]
+        if nchw:
+            lines += ["The same networks run NCHW by tritonnet (its channels-last default turned off; CUDA graph): "
+                      + "; ".join(nchw) + ".", ""]
     ops = [r for r in results["rows"] if r["kind"] == "op"]
     if ops:
         lines += ["Ops, kernel time p50 (ms; CUDA events around each call"

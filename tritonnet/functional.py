@@ -11,6 +11,7 @@ import math
 
 from .kernels import conv as _conv_kernels
 from .kernels import elementwise as _ew
+from .kernels import layout as _layout
 from .kernels import linear as _linear_kernels
 from .kernels import loss as _loss_kernels
 from .kernels import pool as _pool_kernels
@@ -105,7 +106,11 @@ def reshape(x, *shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     original = x.shape
-    return record("reshape", x.data.reshape(shape), (x,), lambda grad: (grad.reshape(original),))
+    data = x.data
+    if not data.is_contiguous() and _layout.prefers_channels_last(data.shape, data.stride()):
+        # a channels-last activation (before a linear layer): reordered by our kernel, not torch's copy
+        data = _layout.to_contiguous(data)
+    return record("reshape", data.reshape(shape), (x,), lambda grad: (grad.reshape(original),))
 
 
 def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
@@ -203,7 +208,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x_saved = x.data if (need_w or need_b) else None
     w_saved = w.data if need_x else None
     x_shape, w_shape = tuple(x.shape), tuple(w.shape)
-    x_channels_last = _conv_kernels.prefers_channels_last(x_shape, x.data.stride())
+    x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
 
     def backward(grad):
         return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=relu_mask,

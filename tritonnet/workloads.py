@@ -104,13 +104,25 @@ def tritonnet_model(model: str, dtype_name: str, seed: int = 0):
     return net
 
 
+def channels_last_by_default(model: str) -> bool:
+    """Whether tritonnet runs ``model`` channels-last: when its images have several channels. Its
+    convolutions' channels-last kernels then read their inputs and write their outputs without
+    staging copies, and the pools keep the layout (one copy of the 3-channel input per step instead
+    of two staging copies per wide layer); a one-channel image is the same memory either way."""
+    return MODELS[resolve(model)][1][0] > 1
+
+
 class TritonnetStep:
-    """One tritonnet training step; ``cuda_graph=True`` captures it once and replays it."""
+    """One tritonnet training step; ``cuda_graph=True`` captures it once and replays it;
+    ``channels_last``: the batch is copied to channels-last first (inside the step, and so inside
+    the graph), which the network's layers then keep."""
 
     impl = "tritonnet"
 
-    def __init__(self, net, optimizer, batches, dtype_name: str, cuda_graph: bool = False):
+    def __init__(self, net, optimizer, batches, dtype_name: str, cuda_graph: bool = False,
+                 channels_last: bool = False):
         self.net, self.optimizer, self.batches, self.dtype_name = net, optimizer, batches, dtype_name
+        self.channels_last = channels_last
         self.calls = 0
         self.graph = None
         self.graph_error = None
@@ -131,6 +143,10 @@ class TritonnetStep:
         from .tape import Tensor
 
         self.optimizer.zero_grad()
+        if self.channels_last:
+            from .kernels.layout import channels_last_copy
+
+            x = channels_last_copy(x)
         loss = F.cross_entropy(self.net(Tensor(x)), y)
         loss.backward()
         self.optimizer.step()
@@ -187,9 +203,12 @@ class TorchStep:
     graph_error = "not applicable"
     graphed = False
 
-    def __init__(self, net, batches, dtype_name: str, compiled: bool = False):
+    def __init__(self, net, batches, dtype_name: str, compiled: bool = False, channels_last: bool = False):
         self.impl = "torch.compile" if compiled else "torch"
         self.net, self.batches, self.dtype_name = net, batches, dtype_name
+        self.channels_last = channels_last
+        if channels_last:  # torch's recipe: weights and input channels-last
+            net.to(memory_format=torch.channels_last)
         if compiled:
             from .bench import compiled as compile_fn
 
@@ -204,6 +223,8 @@ class TorchStep:
         self.calls += 1
         with precision(self.dtype_name):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             loss = torch.nn.functional.cross_entropy(self.forward(x), y)
             loss.backward()
             self.optimizer.step()
@@ -211,11 +232,14 @@ class TorchStep:
 
 
 def build_step(model: str, batch: int, dtype_name: str = "fp32", impl: str = "tritonnet",
-               cuda_graph: bool | None = None, n_batches: int = 4, seed: int = 0):
+               cuda_graph: bool | None = None, n_batches: int = 4, seed: int = 0, channels_last: bool | None = None):
     """A training step of ``model`` at ``batch`` in ``dtype_name`` (fp32, tf32, bf16, fp16).
 
     ``impl``: ``"tritonnet"``, ``"torch"`` or ``"torch.compile"``. ``cuda_graph`` (tritonnet only):
-    None means on when a GPU is present. Same ``seed`` -> same initial weights and batches for all.
+    None means on when a GPU is present. ``channels_last``: the batch (which is NCHW, the same for
+    everyone) is copied to channels-last inside the step; None means tritonnet's default
+    (``channels_last_by_default``) and torch's (False: NCHW, the memory format torch users get
+    unless they ask). Same ``seed`` -> same initial weights and batches for all.
     """
     model = resolve(model)
     if dtype_name not in DTYPES:
@@ -228,9 +252,12 @@ def build_step(model: str, batch: int, dtype_name: str = "fp32", impl: str = "tr
         opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
         if cuda_graph is None:
             cuda_graph = not runtime.INTERPRETED
-        return TritonnetStep(net, opt, batches, dtype_name, cuda_graph=cuda_graph)
+        if channels_last is None:
+            channels_last = channels_last_by_default(model)
+        return TritonnetStep(net, opt, batches, dtype_name, cuda_graph=cuda_graph, channels_last=channels_last)
     if impl in ("torch", "torch.compile"):
-        return TorchStep(torch_model(model, dtype_name, seed), batches, dtype_name, compiled=impl == "torch.compile")
+        return TorchStep(torch_model(model, dtype_name, seed), batches, dtype_name, compiled=impl == "torch.compile",
+                         channels_last=bool(channels_last))
     raise ValueError(f"impl must be 'tritonnet', 'torch' or 'torch.compile', got {impl!r}")
 
 
