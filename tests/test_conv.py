@@ -702,6 +702,11 @@ def test_autotune_candidates_fit_the_layer():
     assert kept(wgrad, "ieee", torch.float32, CG_IN=64, CG_OUT=128, fma=True) == \
         [(64, 64, 64, False), (64, 32, 64, False)]
     assert not any(fma for *_, fma in kept(wgrad, "tf32", torch.bfloat16, CG_IN=64, CG_OUT=128, fma=True))
+    # packed wgrad: LeNet's 6 and 16 out channels get the 64- and 32-deep 16-row tiles, the stem's 32 rows
+    packed = conv_kernels.conv2d_wgrad_autotuned
+    assert kept(packed, "ieee", torch.float32, K_W=25, CG_OUT=6) == [(16, 32, 64), (16, 32, 32)]
+    assert kept(packed, "ieee", torch.float32, K_W=150, CG_OUT=16) == [(16, 32, 64), (16, 32, 32)]
+    assert kept(packed, K_W=27, CG_OUT=32) == [(32, 32, 64), (16, 32, 64)]
 
 
 def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
