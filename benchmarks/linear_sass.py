@@ -42,9 +42,12 @@ def main(argv=None):
         with fake_device(runtime) as recorder:
             L.linear_forward(x, w, b, "relu", blocks=cfg)
             L.linear_backward(y, x, w, y, need_bias=True, blocks=cfg)
-        names = iter(["fwd", "fwd_sum", "dx", "dw"] if len(recorder.launches) == 4 else ["fwd", "dx", "dw"])
+        products = iter(["fwd", "dx", "dw"])  # the matmul launches in order; the rest by kernel
+        # TF32 backward: the gated g, then transposed copies of the K-major operands
+        others = {"split_k_sum_kernel": "fwd_sum", "relu_backward_kernel": "gate", "to_channels_last_kernel": "stage"}
         for kernel, kargs, constexprs in recorder.launches:
-            label = f"fc1_{next(names)}_{args.dtype}_{'x'.join(map(str, cfg[:3]))}_w{cfg[3]}s{cfg[4]}"
+            name = next(products) if kernel.__name__ == "matmul_kernel" else others[kernel.__name__]
+            label = f"fc1_{name}_{args.dtype}_{'x'.join(map(str, cfg[:3]))}_w{cfg[3]}s{cfg[4]}"
             summarize(label, compile_like_runtime(kernel, kargs, constexprs), args.dump)
 
 

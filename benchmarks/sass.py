@@ -70,7 +70,8 @@ class FakeTensor:
         return self
 
     def view(self, *shape):
-        return self
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return FakeTensor(self.dtype, shape) if shape else self  # (a contiguous view: new shape, same memory)
 
     def permute(self, *dims):
         return FakeTensor(self.dtype, [self.shape[d] for d in dims], [self._strides[d] for d in dims])

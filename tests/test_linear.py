@@ -71,6 +71,41 @@ def test_linear_forward_backward_matches_torch_half(seed, device, dtype):
         _check(batch, fin, fout, dtype, "relu", True, device)
 
 
+def test_tf32_backward_reads_k_major_copies(seed, device):
+    """TF32 (Hopper's tensor cores read shared memory K-major only): a product that is not
+    launch-bound gets its backward from the gated gradient and transposed copies, with the
+    results of the gated, strided path of "highest" and of torch (float64)."""
+    M, fin, fout = 96, 2048, 256  # 2*M*N*K above SMALL_FLOPS
+    assert not K.is_small_product(M, fout, fin)
+    x = torch.randn(M, fin, device=device)
+    w = (torch.rand(fout, fin, device=device) * 2 - 1) / math.sqrt(fin)
+    b = torch.randn(fout, device=device)
+    g = torch.randn(M, fout, device=device)
+    xr, wr, br, yr = _reference(x, w, b, "relu")
+    yr.backward(g.double())
+    results = {}
+    for precision in ("highest", "high"):
+        previous = tn.get_float32_matmul_precision()
+        tn.set_float32_matmul_precision(precision)
+        ops = []
+
+        def record(kernel, grid, args, constexprs, info, run):
+            ops.append(info.op)
+            return run()
+
+        try:
+            y = K.linear_forward(x, w, b, "relu")
+            with tn.runtime.observing(record):
+                results[precision] = K.linear_backward(g, x, w, y, need_bias=True)
+        finally:
+            tn.set_float32_matmul_precision(previous)
+        staged = ["relu_backward", "transpose", "linear", "transpose", "transpose", "linear"]
+        assert ops == (staged if precision == "high" else ["linear", "linear"]), (precision, ops)
+    for ours, ieee, ref in zip(results["high"], results["highest"], (xr.grad, wr.grad, br.grad)):
+        torch.testing.assert_close(ours, ieee, rtol=2e-3, atol=2e-3)  # the interpreter may not round to TF32
+        torch.testing.assert_close(ours.double(), ref, rtol=2e-3, atol=2e-3 * max(1, M / 10))
+
+
 def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     """GPU tile configurations (launched, so the suite's compile check builds them too): several
     programs per axis, partial tiles and several K steps exercise the mask and program-id logic."""

@@ -104,9 +104,18 @@ def to_contiguous(src, name="x"):
     return _copy(src, None, dst_nchw=True)
 
 
-def _copy(src, relu_mask, dst_nchw: bool):
+def transposed(src, name="x"):
+    """A new contiguous [C, R] copy of the 2-D src [R, C] (any strides): the staging kernel on
+    src seen as [1, R, 1, C]."""
+    runtime.check_tensor(src, name, ndim=2)
+    R, C = src.shape
+    view = src.as_strided((1, R, 1, C), (R * C, src.stride(0), C, src.stride(1)))
+    return _copy(view, None, dst_nchw=False, op="transpose").view(C, R)
+
+
+def _copy(src, relu_mask, dst_nchw: bool, op=None):
     dst_shape, grid, tail, consts, info = _plan(tuple(src.shape), src.stride(), src.dtype,
-                                                None if relu_mask is None else relu_mask.shape[1], dst_nchw)
+                                                None if relu_mask is None else relu_mask.shape[1], dst_nchw, op)
     dst = runtime.empty(dst_shape, src.dtype)
     if grid is not None:
         runtime.launch(to_channels_last_kernel, grid, (src, dst, dst if relu_mask is None else relu_mask, *tail),
@@ -115,7 +124,7 @@ def _copy(src, relu_mask, dst_nchw: bool):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(shape, strides, dtype, mask_row, dst_nchw):
+def _plan(shape, strides, dtype, mask_row, dst_nchw, op=None):
     """(dst shape, grid or None when empty, scalar arguments, constexprs, LaunchInfo): a training
     step stages the same few shapes every call, so its host path is worked out once per shape."""
     B, C, H, W = shape
@@ -126,7 +135,8 @@ def _plan(shape, strides, dtype, mask_row, dst_nchw):
         return dst_shape, None, (), {}, None
     s_tiles = runtime.cdiv(H * W, BLOCK_S)
     esize = torch.empty((), dtype=dtype).element_size()
-    info = runtime.LaunchInfo("to_contiguous" if dst_nchw else "to_channels_last", ((B, C, H, W),), dtype, flops=0,
+    info = runtime.LaunchInfo(op or ("to_contiguous" if dst_nchw else "to_channels_last"), ((B, C, H, W),), dtype,
+                              flops=0,
                               bytes=2 * numel * esize + (C * mask_row if mask_row is not None else 0))
     consts = dict(OPTIONS, SPATIAL_CONTIG=s_w == 1 and s_h == W, SRC_NHWC=is_channels_last(shape, strides),
                   DST_NCHW=dst_nchw, RELU_MASK=mask_row is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import runtime
+from . import elementwise, layout
 
 
 @triton.jit
@@ -163,6 +164,11 @@ def _split_k(K, splits):
     return runtime.cdiv(K, per), per
 
 
+def is_small_product(M, N, K) -> bool:
+    """A product small enough to be launch-bound (the classifier layers of small CNNs)."""
+    return 2 * M * N * K <= SMALL_FLOPS
+
+
 def _small_config(M, N):
     # Enough 64x64 tiles to occupy most SMs -> 64x64; otherwise 32x32 tiles for more programs.
     return SMALL_CONFIGS[1] if runtime.cdiv(M, 64) * runtime.cdiv(N, 64) >= 64 else SMALL_CONFIGS[0]
@@ -217,7 +223,7 @@ def matmul(a, b, *, bias=None, relu=False, gate=None, rowsum=False, out=None, bl
         return (c, rs) if rowsum else c
     if gate is not None and gate.shape != a.shape:
         raise ValueError(f"gate must have a's shape {tuple(a.shape)}, got {tuple(gate.shape)}")
-    small = 2 * M * N * K <= SMALL_FLOPS  # launch-bound: a fixed tile, no timing trials, no split
+    small = is_small_product(M, N, K)  # launch-bound: a fixed tile, no timing trials, no split
     if split_k is None:
         split_k = 1 if rowsum or runtime.INTERPRETED or small else split_k_count(M, N, K, runtime.sm_count())
     elif isinstance(split_k, bool) or not isinstance(split_k, int) or split_k < 1:
@@ -328,11 +334,30 @@ def linear_backward(grad, x, weight, y=None, *, need_input=True, need_weight=Tru
     if y is not None and y.shape != grad.shape:
         raise ValueError(f"y must have grad's shape {tuple(grad.shape)}, got {tuple(y.shape)}")
     grad_x = grad_w = grad_b = None
+    if runtime.dot_precision(grad.dtype) == "tf32" and not is_small_product(M, N, x.shape[1]):
+        # Hopper's TF32 tensor cores read shared memory K-major only. Both backward products read
+        # B along N (W's rows for dx, x's for dW) and dW's A along M, and the ReLU gate passes A
+        # through registers: sm_90 filled the tiles with 4-byte copies (48-96 LDGSTS.E a thread a
+        # step) and serialised the wgmma (fc1's TF32 backward: 0.082 ms on an H100, IEEE 0.055).
+        # Gated g and transposed copies instead (fc1: 0.5 + 2 + 0.5 + 4 MB): 16-byte copies only,
+        # as in the forward. Small products are launch-bound and keep their single launches.
+        g = grad if y is None else elementwise.relu_backward(grad, y)
+        if need_input:
+            grad_x = matmul(g, layout.transposed(weight, "weight").t(), blocks=blocks)
+        if need_weight or need_bias:
+            g_t = layout.transposed(g, "grad")
+            x_t = layout.transposed(x, "x").t() if need_weight else x
+            grad_w, grad_b = matmul(g_t, x_t, rowsum=True, blocks=blocks) if need_bias \
+                else (matmul(g_t, x_t, blocks=blocks), None)
+            if not need_weight:
+                grad_w = None
+        return grad_x, grad_w, grad_b
     if need_input:
         grad_x = matmul(grad, weight, gate=y, blocks=blocks)
     if need_weight or need_bias:
-        grad_w, grad_b = matmul(grad.t(), x, gate=None if y is None else y.t(), rowsum=True, blocks=blocks) \
-            if need_bias else (matmul(grad.t(), x, gate=None if y is None else y.t(), blocks=blocks), None)
+        gate = None if y is None else y.t()
+        grad_w, grad_b = matmul(grad.t(), x, gate=gate, rowsum=True, blocks=blocks) \
+            if need_bias else (matmul(grad.t(), x, gate=gate, blocks=blocks), None)
         if not need_weight:
             grad_w = None
     return grad_x, grad_w, grad_b
