@@ -13,7 +13,9 @@ device time), in order of what the next decision needs (a budget cuts the tail):
    K-major: autotuned against cuDNN, then over tiles (dgrad's 8-warp 128x128x32 compiles with
    serialised wgmma, 128x128x64 no longer does); wgrad's tensor-core tiles against its FMA variant.
 3. LeNet's and the VGG stem's weight gradients (packed kernel: gathers, so latency-bound; the
-   number of programs in flight is what hides it) against cuDNN's, over the number of pixel splits.
+   number of programs in flight is what hides it) against cuDNN's, over the number of pixel splits,
+   autotuned and then for each of the autotuner's two tiles (LeNet's 32-deep one has the registers
+   for 3-4 programs an SM, which only pays with more splits than the rule's ~2 an SM).
 4. The bf16 channels-last forward and the packed stem over wider tile sets than the autotuner's.
 
     python benchmarks/conv_sweep.py [--out DIR] [--budget-s 100]
@@ -86,6 +88,14 @@ def tflops(flops):
 
 def tiles(t):
     return {"BLOCK_M": t[0], "BLOCK_N": t[1], "BLOCK_K": t[2], "num_warps": t[3], "num_stages": t[4]}
+
+
+def packed_wgrad_tiles(c_out, k_w, dtype):
+    """The packed wgrad configs the autotuner's pruner keeps for a layer, as tiles() tuples."""
+    kernel = K.conv2d_wgrad_autotuned
+    named = {"x_ptr": torch.empty(1, dtype=dtype), "K_W": k_w, "CG_OUT": c_out}
+    kept = kernel.early_config_prune(kernel.configs, named, PRECISION=runtime.dot_precision(dtype))
+    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in kept]
 
 
 def main(argv=None):
@@ -263,12 +273,22 @@ def main(argv=None):
         timed(name, "cuDNN wgrad",
               lambda: conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False]))
         ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float(), padding=pad)
-        for split in [None] + [s for s in SPLITS if s <= n * oh * oh]:
+        splits = [None] + [s for s in SPLITS if s <= n * oh * oh]
+        for split in splits:
             if split is not None and not in_budget():
                 break
             used = K.wgrad_split(K.geometry(x.shape, w.shape, 1, pad, 1, 1), split)[0]
             timed(name, f"tritonnet wgrad split_k={split} ({used} splits)",
                   lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, split_k=split)[0], ref)
+        # the autotuner's two candidates for this layer at every split: it tunes once per layer (the
+        # split is not in its key), and a leaner tile (more programs an SM) may want more splits
+        for t in packed_wgrad_tiles(c_out, c_in * k * k, dtype):
+            for split in splits:
+                if not in_budget():
+                    break
+                timed(name, f"tritonnet wgrad split_k={split} tile {t}",
+                      lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, split_k=split, config=tiles(t))[0],
+                      ref)
 
     # 4. bf16 tile sweeps
     for name, c_in, c_out, h, n in LAYERS:
