@@ -30,7 +30,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     positions), never the input. ``return_indices=True`` also returns torch's int64 indices
     (``h * W + w`` within each plane), converted from the compact argmax by a kernel.
     ``deterministic`` picks the backward: the gather kernel (default, bitwise reproducible) or
-    the atomic scatter (``False``, kept for comparison).
+    the atomic scatter (``False``, kept for comparison). A channels-last input gives a
+    channels-last output, indices and input gradient, as in torch (and always the gather).
     """
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")

@@ -15,10 +15,12 @@ Semantics are torch's (``aten::max_pool2d_with_indices`` on CPU and CUDA):
 - output size and ``ceil_mode`` follow ``pooling_output_shape``: with ``ceil_mode`` the last
   window must start inside the input or the left padding.
 
-Layout: every kernel treats the input as rows of one plane: row ``r`` of the forward grid is
+Layout: the plane kernels treat the input as rows of one plane: row ``r`` of the forward grid is
 output row ``oh`` of plane ``p = n * C + c`` (``r = p * OH + oh``), so a program covers a
 ``[BLOCK_R, BLOCK_W]`` tile that may span several planes, and the only integer divisions are one
-per row and one per column, never one per element.
+per row and one per column, never one per element. A channels-last input (torch's memory format)
+goes to the NHWC kernels instead, whose tiles are ``[BLOCK_P pixels, BLOCK_C channels]`` (two
+divisions per pixel), and its outputs are channels-last too.
 """
 from __future__ import annotations
 
