@@ -106,6 +106,18 @@ def test_tf32_backward_reads_k_major_copies(seed, device):
         torch.testing.assert_close(ours.double(), ref, rtol=2e-3, atol=2e-3 * max(1, M / 10))
 
 
+def test_transposed_copies_any_strides(seed, device):
+    """layout.transposed (the TF32 backward's K-major operands): a contiguous copy of t.T, bit for
+    bit, from a contiguous matrix, a transposed view and a strided slice; poisoned output fully written."""
+    from tritonnet.kernels import layout
+
+    base = torch.randn(70, 90, device=device)
+    for src in (base, base.t(), base[3:60:2, 5:80:3]):
+        out = layout.transposed(src)
+        assert out.is_contiguous() and out.shape == src.t().shape
+        assert torch.equal(out, src.t())
+
+
 def test_gpu_sized_tiles_on_tiny_shapes(seed, device):
     """GPU tile configurations (launched, so the suite's compile check builds them too): several
     programs per axis, partial tiles and several K steps exercise the mask and program-id logic."""
