@@ -718,6 +718,13 @@ def _tiles(rows: int, cols: int):
     return max(1, min(_GPU_TILE // block_w, runtime.next_power_of_2(rows))), block_w
 
 
+def _tile_grid(rows: int, cols: int, tile=None):
+    """(grid, (BLOCK_rows, BLOCK_cols)) covering a [rows, cols] grid with ``tile`` or _tiles':
+    plane rows x output columns for the plane kernels, pixels x channels for the NHWC ones."""
+    block_r, block_c = tile or _tiles(rows, cols)
+    return (runtime.cdiv(rows, block_r), runtime.cdiv(cols, block_c)), (block_r, block_c)
+
+
 def _warps(block_r: int, block_w: int) -> int:
     """num_warps for a tile: two outputs (windows) per thread. Compiled for sm_90, the 2x2/s2
     forward and the tiled backward then keep each thread's window pair in registers from load to
@@ -821,9 +828,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     if geo.channels_last:
         pixels = geo.n * geo.out_h * geo.out_w
         _check_rows(pixels, "input")
-        block_p, block_c = tile or _tiles(pixels, geo.c)
-        runtime.launch(max_pool2d_forward_nhwc_kernel,
-                       (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+        grid, (block_p, block_c) = _tile_grid(pixels, geo.c, tile)
+        runtime.launch(max_pool2d_forward_nhwc_kernel, grid,
                        (x, out, argmax, pixels, geo.c, geo.h, geo.w, geo.out_h, geo.out_w,
                         x.stride(0), x.stride(2), x.stride(3), *geo.kernel_args()),
                        {"UNROLL": unroll, "BLOCK_P": block_p, "BLOCK_C": block_c}, info)
@@ -831,9 +837,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     x4 = x if geo.batched else x.unsqueeze(0)
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "input")
-    block_r, block_w = tile or _tiles(rows, geo.out_w)
+    grid, (block_r, block_w) = _tile_grid(rows, geo.out_w, tile)
     pair_w = _pair_runs(geo, unroll)
-    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
     runtime.launch(
         max_pool2d_forward_kernel, grid,
         (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
@@ -917,9 +922,9 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         grad_in = empty_activation(shape, grad_out.dtype, True)
         pixels = geo.n * geo.h * geo.w
         _check_rows(pixels, "grad_input")
-        block_p, block_c = tile or _tiles(pixels, geo.c)
+        grid, (block_p, block_c) = _tile_grid(pixels, geo.c, tile)
         cand_h, cand_w = _gather_candidates(geo)
-        runtime.launch(max_pool2d_backward_nhwc_kernel, (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+        runtime.launch(max_pool2d_backward_nhwc_kernel, grid,
                        (grad_out, argmax, grad_in, pixels, geo.c, geo.h, geo.w, geo.out_h, geo.out_w,
                         *grad_out.stride(), *geo.kernel_args()),
                        {"G_NHWC": is_channels_last(grad_out.shape, grad_out.stride()),
@@ -931,8 +936,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
         rows = geo.n * geo.c * geo.out_h
         _check_rows(rows * geo.kernel[0], "grad_input")
-        block_r, block_w = tile or _tiles(rows, geo.out_w)
-        grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
+        grid, (block_r, block_w) = _tile_grid(rows, geo.out_w, tile)
         runtime.launch(max_pool2d_backward_tiled_kernel, grid, (grad_out, argmax, grad_in, rows, geo.out_w),
                        {"KH": geo.kernel[0], "ALIGN": _power_of_two_dividing(geo.out_w), "BLOCK_R": block_r,
                         "BLOCK_W": block_w,
@@ -942,8 +946,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
         grad_in = runtime.empty(shape, grad_out.dtype, grad_out.device)
         rows = geo.n * geo.c * geo.h
         _check_rows(rows, "grad_input")
-        block_r, block_w = tile or _tiles(rows, geo.w)
-        grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.w, block_w))
+        grid, (block_r, block_w) = _tile_grid(rows, geo.w, tile)
         cand_h, cand_w = _gather_candidates(geo)
         runtime.launch(max_pool2d_backward_gather_kernel, grid,
                        (grad_out, argmax, grad_in, rows, geo.h, geo.w, geo.out_h, geo.out_w,
@@ -956,8 +959,7 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     acc = torch.zeros(shape, dtype=torch.float32, device=grad_out.device)
     rows = geo.n * geo.c * geo.out_h
     _check_rows(rows, "grad_output")
-    block_r, block_w = tile or _tiles(rows, geo.out_w)
-    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
+    grid, (block_r, block_w) = _tile_grid(rows, geo.out_w, tile)
     runtime.launch(max_pool2d_backward_scatter_kernel, grid,
                    (grad_out, argmax, acc, rows, geo.h, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
                    {"BLOCK_R": block_r, "BLOCK_W": block_w}, info)
@@ -983,14 +985,13 @@ def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
                               flops=0, bytes=argmax.numel() * (argmax.element_size() + 8))
     if geo.channels_last:
         pixels = geo.n * geo.out_h * geo.out_w
-        block_p, block_c = tile or _tiles(pixels, geo.c)
-        runtime.launch(max_pool2d_indices_nhwc_kernel, (runtime.cdiv(pixels, block_p), runtime.cdiv(geo.c, block_c)),
+        grid, (block_p, block_c) = _tile_grid(pixels, geo.c, tile)
+        runtime.launch(max_pool2d_indices_nhwc_kernel, grid,
                        (argmax, indices, pixels, geo.c, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
                        {"BLOCK_P": block_p, "BLOCK_C": block_c}, info)
         return indices
     rows = geo.n * geo.c * geo.out_h
-    block_r, block_w = tile or _tiles(rows, geo.out_w)
-    grid = (runtime.cdiv(rows, block_r), runtime.cdiv(geo.out_w, block_w))
+    grid, (block_r, block_w) = _tile_grid(rows, geo.out_w, tile)
     runtime.launch(max_pool2d_indices_kernel, grid,
                    (argmax, indices, rows, geo.w, geo.out_h, geo.out_w, *geo.kernel_args()[1:]),
                    {"BLOCK_R": block_r, "BLOCK_W": block_w}, info)
