@@ -334,24 +334,25 @@ def linear_backward(grad, x, weight, y=None, *, need_input=True, need_weight=Tru
     if y is not None and y.shape != grad.shape:
         raise ValueError(f"y must have grad's shape {tuple(grad.shape)}, got {tuple(y.shape)}")
     grad_x = grad_w = grad_b = None
-    if runtime.dot_precision(grad.dtype) == "tf32" and not is_small_product(M, N, x.shape[1]):
-        # Hopper's TF32 tensor cores read shared memory K-major only. Both backward products read
-        # B along N (W's rows for dx, x's for dW) and dW's A along M, and the ReLU gate passes A
-        # through registers: sm_90 filled the tiles with 4-byte copies (48-96 LDGSTS.E a thread a
-        # step) and serialised the wgmma (fc1's TF32 backward: 0.082 ms on an H100, IEEE 0.055).
-        # Gated g and transposed copies instead (fc1: 0.5 + 2 + 0.5 + 4 MB): 16-byte copies only,
-        # as in the forward. Small products are launch-bound and keep their single launches.
-        g = grad if y is None else elementwise.relu_backward(grad, y)
-        if need_input:
-            grad_x = matmul(g, layout.transposed(weight, "weight").t(), blocks=blocks)
-        if need_weight or need_bias:
-            g_t = layout.transposed(g, "grad")
-            x_t = layout.transposed(x, "x").t() if need_weight else x
-            grad_w, grad_b = matmul(g_t, x_t, rowsum=True, blocks=blocks) if need_bias \
-                else (matmul(g_t, x_t, blocks=blocks), None)
-            if not need_weight:
-                grad_w = None
-        return grad_x, grad_w, grad_b
+    # Hopper's TF32 tensor cores read shared memory K-major only. Both backward products read
+    # B along N (W's rows for dx, x's for dW) and dW's A along M, and the ReLU gate passes A
+    # through registers: sm_90 filled the tiles with 4-byte copies (48-96 LDGSTS.E a thread a
+    # step) and serialised the wgmma (fc1's TF32 backward: 0.082 ms on an H100, IEEE 0.055).
+    # There, the gated g once and transposed copies instead (fc1: 0.5 + 2 + 0.5 + 4 MB): 16-byte
+    # copies only, as in the forward. Small products are launch-bound and keep single launches.
+    stage = runtime.dot_precision(grad.dtype) == "tf32" and not is_small_product(M, N, x.shape[1])
+    g, gate = (grad if y is None else elementwise.relu_backward(grad, y), None) if stage else (grad, y)
+    if need_input:
+        b = layout.transposed(weight, "weight").t() if stage else weight
+        grad_x = matmul(g, b, gate=gate, blocks=blocks)
+    if need_weight or need_bias:
+        a = layout.transposed(g, "grad") if stage else g.t()
+        b = layout.transposed(x, "x").t() if stage and need_weight else x
+        product = matmul(a, b, gate=None if gate is None else gate.t(), rowsum=need_bias, blocks=blocks)
+        grad_w, grad_b = product if need_bias else (product, None)
+        if not need_weight:
+            grad_w = None
+    return grad_x, grad_w, grad_b
     if need_input:
         grad_x = matmul(grad, weight, gate=y, blocks=blocks)
     if need_weight or need_bias:
