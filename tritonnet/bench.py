@@ -490,11 +490,12 @@ def _run_step(row, impl, quick, peaks):
 
     try:
         t = time.perf_counter()
+        graphed = impl in ("tritonnet+graph", TRITONNET_NCHW)
         step = build_step(row["model"], row["batch"], row["dtype"], impl="torch.compile" if impl == "torch.compile"
                           else ("torch" if impl.startswith("torch") else "tritonnet"),
-                          cuda_graph=impl in ("tritonnet+graph", TRITONNET_NCHW), n_batches=2 if quick else 4,
+                          cuda_graph=graphed, n_batches=2 if quick else 4,
                           channels_last={TORCH_CHANNELS_LAST: True, TRITONNET_NCHW: False}.get(impl))
-        if impl in ("tritonnet+graph", TRITONNET_NCHW) and step.graph is None:
+        if graphed and step.graph is None:
             row["impls"][impl] = {"skipped": f"CUDA graph: {step.graph_error}"}
             return
         build_s = time.perf_counter() - t

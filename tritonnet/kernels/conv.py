@@ -1237,8 +1237,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc
     tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(), geo.KH, geo.KW,
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
-    # 16 bytes of channels at most: the widest vector store
-    ch_align = _pow2_dividing(math.gcd(geo.C_out, geo.CG_OUT), 16 // esize) if out_nhwc else 1
+    ch_align = _out_channel_alignment(geo, esize) if out_nhwc else 1
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
                           {**consts, "PADDED": not geo.windows_inside, "CH_ALIGN": ch_align}, info, config)
     return geo, launch, False, W_TORCH, out_nhwc
@@ -1371,6 +1370,13 @@ def _pow2_dividing(n: int, cap: int = 256) -> int:
     """The largest power of two dividing n, at most ``cap`` (the run lengths promised to the NCHW
     stores, PIX_POW2, and gathers, *_ROW_POW2)."""
     return min(n & -n, cap) if n > 0 else 1
+
+
+def _out_channel_alignment(geo, esize: int) -> int:
+    """What the packed kernels may promise about a channels-last tensor of out channels (the
+    forward's y, the weight gradient's dy; their channel counts are not specialised): a power of
+    two dividing C_out and C_out/groups, at most 16 bytes of them, the widest vector access."""
+    return _pow2_dividing(math.gcd(geo.C_out, geo.CG_OUT), 16 // esize)
 
 
 def _vector_rows(columns: int) -> bool:
@@ -1516,7 +1522,7 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         consts = {"RELU": relu, "HAS_BIAS": bias_grad, "PADDED": not geo.windows_inside,
                   "X_ROW_POW2": rows if geo.stride[1] * x_stride[3] == 1 else 1, "DY_ROW_POW2": dy_rows,
                   "DY_ALIGNED": dy_rows > 1 and all(st % dy_rows == 0 for st in g_stride[:3]),
-                  "DY_NHWC": _pow2_dividing(math.gcd(geo.C_out, geo.CG_OUT), 16 // esize) if dy_nhwc else 0}
+                  "DY_NHWC": _out_channel_alignment(geo, esize) if dy_nhwc else 0}
     consts = {**consts, **_dot_flags(x_dtype)}
     if fixed is None:
         grid = lambda meta: (cols_of(meta["BLOCK_N"]) * geo.groups * split,  # noqa: E731
