@@ -79,6 +79,13 @@ def main(argv=None):
         with fake_device(runtime) as rec:
             K.conv2d_weight_grad(dy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True, config=_tiles(cfg))
         runs.append((cfg, rec.launches))
+    # the direct wgrad where the layer takes it (its default CO_BLOCK and half of it)
+    co_block = K.direct_wgrad_co_block(geo, True) if "wgrad" in which else 0
+    for block in sorted({co_block, co_block // 2} - {0}, reverse=True):
+        with fake_device(runtime) as rec:
+            K.conv2d_weight_grad(dy, x, w.shape, padding=pad, relu_mask=mask, bias_grad=True,
+                                 config={**K.DIRECT_WGRAD_TILE, "CO_BLOCK": block})
+        runs.append((None, rec.launches))
     for cfg, launches in runs:
         for kernel, kargs, constexprs in launches:
             name = kernel.__name__.replace("_kernel", "")
@@ -88,7 +95,8 @@ def main(argv=None):
             if key in seen:
                 continue
             seen.add(key)
-            tile = "x".join(str(constexprs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in constexprs)
+            tile = "x".join(str(constexprs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "CO_BLOCK", "T_BLOCK",
+                                                          "BLOCK_P") if k in constexprs)
             fma = "_fma" if constexprs.get("FMA_DOT") else ""
             label = f"{name}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}{fma}"
             summarize(label, compile_like_runtime(kernel, kargs, constexprs), args.dump)

@@ -5,6 +5,10 @@ bench_conv (H100, 2026-11-27) measured the bf16 CIFAR forwards at 0.24-0.30x cuD
 This script splits that up, every number a CUDA-graph replay (triton.testing.do_bench_cudagraph,
 device time), in order of what the next decision needs (a budget cuts the tail):
 
+0. LeNet conv1's weight gradient, the LeNet op furthest behind cuDNN (0.56-0.64x in a CUDA graph,
+   H100): the direct kernel (conv2d_wgrad_direct_kernel, the default for it now) at its CO_BLOCK
+   and half of it, over ~1.5/3/6 programs an SM, against the packed GEMM's first tile and cuDNN,
+   in bf16 and fp32.
 1. bf16 CIFAR layers: the NCHW call (staging + kernel + NCHW store) and the channels-last one
    against cuDNN in both layouts and the same GEMM in cuBLAS (torch.mm [M, K] x [K, N], the
    ceiling an implicit GEMM aims at); the TMA prototype (benchmarks/conv_tma.py); staging x as
@@ -150,6 +154,30 @@ def main(argv=None):
         x = torch.randn(n, c_in, h, h, device=dev, dtype=dtype)
         w = torch.randn(c_out, c_in, k, k, device=dev, dtype=dtype) * scale
         return x, x.contiguous(memory_format=torch.channels_last), w, w.contiguous(memory_format=torch.channels_last)
+
+    # 0. LeNet conv1's weight gradient: the direct kernel against the packed GEMM and cuDNN
+    name, c_in, c_out, h, n, k, pad = SPLIT_LAYERS[0]
+    geo = K.geometry((n, c_in, h, h), (c_out, c_in, k, k), 1, pad, 1, 1)
+    co_block = K.direct_wgrad_co_block(geo, False)
+    sms = 1 if runtime.INTERPRETED else runtime.sm_count()
+    for dtype in (torch.bfloat16, torch.float32):
+        x, _, w, _ = layer_tensors(c_in, c_out, h, n, k, dtype, 0.2)
+        gy = torch.randn(geo.out_shape, device=dev, dtype=dtype)
+        ref = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float(), padding=pad)
+        layer = f"{name} {str(dtype)[6:]}"
+        timed(layer, "cuDNN wgrad",
+              lambda: conv_bwd(gy, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False]))
+        timed(layer, f"tritonnet wgrad default ({K.wgrad_split(geo, None, co_block)[0]} splits)",
+              lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad)[0], ref)
+        gemm = packed_wgrad_tiles(c_out, c_in * k * k, dtype)[0]
+        timed(layer, f"packed GEMM wgrad tile {gemm}",
+              lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, config=tiles(gemm))[0], ref)
+        for block in sorted({co_block, co_block // 2} - {0}, reverse=True):
+            for per_sm in (1.5, 3, 6) if dtype == torch.bfloat16 else (3,):
+                split = max(1, round(per_sm * sms / runtime.cdiv(c_out, block)))
+                config = {**K.DIRECT_WGRAD_TILE, "CO_BLOCK": block}
+                timed(layer, f"direct wgrad CO_BLOCK={block} split_k={split} (~{per_sm} programs an SM)",
+                      lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, split_k=split, config=config)[0], ref)
 
     # 1. bf16 CIFAR layers: NCHW and channels-last paths against cuDNN and cuBLAS
     dtype = torch.bfloat16

@@ -17,6 +17,9 @@ from tritonnet import layers, runtime, tape
 from tritonnet.kernels import conv as conv_kernels
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+# The packed GEMM's tiles, for the tests of its own promises on layers whose weight gradient the
+# direct kernel computes by default (a config with BLOCK_M/N/K chooses the GEMM)
+GEMM_WGRAD = conv_kernels._fixed_config("wgrad")
 
 
 @pytest.fixture(autouse=True)
@@ -496,7 +499,8 @@ def test_wgrad_gather_run_promises_are_true(seed, device, monkeypatch):
             gy = torch.randn(y.shape[:3] + (y.shape[3] + 2,), device=device)[..., :y.shape[3]]
         else:
             gy = torch.randn(y.shape[:2] + y.shape[:1:-1], device=device).transpose(2, 3)
-        dw, _ = conv_kernels.conv2d_weight_grad(gy, xx, wt.shape, stride=stride, padding=1, split_k=split)
+        dw, _ = conv_kernels.conv2d_weight_grad(gy, xx, wt.shape, stride=stride, padding=1, split_k=split,
+                                                config=GEMM_WGRAD)
         assert rows == [expected], (xx.shape, layout, stride, split, rows)
         _, _, dw_ref, _ = _reference(xx, wt, torch.zeros(4, device=device), gy, None, stride=stride, padding=1)
         _close(dw, dw_ref, 1e-5, f"dw {layout} stride {stride}")
@@ -532,7 +536,7 @@ def test_channels_last_packed_promises_are_true(seed, device, monkeypatch):
         seen.clear()
         y = conv_kernels.conv2d_forward(x.contiguous(memory_format=cl), wt, b, padding=1, groups=groups)
         dw, db = conv_kernels.conv2d_weight_grad(gy.contiguous(memory_format=cl), x.contiguous(memory_format=cl),
-                                                 wt.shape, padding=1, groups=groups, bias_grad=True)
+                                                 wt.shape, padding=1, groups=groups, bias_grad=True, config=GEMM_WGRAD)
         assert seen == {"CH_ALIGN": ch_align, "DY_NHWC": dy_nhwc}, (c_in, c_out, groups, seen)
         assert y.is_contiguous(memory_format=cl)
         tol = TOL[dtype]
@@ -540,7 +544,7 @@ def test_channels_last_packed_promises_are_true(seed, device, monkeypatch):
         _close(dw, dw_ref, tol, f"dw {c_out}")
         _close(db, db_ref, tol, f"db {c_out}")
         seen.clear()
-        conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, groups=groups)
+        conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, groups=groups, config=GEMM_WGRAD)
         assert seen == {"DY_NHWC": 0}
 
 
@@ -562,19 +566,107 @@ def test_64_bit_output_offsets(seed, device, monkeypatch):
             plan.cache_clear()
 
 
-def test_wgrad_split_k_is_deterministic(seed, device):
+@pytest.mark.parametrize("kernel", ["direct", "gemm"])
+def test_wgrad_split_k_is_deterministic(seed, device, kernel):
     x, wt, _ = _inputs(device, torch.float32, 6, 3, 11, 11, 5, 3, 1)
     gy = torch.randn(6, 5, 11, 11, device=device)
     _, _, dw_ref, db_ref = _reference(x, wt, torch.zeros(5), gy, None, padding=1)
+    config = GEMM_WGRAD if kernel == "gemm" else None
     results = {}
     for split in (1, 3, 3, 7):
-        dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, bias_grad=True, split_k=split)
+        dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, bias_grad=True, split_k=split,
+                                                 config=config)
         _close(dw, dw_ref, 1e-5, f"dw split {split}")
         _close(db, db_ref, 1e-5, f"db split {split}")
         if split in results:
             assert torch.equal(results[split][0], dw) and torch.equal(results[split][1], db), "not reproducible"
         results[split] = (dw, db)
     assert conv_kernels.wgrad_split(conv_kernels.ConvGeometry(x.shape, wt.shape, 1, 1, 1, 1), 3)[0] == 3
+
+
+def _wgrad_kernel_names(monkeypatch):
+    launched = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        launched.append(kernel.__name__)
+        run()
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record])
+    return launched
+
+
+# (N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, x and dy layout, split_k)
+DIRECT_WGRAD_CASES = [
+    (3, 1, 28, 28, 6, 5, 1, 2, 1, 1, "contiguous", 3),             # LeNet conv1 (two blocks of 4 out channels)
+    (2, 3, 9, 12, 5, 3, 2, 1, 1, 1, "channels_last", 2),           # RGB, stride 2, channels-last x and dy
+    (2, 3, 9, 24, 4, 3, 1, 1, 1, 1, "sliced", 1),                  # x read through every other column
+    (2, 4, 12, 11, 8, 5, 1, 4, 2, 4, "contiguous", 5),             # depthwise x2, 5x5, dilation 2
+    (1, 2, 6, 5, 2, (1, 4), (1, 2), (0, 1), 1, 2, "contiguous", 1),  # 1x4 window, batch 1
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_WGRAD_CASES, ids=[f"direct{i}" for i in range(len(DIRECT_WGRAD_CASES))])
+def test_direct_wgrad_matches_torch(seed, device, monkeypatch, case):
+    """Weights of at most 32 slots (taps, and the bias) in two blocks of out channels take the
+    direct kernel (no GEMM): dw and db against torch float64 through the forward's ReLU bit mask,
+    over several pixel splits (the workspace is poisoned: every row is written), with
+    channels-last and sliced operands; twice the same call gives the same bits."""
+    n, c_in, h, w, c_out, k, s, p, d, g, layout, split = case
+    x, wt, b = _inputs(device, torch.float32, n, c_in, h, w, c_out, k, g)
+    if layout == "sliced":
+        x = x[..., ::2]
+    y, mask = conv_kernels.conv2d_forward(x, wt, b, stride=s, padding=p, dilation=d, groups=g, activation="relu",
+                                          save_relu_mask=True)
+    gy = torch.randn(y.shape, device=device)
+    gy[~(y > 0)] = float("nan")  # gated away, as torch's threshold_backward does: never summed
+    if layout == "channels_last":
+        x, gy = (t.contiguous(memory_format=torch.channels_last) for t in (x, gy))
+    launched = _wgrad_kernel_names(monkeypatch)
+    opts = dict(stride=s, padding=p, dilation=d, groups=g)
+    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, relu_mask=mask, bias_grad=True, split_k=split, **opts)
+    assert launched == ["conv2d_wgrad_direct_kernel"] + (["column_sums_kernel"] if split > 1 else []), launched
+    _, _, dw_ref, db_ref = _reference(x, wt, b, torch.nan_to_num(gy), "relu", **opts)
+    _close(dw, dw_ref, 1e-5, "dw")
+    _close(db, db_ref, 1e-5, "db")
+    again = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, relu_mask=mask, bias_grad=True, split_k=split, **opts)
+    assert torch.equal(again[0], dw) and torch.equal(again[1], db), "not reproducible"
+    # without the bias slot and the gate: every slot of the row is a tap
+    gy = torch.nan_to_num(gy)
+    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, split_k=split, **opts)
+    assert db is None
+    _close(dw, _reference(x, wt, None, gy, None, **opts)[2], 1e-5, "dw without bias and gate")
+
+
+def test_direct_wgrad_route(seed, device, monkeypatch):
+    """Which weight gradients are direct (see direct_wgrad_co_block), a NaN in x reaching exactly
+    the weights torch's does, and the tile checks of ``config``."""
+    co_block = lambda x_shape, w_shape, bias=True, **opts: conv_kernels.direct_wgrad_co_block(  # noqa: E731
+        conv_kernels.geometry(x_shape, w_shape, opts.get("stride", 1), opts.get("padding", 0), 1,
+                              opts.get("groups", 1)), bias)
+    assert co_block((1, 1, 28, 28), (6, 1, 5, 5)) == 4            # LeNet conv1: 26 slots, 4 x 26 accumulators
+    assert co_block((1, 1, 28, 28), (16, 1, 3, 3)) == 8           # 1->16 3x3: 10 slots
+    assert co_block((1, 6, 14, 14), (16, 6, 5, 5)) == 0           # LeNet conv2: 150 taps, a GEMM
+    assert co_block((1, 3, 32, 32), (32, 3, 3, 3)) == 0           # the RGB stem: 8 blocks of 4, a GEMM
+    assert co_block((1, 3, 32, 32), (8, 3, 3, 3)) == 4            # two blocks of 4
+    assert co_block((1, 2, 8, 8), (2, 1, 4, 8), bias=False, groups=2) == 1  # exactly 32 taps without the bias
+    assert co_block((1, 2, 8, 8), (2, 1, 4, 8), groups=2) == 0    # 33 slots with it
+    assert co_block((1, 64, 8, 8), (64, 1, 3, 3), groups=64) == 1  # depthwise
+    assert co_block((1, 32, 8, 8), (32, 32, 1, 1)) == 0           # channels-last kernels
+    x, wt, b = _inputs(device, torch.float32, 2, 1, 7, 6, 3, 3, 1)
+    x[1, 0, 2, 3] = float("nan")
+    gy = torch.randn(2, 3, 7, 6, device=device)
+    dw, db = conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, bias_grad=True)
+    _, _, dw_ref, db_ref = _reference(x, wt, b, gy, None, padding=1)
+    assert torch.equal(torch.isnan(dw.cpu()), torch.isnan(dw_ref)) and torch.isnan(dw_ref).any()
+    assert not torch.isnan(db).any()
+    _close(torch.nan_to_num(dw), torch.nan_to_num(dw_ref), 1e-5, "dw beside the NaNs")
+    launched = _wgrad_kernel_names(monkeypatch)
+    conv_kernels.conv2d_weight_grad(gy, x, wt.shape, padding=1, config=GEMM_WGRAD)
+    assert launched == ["conv2d_wgrad_kernel"], "a GEMM config takes the GEMM"
+    x2, w2, _ = _inputs(device, torch.float32, 1, 6, 9, 9, 16, 5, 1)
+    with pytest.raises(ValueError, match="BLOCK_P"):
+        conv_kernels.conv2d_weight_grad(torch.randn(1, 16, 5, 5, device=device), x2, w2.shape,
+                                        config={"BLOCK_P": 128, "CO_BLOCK": 4, "num_warps": 4})
 
 
 def test_autotuned_path(seed, device):

@@ -8,7 +8,8 @@ every (row, reduction index) pair of its GEMM reads, and loads it straight from 
     dgrad     dx[n, ci, ih, iw]     M = N*H*W pixels     x  N = C_in/g    reduce over C_out/g * (valid kh, kw)
     wgrad     dw[co, ci, kh, kw]    M = C_out/g          x  N = C_in/g*KH*KW   reduce over N*OH*OW
 
-Two families of kernels, chosen per layer by the width of the GEMM's reduction over channels:
+Two families of GEMM kernels, chosen per layer by the width of the GEMM's reduction over channels,
+and a third for the smallest weight gradients:
 
 - **packed** (narrow layers: < 16 channels per group on the reduced side, LeNet, the RGB stem):
   kernel window and channels are one reduction index ``k = c*KH*KW + kh*KW + kw`` (torch's weight
@@ -21,13 +22,17 @@ Two families of kernels, chosen per layer by the width of the GEMM's reduction o
   tile whose rows are contiguous channels: 16-byte vector loads, which the compiler turns into
   multi-stage asynchronous copies. (The NCHW gather of 16-bit elements is one 2-byte load per
   lane, which cp.async cannot take: the H200 measured those layers at 0.02-0.1x cuDNN.)
+- **direct** (wgrad only, ``conv2d_wgrad_direct_kernel``): a weight whose row (C_in/g*KH*KW taps,
+  and the bias) fits 32 slots and whose out channels per group fit two register blocks (LeNet's
+  first layer, depthwise 3x3 and 5x5). A GEMM tile would pad LeNet's 6x25 weight to 16x32 and
+  gather an im2col tile per step; here each thread accumulates one pixel's products in registers.
 
 dgrad with stride > 1 is launched once per stride phase (input rows ``ih = ph + s*i``); within a
 phase only the kernel taps that land on an output pixel contribute, so no zeros are multiplied.
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
 large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
 deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into the
-packed wgrad; on the channels-last path it is one reduction of its own over the staged dy (fused,
+packed wgrad (the direct one sums it in a spare slot of the weight row); on the channels-last path it is one reduction of its own over the staged dy (fused,
 it doubled the wgrad's registers: see conv2d_wgrad_cl_kernel).
 The ReLU derivative is applied while loading dy (packed) or while staging dy (channels-last), so
 there is no separate ReLU-backward pass. It comes from a bit mask the forward's epilogue writes
@@ -38,7 +43,9 @@ Its layout, ``[C_out, cdiv(M, 8)]`` uint8 with bit ``m % 8`` of byte ``m // 8`` 
 pixels, aligned) packs whole bytes, so no two programs share a byte.
 
 Tile sizes: ``triton.autotune`` on the GPU over a short config list keyed by the GEMM's N and K
-sizes and the dot precision only. A ``config=`` argument fixes the tiles (debugging, tests);
+sizes and the dot precision only (the direct wgrad has no tile to tune: see DIRECT_WGRAD_TILE).
+A ``config=`` argument fixes the tiles (debugging, tests; for a weight gradient, BLOCK_M/N/K
+choose the GEMM, BLOCK_P and CO_BLOCK the direct kernel);
 ``set_autotune(False)`` uses one fixed config per kernel; under the interpreter one fixed config is always used, large
 there because the interpreter's cost is per program and per op. The split-K partition depends on
 the shape only, never on the tile picked. One pick changes the arithmetic: in TF32 mode the
@@ -530,6 +537,99 @@ def _store_split(ptr, values, split, SPLIT_STRIDE, offsets, mask):
     tl.store(ptr + split.to(tl.int64) * SPLIT_STRIDE + offsets, values.to(ptr.dtype.element_ty), mask=mask)
 
 
+_SHAPE_ARGS_WGRAD_DIRECT = ['H', 'W', 'OH', 'OW', 'P', 'C_OUT', 'sdn', 'sdc', 'sdh', 'sdw', 'sxn', 'CG_OUT',
+                            'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW']
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_DIRECT)
+def conv2d_wgrad_direct_kernel(
+    dy_ptr, mask_ptr, x_ptr, dw_ptr,
+    H, W, OH, OW, P, C_OUT,
+    sdn, sdc, sdh, sdw, sxn,
+    CG_OUT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
+    sxc: tl.constexpr, sxh: tl.constexpr, sxw: tl.constexpr,
+    stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
+    dil_h: tl.constexpr, dil_w: tl.constexpr, CG_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PADDED: tl.constexpr,
+    CO_BLOCK: tl.constexpr, T_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """dw[co, t] = sum_p dy[p, co] * x_window[p, t] (and db[co] = sum_p dy[p, co]) over one split of
+    p, without a GEMM: for weights too small for one (LeNet's first layer, 6x25; depthwise 3x3), where
+    a tl.dot tile pads 6 out channels to 16 and 25 taps to 32 and its im2col gather costs more than
+    the products (the packed kernel spends ~88 warp instructions a pixel on LeNet's conv1, this one
+    ~16; sm_90, see CONV_NOTES.md).
+
+    Each thread owns one output pixel p of a BLOCK_P step and accumulates all CO_BLOCK x T_BLOCK
+    products for it in registers (acc[p, t, co]: P first, so that Triton lays every load and the
+    accumulator out alike, one pixel per thread, and no layout conversion enters the loop); the
+    pixel axis is summed once, after the loop. With the window, the strides of x and the geometry
+    constexpr, each tap is a load at a constant offset from the pixel's address, and padded tap
+    slots (t >= K_W) compile to nothing.
+
+    dy: [N, C_out, OH, OW] (sd*), x: [N, C_in, H, W] (sxn, sxc, sxh, sxw), any strides, int32
+    offsets; mask: the forward's ReLU bit mask [C_out, MASK_ROW] uint8 (see _store_relu_mask), read
+    only if RELU. t = ci*KH*KW + kh*KW + kw < K_W = CG_IN*KH*KW (torch's weight layout); with
+    HAS_BIAS, slot t = K_W (< T_BLOCK) multiplies dy by 1: db. p runs over P = N*OH*OW output
+    pixels, split s covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). dw: as conv2d_wgrad_kernel's (split
+    s writes dw[s*SPLIT_STRIDE + co*K_W + t] and db at [s*SPLIT_STRIDE + C_OUT*K_W + co]).
+    Grid: (SPLIT, groups * cdiv(CG_OUT, CO_BLOCK)).
+    """
+    K_W: tl.constexpr = CG_IN * KH * KW
+    split = tl.program_id(0)
+    pid = tl.program_id(1)
+    co_tiles = tl.cdiv(CG_OUT, CO_BLOCK)
+    g = pid // co_tiles
+    co = (pid - g * co_tiles) * CO_BLOCK + tl.arange(0, CO_BLOCK)
+    co_mask = co < CG_OUT
+    co_g = g * CG_OUT + co
+
+    t = tl.arange(0, T_BLOCK)
+    ci, kh, kw = _split_index(t, KH, KW)  # by constants of a constant: known per register
+    ihk = (kh * dil_h - pad_h)[None, :, None]
+    iwk = (kw * dil_w - pad_w)[None, :, None]
+    x_tap = (ci * sxc + (kh * dil_h - pad_h) * sxh + (kw * dil_w - pad_w) * sxw)[None, :, None]
+    # dead slots are left out of the accumulation; written as a product by 0 they would stay (NaN rules)
+    tap = (t < K_W)[None, :, None]
+    live = (t < K_W + HAS_BIAS)[None, :, None]
+    dy_ch = co_g[None, None, :] * sdc
+    co_mask3 = co_mask[None, None, :]
+    x_group = x_ptr + g * CG_IN * sxc
+
+    p_start = split * P_PER_SPLIT
+    p_end = tl.minimum(p_start + P_PER_SPLIT, P)
+    acc = tl.zeros([BLOCK_P, T_BLOCK, CO_BLOCK], dtype=tl.float32)
+    n_idx, oh, ow, step_n, step_h, step_w = _pixel_walk(p_start, OH, OW, BLOCK_P)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        p = (p0 + tl.arange(0, BLOCK_P))[:, None, None]
+        p_mask = p < p_end
+        dy_mask = p_mask & co_mask3
+        dy_pix = (n_idx * sdn + oh * sdh + ow * sdw)[:, None, None]
+        dy = tl.load(dy_ptr + (dy_pix + dy_ch), mask=dy_mask, other=0.0).to(tl.float32)
+        if RELU:
+            dy = relu_gate(dy, mask_ptr, co_g[None, None, :], p, dy_mask, MASK_ROW)
+        oh_s = (oh * stride_h)[:, None, None]
+        ow_s = (ow * stride_w)[:, None, None]
+        x_mask = p_mask
+        if PADDED:
+            # unsigned compares: a negative row is a large one, so one test covers both bounds; the
+            # row's test is then one predicated compare per tap on top of each column's (with p's)
+            in_row = (oh_s + ihk).to(tl.uint32, bitcast=True) < H
+            x_mask = in_row & (((ow_s + iwk).to(tl.uint32, bitcast=True) < W) & p_mask)
+        x_pix = x_group + (n_idx[:, None, None] * sxn + oh_s * sxh + ow_s * sxw)
+        x = tl.load(x_pix + x_tap, mask=x_mask & tap, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x = tl.where(t[None, :, None] == K_W, 1.0, x)
+        acc = tl.where(live, acc + dy * x, acc)
+        n_idx, oh, ow = _advance_pixels(n_idx, oh, ow, step_n, step_h, step_w, OH, OW)
+
+    dw_part = tl.trans(tl.sum(acc, axis=0))  # [CO_BLOCK, T_BLOCK]
+    _store_split(dw_ptr, dw_part, split, SPLIT_STRIDE, co_g[:, None] * K_W + t[None, :],
+                 co_mask[:, None] & (t < K_W)[None, :])
+    if HAS_BIAS:
+        _store_split(dw_ptr, dw_part, split, SPLIT_STRIDE, C_OUT * K_W + co_g[:, None] + 0 * t[None, :],
+                     co_mask[:, None] & (t == K_W)[None, :])
+
+
 # ============================================================================ channels-last kernels
 #
 # Operands are staged so that the GEMM's reduction (channels) is contiguous: x or dy as NHWC
@@ -818,6 +918,15 @@ WGRAD_CL_FMA_CONFIGS = [
 ]
 
 
+# The direct wgrad (conv2d_wgrad_direct_kernel) has no tile to autotune: every thread does one
+# pixel's products whatever BLOCK_P is; occupancy is set by its registers (CO_BLOCK) and the pixel
+# split (wgrad_split). A weight row of up to 32 slots (taps and the bias) and up to 112 fp32
+# accumulators a thread (LeNet conv1: 4 x 26, 165 registers on sm_90, no spills).
+DIRECT_WGRAD_TILE = {"BLOCK_P": 128, "num_warps": 4}
+DIRECT_WGRAD_SLOTS = 32
+DIRECT_WGRAD_ACCUMULATORS = 112
+
+
 @functools.lru_cache(maxsize=None)
 def _shared_memory_bytes() -> int:
     """Shared memory one program may use on this GPU (an H100's 227 KB under the interpreter)."""
@@ -899,6 +1008,8 @@ def _interpreter_config(kind: str) -> dict:
     """
     if kind == "wgrad":
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 16, "num_stages": 1}
+    if kind == "wgrad_direct":  # one pixel per thread, as on the GPU: the same registers to compile
+        return {"BLOCK_P": 512, "num_warps": 16}
     return {"BLOCK_M": 256, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 16, "num_stages": 1}
 
 
@@ -921,6 +1032,8 @@ def _fixed_config(kind: str) -> dict:
         return _interpreter_config(kind)
     if kind == "wgrad":
         return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}
+    if kind == "wgrad_direct":
+        return DIRECT_WGRAD_TILE
     return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
 
@@ -1417,10 +1530,31 @@ def _check_relu_mask(relu_mask, geo):
                          f"got shape {tuple(relu_mask.shape)} with strides {relu_mask.stride()}")
 
 
-def wgrad_split(geo: ConvGeometry, split_k=None) -> tuple:
+def direct_wgrad_co_block(geo: ConvGeometry, bias_grad: bool) -> int:
+    """CO_BLOCK of conv2d_wgrad_direct_kernel for this layer, or 0 where its weight gradient takes
+    the GEMM: the direct kernel serves packed layers whose weight row (taps, and the bias slot)
+    fits DIRECT_WGRAD_SLOTS and whose out channels per group fit in two register blocks (each
+    more would gather x once more)."""
+    if geo.channels_last(geo.CG_IN):
+        return 0
+    slots = geo.CG_IN * geo.KH * geo.KW + int(bool(bias_grad))
+    if slots > DIRECT_WGRAD_SLOTS:
+        return 0
+    fit = DIRECT_WGRAD_ACCUMULATORS // slots
+    co_block = min(runtime.next_power_of_2(geo.CG_OUT), 1 << (fit.bit_length() - 1))
+    return co_block if runtime.cdiv(geo.CG_OUT, co_block) <= 2 else 0
+
+
+def wgrad_split(geo: ConvGeometry, split_k=None, direct_co_block: int = 0) -> tuple:
     """(SPLIT, P_PER_SPLIT) for wgrad: split the pixel reduction when the weight tiles alone would
-    leave the GPU mostly idle (LeNet: 150-element weight rows, 50k pixels)."""
+    leave the GPU mostly idle (LeNet: 150-element weight rows, 50k pixels). ``direct_co_block``: the
+    direct kernel's CO_BLOCK when it computes this gradient (see direct_wgrad_co_block)."""
     P = geo.N * geo.OH * geo.OW
+    if split_k is None and direct_co_block and not runtime.INTERPRETED:
+        # ~3 programs per SM (LeNet conv1: 165 registers a thread, 3 four-warp programs fit); the
+        # partial sums are small (C_out * K_W floats a split)
+        programs = runtime.cdiv(geo.CG_OUT, direct_co_block) * geo.groups
+        split_k = max(1, min(runtime.cdiv(3 * runtime.sm_count(), programs), P // 512))
     if split_k is None:
         if runtime.INTERPRETED:
             split_k = 1
@@ -1452,6 +1586,8 @@ def conv2d_weight_grad(grad_out, x, w_shape, stride=1, padding=0, dilation=1, gr
     grad_out: [N, C_out, OH, OW], x: [N, C_in, H, W], both any strides. dw has ``w_shape``; db is
     [C_out] when ``bias_grad`` else None; both contiguous in x's dtype. ``split_k`` fixes the number
     of pixel splits (default: chosen for the GPU; 1 under the interpreter). Deterministic.
+    ``config`` fixes the tiles: BLOCK_M/BLOCK_N/BLOCK_K a GEMM kernel's, BLOCK_P and CO_BLOCK the
+    direct kernel's (only for a layer direct_wgrad_co_block admits).
     """
     runtime.check_tensor(grad_out, "grad_out", ndim=4)
     runtime.check_tensor(x, "x", ndim=4)
@@ -1494,7 +1630,12 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
     _check_int32_layouts(geo, [(g_shape, g_stride), (x_shape, x_stride)])
     K_W = geo.CG_IN * geo.KH * geo.KW
     P = geo.N * geo.OH * geo.OW
-    split, per = wgrad_split(geo, split_k)
+    direct_tiles = config is not None and "BLOCK_P" in dict(config)
+    co_block = direct_wgrad_co_block(geo, bias_grad) if config is None or direct_tiles else 0
+    if direct_tiles and not co_block:
+        raise ValueError(f"config {dict(config)} has BLOCK_P, the direct wgrad's tile, but this layer's "
+                         f"weight gradient is a GEMM (BLOCK_M/BLOCK_N/BLOCK_K)")
+    split, per = wgrad_split(geo, split_k, co_block)
     esize = torch.empty((), dtype=x_dtype).element_size()
     channels_last = geo.channels_last(geo.CG_IN)
     fused_bias = bias_grad and not channels_last
@@ -1504,6 +1645,18 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
         flops=2 * geo.macs + (P * geo.C_out if fused_bias else 0),
         bytes=(_numel(g_shape) + _numel(x_shape)) * esize + (_numel(geo.relu_mask_shape) if relu else 0)
         + (L * esize if split == 1 else split * L * 4))
+    if co_block:
+        blocks, options = _split_config(dict(config) if config is not None else
+                                        {"CO_BLOCK": co_block, **_fixed_config("wgrad_direct")})
+        tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, x_stride[0], geo.CG_OUT, per, L,
+                geo.relu_mask_shape[1])
+        (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = geo.stride, geo.padding, geo.dilation
+        consts = dict(sxc=x_stride[1], sxh=x_stride[2], sxw=x_stride[3], stride_h=stride_h, stride_w=stride_w,
+                      pad_h=pad_h, pad_w=pad_w, dil_h=dil_h, dil_w=dil_w, CG_IN=geo.CG_IN, KH=geo.KH, KW=geo.KW,
+                      RELU=relu, HAS_BIAS=bias_grad, PADDED=not geo.windows_inside,
+                      T_BLOCK=runtime.next_power_of_2(K_W + int(bias_grad)), **blocks, **options)
+        grid = (split, geo.groups * runtime.cdiv(geo.CG_OUT, blocks["CO_BLOCK"]))
+        return geo, split, _Launch(conv2d_wgrad_direct_kernel, grid, tail, consts, info), False, False, L
     fixed = None if config is None and AUTOTUNE else _split_config(
         dict(config) if config is not None else _fixed_config("wgrad"))
     if channels_last:
