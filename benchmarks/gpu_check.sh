@@ -51,8 +51,8 @@ stage tests 100 $python -m pytest tests -q -p no:cacheprovider "${workers[@]}" -
 # The issues' speed targets first (conv, then the training steps), so a lease that ends early
 # still has them; every benchmark writes its JSON after each row.
 stage bench_conv 80 $python benchmarks/bench_conv.py --out "$out"
-# NCHW against channels-last paths and the TMA prototype, TF32, the packed wgrads' splits, tile
-# sweeps (device time only)
+# LeNet conv1's direct wgrad against the GEMM, NCHW against channels-last paths and the TMA
+# prototype, TF32, the packed wgrads' splits, tile sweeps (device time only)
 stage conv_sweep 90 $python benchmarks/conv_sweep.py --out "$out" --budget-s 75
 stage bench 90 $python -m tritonnet bench --out "$out" --budget-s 80
 # the VGG step's fp32 and TF32 kernels: the two steps short of issue 5's 1.0x torch eager

@@ -92,7 +92,8 @@ def profiles(out, top: int = 8) -> list[str]:
     return lines + [""]
 
 
-OURS = ("tritonnet", "prototype")  # conv_sweep's rows of our kernels (the rest: cuDNN, cuBLAS, staging)
+OURS = ("tritonnet", "prototype", "direct", "packed GEMM")  # conv_sweep's rows of our kernels (the rest: cuDNN,
+# cuBLAS, staging)
 
 
 def sweep(out) -> list[str]:

@@ -230,6 +230,8 @@ def test_gpu_diagnostic_scripts_run_under_the_interpreter(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "- tiny stem: cuDNN" in report.stdout and "wgrad splits: default" in report.stdout
+    if runtime.INTERPRETED:  # the direct wgrad's phase: its rows are ours, cuDNN's the reference
+        assert "- tiny LeNet bfloat16: cuDNN wgrad" in report.stdout and "direct wgrad CO_BLOCK=" in report.stdout
     assert "bench_conv.json: FileNotFoundError" in report.stdout and (tmp_path / "report.md").exists()
     diag = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "diag_gradients.py"), "--pool-winners", "3"],
                           capture_output=True, text=True, timeout=300)
