@@ -602,6 +602,7 @@ DIRECT_WGRAD_CASES = [
     (2, 3, 9, 24, 4, 3, 1, 1, 1, 1, "sliced", 1),                  # x read through every other column
     (2, 4, 12, 11, 8, 5, 1, 4, 2, 4, "contiguous", 5),             # depthwise x2, 5x5, dilation 2
     (1, 2, 6, 5, 2, (1, 4), (1, 2), (0, 1), 1, 2, "contiguous", 1),  # 1x4 window, batch 1
+    (2, 2, 10, 9, 12, 5, 1, 2, 1, 2, "contiguous", 3),             # 2 groups x 2 blocks x 3 splits
 ]
 
 

@@ -538,7 +538,7 @@ def _store_split(ptr, values, split, SPLIT_STRIDE, offsets, mask):
 
 
 _SHAPE_ARGS_WGRAD_DIRECT = ['H', 'W', 'OH', 'OW', 'P', 'C_OUT', 'sdn', 'sdc', 'sdh', 'sdw', 'sxn', 'CG_OUT',
-                            'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW']
+                            'GROUPS', 'P_PER_SPLIT', 'SPLIT_STRIDE', 'MASK_ROW']
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_WGRAD_DIRECT)
@@ -546,7 +546,7 @@ def conv2d_wgrad_direct_kernel(
     dy_ptr, mask_ptr, x_ptr, dw_ptr,
     H, W, OH, OW, P, C_OUT,
     sdn, sdc, sdh, sdw, sxn,
-    CG_OUT, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
+    CG_OUT, GROUPS, P_PER_SPLIT, SPLIT_STRIDE, MASK_ROW,
     sxc: tl.constexpr, sxh: tl.constexpr, sxw: tl.constexpr,
     stride_h: tl.constexpr, stride_w: tl.constexpr, pad_h: tl.constexpr, pad_w: tl.constexpr,
     dil_h: tl.constexpr, dil_w: tl.constexpr, CG_IN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -572,14 +572,17 @@ def conv2d_wgrad_direct_kernel(
     HAS_BIAS, slot t = K_W (< T_BLOCK) multiplies dy by 1: db. p runs over P = N*OH*OW output
     pixels, split s covering [s*P_PER_SPLIT, (s+1)*P_PER_SPLIT). dw: as conv2d_wgrad_kernel's (split
     s writes dw[s*SPLIT_STRIDE + co*K_W + t] and db at [s*SPLIT_STRIDE + C_OUT*K_W + co]).
-    Grid: (SPLIT, groups * cdiv(CG_OUT, CO_BLOCK)).
+    Grid: (SPLIT * GROUPS * cdiv(CG_OUT, CO_BLOCK),), the out-channel blocks of one split and
+    group next to each other (they read the same x: the second finds it in L2).
     """
     K_W: tl.constexpr = CG_IN * KH * KW
-    split = tl.program_id(0)
-    pid = tl.program_id(1)
     co_tiles = tl.cdiv(CG_OUT, CO_BLOCK)
-    g = pid // co_tiles
-    co = (pid - g * co_tiles) * CO_BLOCK + tl.arange(0, CO_BLOCK)
+    pid = tl.program_id(0)
+    block = pid // co_tiles
+    co_tile = pid - block * co_tiles
+    split = block // GROUPS
+    g = block - split * GROUPS
+    co = co_tile * CO_BLOCK + tl.arange(0, CO_BLOCK)
     co_mask = co < CG_OUT
     co_g = g * CG_OUT + co
 
@@ -1648,14 +1651,14 @@ def _wgrad_plan(g_shape, g_stride, g_dtype, x_shape, x_stride, x_dtype, w_shape,
     if co_block:
         blocks, options = _split_config(dict(config) if config is not None else
                                         {"CO_BLOCK": co_block, **_fixed_config("wgrad_direct")})
-        tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, x_stride[0], geo.CG_OUT, per, L,
+        tail = (geo.H, geo.W, geo.OH, geo.OW, P, geo.C_out, *g_stride, x_stride[0], geo.CG_OUT, geo.groups, per, L,
                 geo.relu_mask_shape[1])
         (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = geo.stride, geo.padding, geo.dilation
         consts = dict(sxc=x_stride[1], sxh=x_stride[2], sxw=x_stride[3], stride_h=stride_h, stride_w=stride_w,
                       pad_h=pad_h, pad_w=pad_w, dil_h=dil_h, dil_w=dil_w, CG_IN=geo.CG_IN, KH=geo.KH, KW=geo.KW,
                       RELU=relu, HAS_BIAS=bias_grad, PADDED=not geo.windows_inside,
                       T_BLOCK=runtime.next_power_of_2(K_W + int(bias_grad)), **blocks, **options)
-        grid = (split, geo.groups * runtime.cdiv(geo.CG_OUT, blocks["CO_BLOCK"]))
+        grid = (split * geo.groups * runtime.cdiv(geo.CG_OUT, blocks["CO_BLOCK"]),)
         return geo, split, _Launch(conv2d_wgrad_direct_kernel, grid, tail, consts, info), False, False, L
     fixed = None if config is None and AUTOTUNE else _split_config(
         dict(config) if config is not None else _fixed_config("wgrad"))
