@@ -2,6 +2,7 @@
 batch of 100, batched gradient == mean of per-example gradients (each example back-propagated
 through its own max-pool winners, then averaged), per-step losses of a short training run, bitwise
 reproducibility, and the tape's saved-for-backward memory against torch autograd's."""
+import argparse
 import copy
 
 import pytest
@@ -222,6 +223,48 @@ def test_training_losses_track_torch_step_by_step(seed, device, torch_ieee_fp32)
         assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, losses, expected)
     for name, p in twin.named_parameters():
         assert relative_error(model.state_dict()[name], p.detach()) < 1e-4, name
+
+
+def test_cifar_training_runs_channels_last_with_the_same_arithmetic(seed, device):
+    """`tritonnet train` runs a 3-channel network channels-last by default (models.channels_last_for;
+    one-channel data stays NCHW, --no-channels-last opts out): the batch is copied once by our kernel
+    and the layers keep the layout, so fewer staging copies than NCHW, and the same kernels' sums
+    in the same order: bitwise the same weights, losses and test loss."""
+    assert train.TrainConfig(dataset="cifar10:x").resolved().channels_last is True
+    assert train.TrainConfig(dataset="digits").resolved().channels_last is False
+    assert train.TrainConfig(dataset="cifar10:x", channels_last=False).resolved().channels_last is False
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    assert [parser.parse_args(a).channels_last for a in ([], ["--channels-last"], ["--no-channels-last"])] == \
+        [None, True, False]
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    ds = data.Dataset("random", images[:2], labels[:2], images[2:], labels[2:], 10, 0.0, 1.0)
+    runs = {}
+    for channels_last in (True, False):
+        config = train.TrainConfig(dataset="cifar10:x", epochs=1, batch_size=2, optimizer="sgd", lr=0.05,
+                                   seed=seed, channels_last=channels_last).resolved()
+        torch.manual_seed(seed)
+        model = models.create(config.model)
+        losses, staged = [], []
+
+        def record(kernel, grid, args, constexprs, info, run):
+            if info.op == "to_channels_last":
+                staged.append(info.shapes[0])
+            return run()
+
+        with tn.runtime.observing(record):
+            records = train.fit(model, train.make_optimizer(config, model.parameters()), ds, config, progress=False,
+                                on_step=lambda step, loss: losses.append(loss))
+        runs[channels_last] = (losses, records[0]["test_loss"], model.state_dict(), staged)
+    (losses, test_loss, weights, staged), (nchw_losses, nchw_test_loss, nchw_weights, nchw_staged) = runs[True], runs[False]
+    assert losses == nchw_losses and test_loss == nchw_test_loss
+    assert all(torch.equal(weights[k], nchw_weights[k]) for k in weights)
+    # NCHW stages the wide layers' activations (forward and weight gradient, train and test);
+    # channels-last copies each batch once and stages only ReLU-gated gradients and weights
+    inputs = [(2, 32, 16, 16), (2, 64, 8, 8)]  # what the wide convolutions read
+    assert (2, 3, 32, 32) in staged and not set(inputs) & set(staged), staged
+    assert set(inputs) <= set(nchw_staged), nchw_staged
+    assert len(staged) < len(nchw_staged)
 
 
 def test_same_seed_gives_bitwise_identical_weights(seed, device):

@@ -22,7 +22,7 @@ def main(args) -> int:
     dataset = load_data(config)
     device = runtime.device()
     accuracy, loss = evaluate(model, dataset.test_images.to(device), dataset.test_labels.to(device),
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, channels_last=bool(config.channels_last))
     n = len(dataset.test_labels)
     epochs = sidecar.get("epoch", "?")
     print(f"{args.checkpoint}: {config.model} after {epochs} epoch{'' if epochs == 1 else 's'} on {config.dataset}")

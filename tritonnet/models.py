@@ -86,6 +86,15 @@ def cifar_cnn():
     return create("cifar_cnn")
 
 
+def channels_last_for(input_channels: int) -> bool:
+    """Whether tritonnet trains (and benchmarks) a network on images of ``input_channels``
+    channels-last: when there are several. Its convolutions' channels-last kernels then read their
+    inputs and write their outputs without staging copies and the pools keep the layout (one copy
+    of the batch a step instead of two staging copies per wide layer); a one-channel image is the
+    same memory either way. The one switch for ``tritonnet train`` and ``tritonnet bench``."""
+    return input_channels > 1
+
+
 def for_dataset(dataset: str) -> str:
     """The default model name for a ``--dataset`` value such as ``"mnist:/data/mnist"``."""
     kind = dataset.partition(":")[0]

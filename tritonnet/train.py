@@ -12,6 +12,7 @@ and progress, and ``.optim.safetensors`` the optimizer state that ``--resume`` r
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     train_limit: int | None = None    # use only the first N training / test examples (smoke runs)
     test_limit: int | None = None
+    channels_last: bool | None = None  # None: models.channels_last_for the model's input channels
     history: list = field(default_factory=list)
 
     def resolved(self) -> "TrainConfig":
@@ -65,6 +67,8 @@ class TrainConfig:
             self.lr = DEFAULT_LR_FOR_MODEL.get(self.model, DEFAULT_LR)[self.optimizer]
         if self.weight_decay is None:
             self.weight_decay = 1e-2 if self.optimizer == "adamw" else 0.0
+        if self.channels_last is None:
+            self.channels_last = models.channels_last_for(models.INPUT_SHAPES[self.model][0])
         return self
 
 
@@ -87,11 +91,21 @@ def load_data(config: TrainConfig) -> data.Dataset:
     return ds
 
 
-def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor):
+def _input(images: torch.Tensor, channels_last: bool) -> Tensor:
+    """A batch as the network reads it: copied to channels-last by tritonnet's kernel when the
+    network runs so (its layers then keep the layout)."""
+    if channels_last:
+        from .kernels.layout import channels_last_copy
+
+        images = channels_last_copy(images)
+    return Tensor(images)
+
+
+def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
     """One step; returns the loss and the logits (tn.Tensors) of this batch."""
     from . import functional as F
 
-    logits = model(Tensor(images))
+    logits = model(_input(images, channels_last))
     loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad()
     loss.backward()
@@ -104,7 +118,8 @@ def correct_count(logits, labels: torch.Tensor) -> int:
     return int((logits.data.argmax(dim=1) == labels).sum())
 
 
-def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE):
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+             channels_last: bool = False):
     """(accuracy, mean loss) of ``model`` on a data set, without recording anything on the tape."""
     from . import functional as F
 
@@ -114,7 +129,7 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
     try:
         with no_grad():
             for x, y in data.batches(images, labels, batch_size, shuffle=False, device=runtime.device()):
-                logits = model(Tensor(x))
+                logits = model(_input(x, channels_last))
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum").data)
                 correct += correct_count(logits, y)
     finally:
@@ -260,7 +275,7 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
         loss_sum = 0.0
         start = time.perf_counter()
         for x, y in data.batches(train_x, train_y, config.batch_size, seed=config.seed, epoch=epoch):
-            loss, logits = train_step(model, optimizer, x, y)
+            loss, logits = train_step(model, optimizer, x, y, bool(config.channels_last))
             loss_value = float(loss.data)
             if on_step is not None:
                 on_step(step, loss_value)
@@ -274,7 +289,7 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start
-        test_accuracy, test_loss = evaluate(model, test_x, test_y)
+        test_accuracy, test_loss = evaluate(model, test_x, test_y, channels_last=bool(config.channels_last))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "test_loss": test_loss, "test_accuracy": test_accuracy, "seconds": elapsed,
                   "images_per_second": seen / max(elapsed, 1e-9)}
@@ -359,6 +374,9 @@ def add_arguments(parser) -> None:
                         help="continue from --checkpoint with its saved configuration, up to --epochs")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the network on channels-last batches (default: for images of several "
+                             "channels, cifar10: its convolutions and pools then need no staging copies)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -376,7 +394,8 @@ def main(args) -> int:
         config = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                              momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
-                             train_limit=args.train_limit, test_limit=args.test_limit).resolved()
+                             train_limit=args.train_limit, test_limit=args.test_limit,
+                             channels_last=args.channels_last).resolved()
         torch.manual_seed(config.seed)
         model = models.create(config.model)
         optimizer = make_optimizer(config, model.parameters())
@@ -384,7 +403,8 @@ def main(args) -> int:
     dataset = load_data(config)
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT.format(model=config.model)
     print(f"training {config.model} on {dataset} with {config.optimizer} (lr {config.lr}), batch "
-          f"{config.batch_size}, {config.epochs} epochs, seed {config.seed}", file=sys.stderr)
+          f"{config.batch_size}, {config.epochs} epochs, seed {config.seed}"
+          f"{', channels-last' if config.channels_last else ''}", file=sys.stderr)
 
     def on_epoch(epoch, record):
         config.history.append(record)
@@ -398,7 +418,8 @@ def main(args) -> int:
         accuracy, loss = records[-1]["test_accuracy"], records[-1]["test_loss"]
     else:
         device = runtime.device()
-        accuracy, loss = evaluate(model, dataset.test_images.to(device), dataset.test_labels.to(device))
+        accuracy, loss = evaluate(model, dataset.test_images.to(device), dataset.test_labels.to(device),
+                                  channels_last=bool(config.channels_last))
         save_checkpoint(checkpoint, model, optimizer, config, start_epoch, accuracy)
     n_test = len(dataset.test_labels)
     print(f"test accuracy: {accuracy * 100:.2f}% ({round(accuracy * n_test)}/{n_test}), test loss {loss:.4f}")

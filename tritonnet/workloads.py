@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from . import runtime
+from . import models, runtime
 
 MODELS = {
     # name: (models.py name, input shape without batch, default batch on a GPU)
@@ -85,8 +85,6 @@ def make_batches(model: str, batch: int, dtype_name: str, count: int = 4, seed: 
 
 def torch_model(model: str, dtype_name: str, seed: int = 0):
     """The torch twin of ``model``, initialised from ``seed``, on the device in the step's dtype."""
-    from . import models
-
     torch.manual_seed(seed)
     net = models.create_torch(MODELS[resolve(model)][0])
     return net.to(device=runtime.device(), dtype=DTYPES[dtype_name])
@@ -105,11 +103,8 @@ def tritonnet_model(model: str, dtype_name: str, seed: int = 0):
 
 
 def channels_last_by_default(model: str) -> bool:
-    """Whether tritonnet runs ``model`` channels-last: when its images have several channels. Its
-    convolutions' channels-last kernels then read their inputs and write their outputs without
-    staging copies, and the pools keep the layout (one copy of the 3-channel input per step instead
-    of two staging copies per wide layer); a one-channel image is the same memory either way."""
-    return MODELS[resolve(model)][1][0] > 1
+    """Whether tritonnet runs ``model`` channels-last (``models.channels_last_for`` its images)."""
+    return models.channels_last_for(MODELS[resolve(model)][1][0])
 
 
 class TritonnetStep:
