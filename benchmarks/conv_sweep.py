@@ -9,6 +9,11 @@ device time), in order of what the next decision needs (a budget cuts the tail):
    H100): the direct kernel (conv2d_wgrad_direct_kernel, the default for it now) at its CO_BLOCK
    and half of it, over ~1.5/3/6 programs an SM, against the packed GEMM's first tile and cuDNN,
    in bf16 and fp32.
+0b. fp32 (IEEE, FMA) on the VGG step's wide layers (32->64 at 16x16, 64->128 at 8x8, batch 512,
+   channels-last as that network runs): the VGG fp32 step is issue 5's main miss (0.81x torch
+   eager) and these convolutions are most of it. cuDNN channels_last with TF32 off, ours
+   autotuned, then tiles the autotuner does not keep (a 3-programs-an-SM forward, a 128x128 one,
+   two wgrads).
 1. bf16 CIFAR layers: the NCHW call (staging + kernel + NCHW store) and the channels-last one
    against cuDNN in both layouts and the same GEMM in cuBLAS (torch.mm [M, K] x [K, N], the
    ceiling an implicit GEMM aims at); the TMA prototype (benchmarks/conv_tma.py); staging x as
@@ -57,6 +62,15 @@ SPLITS = [64, 128, 256, 512, 1024, 2048]
 # 3-stage 128x128x64 pipeline takes 160 KB of shared memory: one program per SM)
 TMA_TILES = [(128, 128, 64, 8, 3)]
 TMA_TF32_TILES = [(128, 128, 64, 8, 3)]
+# (name, C_in, C_out, H, batch): the VGG step's channels-last layers, 3x3 pad 1
+VGG_FP32_LAYERS = [("VGG 32->64 16x16", 32, 64, 16, 512), ("VGG 64->128 8x8", 64, 128, 8, 512)]
+# fp32 FMA tiles the autotuner's pruner drops (it keeps the two largest of <= 2048 FMAs a thread):
+# sm_90, no spills; 128x64x16 takes 168 registers (three 4-warp programs an SM where 128x64x32's
+# 202 allow two), 128x128x32 one 8-warp program (FFMA 85% of its loop); wgrad 128x64x32 at 145
+# registers (three programs) and 64x64x32 at 93
+FP32_FWD_TILES = [(128, 64, 16, 4, 4), (128, 128, 32, 8, 3)]
+FP32_DGRAD_TILES = [(128, 32, 32, 4, 4)]
+FP32_WGRAD_TILES = [(128, 64, 32, 4, 4), (64, 64, 32, 4, 4)]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CL_TILES = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 64, 8, 4), (128, 128, 32, 4, 5),
             (256, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
@@ -137,13 +151,15 @@ def main(argv=None):
         return ms
 
     global LAYERS, STEM, CL_TILES, PACKED_TILES, SPLIT_LAYERS, SPLITS, TF32_FWD_TILES, TF32_DGRAD_TILES, TF32_WGRAD_TILES
-    global TMA_TILES, TMA_TF32_TILES
+    global TMA_TILES, TMA_TF32_TILES, VGG_FP32_LAYERS, FP32_FWD_TILES, FP32_DGRAD_TILES, FP32_WGRAD_TILES
     if runtime.INTERPRETED:  # smoke: tiny layers, one tile each, timings meaningless
         LAYERS, STEM = [("tiny", 16, 16, 4, 1)], ("tiny stem", 3, 16, 4, 1)
         SPLIT_LAYERS, SPLITS = [("tiny LeNet", 1, 6, 8, 2, 5, 0), ("tiny stem", 3, 8, 6, 2, 3, 1)], [3]
         CL_TILES = PACKED_TILES = TF32_FWD_TILES = TF32_DGRAD_TILES = [(16, 16, 16, 4, 1)]
         TF32_WGRAD_TILES = [(16, 16, 16, 4, 1), (16, 16, 16, 4, 1, "fma")]
         TMA_TILES = TMA_TF32_TILES = [(16, 16, 16, 4, 1)]
+        VGG_FP32_LAYERS = [("tiny VGG", 16, 16, 4, 1)]
+        FP32_FWD_TILES = FP32_DGRAD_TILES = FP32_WGRAD_TILES = [(16, 16, 16, 4, 1)]
         print("interpreter: a smoke run on tiny layers, its timings mean nothing")
     torch.backends.cudnn.benchmark = True
     dev = runtime.device()
@@ -178,6 +194,39 @@ def main(argv=None):
                 config = {**K.DIRECT_WGRAD_TILE, "CO_BLOCK": block}
                 timed(layer, f"direct wgrad CO_BLOCK={block} split_k={split} (~{per_sm} programs an SM)",
                       lambda: K.conv2d_weight_grad(gy, x, w.shape, padding=pad, split_k=split, config=config)[0], ref)
+
+    # 0b. fp32 FMA convolutions of the VGG step, channels-last
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        for name, c_in, c_out, h, n in VGG_FP32_LAYERS:
+            if not in_budget():
+                break
+            x, x_cl, w, w_cl = layer_tensors(c_in, c_out, h, n, 3, torch.float32, 0.1)
+            gy_cl = torch.randn(n, c_out, h, h, device=dev).contiguous(memory_format=torch.channels_last)
+            tf = tflops(2 * n * h * h * c_out * c_in * 9)
+            layer = f"{name} fp32"
+            ref = conv(x.double(), w.double(), padding=1).float()
+            dref = torch.nn.grad.conv2d_input(x.shape, w.double(), gy_cl.double(), padding=1).float()
+            wref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy_cl.double(), padding=1).float()
+            timed(layer, "cuDNN channels_last fwd", lambda: conv(x_cl, w_cl, padding=1), tflops=tf)
+            for op, mask in (("dgrad", [True, False, False]), ("wgrad", [False, True, False])):
+                timed(layer, f"cuDNN channels_last {op}",
+                      lambda: conv_bwd(gy_cl, x_cl, w_cl, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask),
+                      tflops=tf)
+            fwd = lambda config=None: K.conv2d_forward(x_cl, w, padding=1, config=config)  # noqa: E731
+            dgrad = lambda config=None: K.conv2d_input_grad(gy_cl, w, x.shape, padding=1,  # noqa: E731
+                                                            channels_last=True, config=config)
+            wgrad = lambda config=None: K.conv2d_weight_grad(gy_cl, x_cl, w.shape, padding=1, config=config)[0]  # noqa: E731
+            for op, fn, r, extra in (("fwd", fwd, ref, FP32_FWD_TILES), ("dgrad", dgrad, dref, FP32_DGRAD_TILES),
+                                     ("wgrad", wgrad, wref, FP32_WGRAD_TILES)):
+                timed(layer, f"tritonnet NHWC {op} (autotuned)", fn, r, tflops=tf)
+                width = c_in if op == "dgrad" else c_out
+                for t in extra:
+                    if t[1] <= width and in_budget():
+                        timed(layer, f"tritonnet NHWC {op} tile {t}", lambda: fn(tiles(t)), r, tflops=tf)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
     # 1. bf16 CIFAR layers: NCHW and channels-last paths against cuDNN and cuBLAS
     dtype = torch.bfloat16
