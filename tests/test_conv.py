@@ -670,6 +670,89 @@ def test_direct_wgrad_route(seed, device, monkeypatch):
                                         config={"BLOCK_P": 128, "CO_BLOCK": 4, "num_warps": 4})
 
 
+def _conv_pool_inputs(device, layout):
+    """x with a NaN, and a conv whose channel 1 is mostly <= 0 and channel 2 exactly 0 after the
+    ReLU: whole pool windows with no positive value (dead), and NaN windows (which pass)."""
+    x, wt, b = _inputs(device, torch.float32, 2, 3, 6, 8, 4, 3, 1)
+    x[1, 0, 2, 5] = float("nan")
+    b[1] = -2.0
+    wt[2], b[2] = 0.0, 0.0
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, wt, b
+
+
+def _torch_conv_pool(x, wt, b, pool, extra=None):
+    """float64 gradients of sum(pool(relu(conv(x)))) (+ extra(relu(conv(x))))."""
+    xd, wd, bd = (t.detach().double().cpu().requires_grad_() for t in (x, wt, b))
+    y = torch.relu(torch.nn.functional.conv2d(xd, wd, bd, padding=1))
+    loss = torch.nn.functional.max_pool2d(y, **pool).sum()
+    if extra is not None:
+        loss = loss + extra(y)
+    loss.backward()
+    return xd.grad, wd.grad, bd.grad
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pool_applies_the_convs_relu_gate(seed, device, monkeypatch, layout):
+    """conv2d(relu) -> max_pool2d: the pool's gather applies the ReLU's gate (no winner where a
+    window's max is <= 0, NaN passing) and the conv's backward runs ungated: no "_relu" backward
+    op and no staged gradient. Gradients as torch's float64 (NaN where torch has NaN) for the
+    tiled (2x2) and gathered (3x3/s2, padded) backwards. A second consumer of the conv's output, or
+    a pool that keeps torch's indices or scatters, leaves the gating to the conv."""
+    ops = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        ops.append(info.op)
+        return run()
+
+    monkeypatch.setattr(runtime, "_OBSERVERS", [record])
+    x, wt, b = _conv_pool_inputs(device, layout)
+    cases = [  # (pool arguments, the other consumer of the conv's output, pool options, gated by the pool?)
+        (dict(kernel_size=2), None, {}, True),
+        (dict(kernel_size=3, stride=2, padding=1), None, {}, True),
+        (dict(kernel_size=2), "sum", {}, False),
+        (dict(kernel_size=2), None, dict(return_indices=True), False),
+        (dict(kernel_size=2), None, dict(deterministic=False), False),
+    ]
+    for pool, other, pool_opts, pooled_gate in cases:
+        if layout == "channels_last" and pool_opts.get("deterministic") is False:
+            continue  # a channels-last pool always gathers
+        xt, wp, bp = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
+        y = F.conv2d(xt, wp, bp, padding=1, activation="relu")
+        z = F.max_pool2d(y, **pool, **pool_opts)
+        z = z[0] if pool_opts.get("return_indices") else z
+        loss = F.sum_all(z) if other is None else F.add(F.sum_all(z), F.mul_scalar(F.sum_all(y), 0.5))
+        ops.clear()
+        loss.backward()
+        conv_ops = [op for op in ops if op.startswith(("conv2d_dgrad", "conv2d_wgrad"))]
+        assert conv_ops and all(op.endswith("_relu") != pooled_gate for op in conv_ops), (pool, other, ops)
+        if pooled_gate:
+            assert "to_channels_last" not in ops, ops
+        extra = (lambda y: 0.5 * y.sum()) if other else None
+        refs = _torch_conv_pool(x, wt, b, pool, extra)
+        for name, ours, ref in zip(("dx", "dw", "db"), (xt.grad, wp.grad, bp.grad), refs):
+            assert torch.equal(torch.isnan(ours.cpu()), torch.isnan(ref)), (name, pool, other)
+            _close(torch.nan_to_num(ours), torch.nan_to_num(ref), 1e-5, f"{name} {pool} {other} {pool_opts}")
+
+
+def test_relu_gate_argmax_serves_the_gather_only(seed, device):
+    """A relu_gate pool's argmax names no winner (KH*KW) where the max is <= 0; torch's indices and
+    the atomic scatter cannot read that, and say so."""
+    from tritonnet.kernels import pool as pool_kernels
+    x = torch.randn(1, 2, 4, 4, device=device)
+    x[0, 0] = x[0, 0].abs() + 0.1  # channel 0: every window has a winner
+    x[0, 1] = -x[0, 1].abs()  # channel 1: none has
+    out, argmax, geo = pool_kernels.max_pool2d_forward(torch.relu(x), 2, relu_gate=True)
+    assert geo.relu_gate and (argmax[0, 1] == 4).all() and (argmax[0, 0] < 4).all()
+    with pytest.raises(ValueError, match="indices"):
+        pool_kernels.max_pool2d_indices(argmax, geo)
+    with pytest.raises(ValueError, match="scatter"):
+        pool_kernels.max_pool2d_backward(torch.ones_like(out), argmax, geo, deterministic=False)
+    with pytest.raises(TypeError, match="relu_gate"):
+        pool_kernels.max_pool2d_forward(x, 2, relu_gate=1)
+
+
 def test_autotuned_path(seed, device):
     """On a GPU the default launch autotunes over the config list; the interpreter never does."""
     if runtime.INTERPRETED:

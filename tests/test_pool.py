@@ -396,7 +396,7 @@ def test_the_comparison_catches_an_unwritten_element(device):
     rows = 2 * 3 * 4
     runtime.launch(P.max_pool2d_forward_kernel, (rows // 4 - 1, 1),
                    (x, out, argmax, rows, 3, 8, 8, 4, 4, *x.stride(), *geo.kernel_args()),
-                   {"UNROLL": 2, "PAIR_W": 2, "ALIGN": 1, "BLOCK_R": 4, "BLOCK_W": 4})
+                   {"UNROLL": 2, "PAIR_W": 2, "ALIGN": 1, "RELU_GATE": False, "BLOCK_R": 4, "BLOCK_W": 4})
     with pytest.raises(AssertionError, match="NaN"):
         assert_values_equal(out, ref)
 

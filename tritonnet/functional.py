@@ -8,6 +8,7 @@ Arguments may be ``tn.Tensor`` or plain ``torch.Tensor`` (constants); results ar
 from __future__ import annotations
 
 import math
+import weakref
 
 from .kernels import conv as _conv_kernels
 from .kernels import elementwise as _ew
@@ -17,6 +18,25 @@ from .kernels import loss as _loss_kernels
 from .kernels import pool as _pool_kernels
 from .kernels import reduce as _reduce
 from .tape import Tensor, as_tensor, is_grad_enabled, record
+
+
+# ----------------------------------------------------------------------------- ReLU gates across ops
+#
+# conv2d(activation="relu") gates its gradient with a bit mask of where its output passes one. When
+# that output goes straight into max_pool2d, the pool can apply the gate itself at no cost (its
+# forward records no winner where a window's max is <= 0: kernels/pool.py), and the gradient it
+# hands back is then marked with the mask it stands for. conv2d's backward skips its own gate for
+# a gradient so marked: the pool was its only consumer, since the tape sums several consumers'
+# gradients into a new, unmarked tensor (which it gates as usual; gating twice changes nothing).
+# Channels-last convolutions stage a gated copy of their gradient for the gate alone; this skips it.
+
+_RELU_GATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # conv output Tensor -> its mask
+_GATED_BY = "_tritonnet_relu_gated_by"  # attribute of a gradient (torch.Tensor) that is already gated
+
+
+def _relu_gated_by(grad):
+    """The ReLU mask ``grad`` has been gated with (see above), or None."""
+    return getattr(grad, _GATED_BY, None)
 
 
 # ----------------------------------------------------------------------------- max pool
@@ -36,11 +56,16 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
     x = as_tensor(input, "input")
+    # a fused ReLU's output: the gather applies its gate (see "ReLU gates across ops" above)
+    gate = _RELU_GATES.get(x) if deterministic and not return_indices else None
     out, argmax, geo = _pool_kernels.max_pool2d_forward(x.data, kernel_size, stride, padding, dilation,
-                                                        ceil_mode)
+                                                        ceil_mode, relu_gate=gate is not None)
 
     def backward(grad_out):
-        return (_pool_kernels.max_pool2d_backward(grad_out, argmax, geo, deterministic=deterministic),)
+        grad = _pool_kernels.max_pool2d_backward(grad_out, argmax, geo, deterministic=deterministic)
+        if gate is not None:
+            setattr(grad, _GATED_BY, gate)
+        return (grad,)
 
     result = record("max_pool2d", out, (x,), backward, saved=(argmax,))
     if return_indices:
@@ -212,9 +237,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
 
     def backward(grad):
-        return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=relu_mask,
+        mask = None if relu_mask is not None and _relu_gated_by(grad) is relu_mask else relu_mask
+        return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=mask,
                                              input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
                                              input_channels_last=x_channels_last, **opts)
 
-    return record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
+    out = record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
+    if relu_mask is not None:
+        _RELU_GATES[out] = relu_mask
+    return out
 

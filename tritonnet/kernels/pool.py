@@ -15,6 +15,14 @@ Semantics are torch's (``aten::max_pool2d_with_indices`` on CPU and CUDA):
 - output size and ``ceil_mode`` follow ``pooling_output_shape``: with ``ceil_mode`` the last
   window must start inside the input or the left padding.
 
+A pool of a ReLU's output can apply the ReLU's gradient gate itself (``relu_gate``): the gradient
+reaches only winners, and a winner passes the gate exactly when its window's maximum is above 0
+(the ReLU's output there *is* that maximum). The forward then records "no winner", ``KH * KW``,
+for windows whose maximum is <= 0 (a NaN maximum passes, as a NaN passes torch's
+threshold_backward), and the gather backward, which routes a window's gradient to the position
+its argmax names, sends those nowhere. The convolution that made the ReLU then need not gate its
+gradient (see functional.max_pool2d). Exact: the same zeros, the same passed values.
+
 Layout: the plane kernels treat the input as rows of one plane: row ``r`` of the forward grid is
 output row ``oh`` of plane ``p = n * C + c`` (``r = p * OH + oh``), so a program covers a
 ``[BLOCK_R, BLOCK_W]`` tile that may span several planes, and the only integer divisions are one
@@ -52,6 +60,13 @@ def _take_max(v, valid, k, best, best_k):
 
 
 @triton.jit
+def _gate_winner(best, best_k, KH, KW):
+    """best_k, or KH * KW (no winner) where the window's maximum would not pass a ReLU's gradient
+    gate (``best <= 0``; NaN passes)."""
+    return tl.where(best <= 0, KH * KW, best_k)
+
+
+@triton.jit
 def _visit_column(x_ptr, row_base, h_ok, iw, w_ok, W, stride_w, k, best, best_k):
     """Compare one window position (a row per output row, a column per output column)."""
     m = h_ok[:, None] & (w_ok & (iw >= 0) & (iw < W))[None, :]
@@ -79,7 +94,7 @@ def max_pool2d_forward_kernel(
     R, C, H, W, OH, OW,
     stride_n, stride_c, stride_h, stride_w,
     KH, KW, SH, SW, PH, PW, DH, DW,
-    UNROLL: tl.constexpr, PAIR_W: tl.constexpr, ALIGN: tl.constexpr,
+    UNROLL: tl.constexpr, PAIR_W: tl.constexpr, ALIGN: tl.constexpr, RELU_GATE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Max and compact argmax of every window.
@@ -96,6 +111,7 @@ def max_pool2d_forward_kernel(
     ALIGN: a power of two (elements) that divides stride_n, stride_c, stride_h and W, promised to
     the compiler: rows of 28 or 10 columns (LeNet) are then read with vector loads too (Triton
     only infers divisibility by 16 from argument values).
+    RELU_GATE: argmax is KH * KW (no winner) where the maximum is <= 0 (see the module docstring).
     Values are compared in float32 (exact for every input dtype; bf16 arithmetic is broken in the
     interpreter).
     """
@@ -163,6 +179,8 @@ def max_pool2d_forward_kernel(
                 best, best_k = _visit_column(x_ptr, row_base, h_ok, iw0 + kw * DW, col_ok, W, stride_w,
                                              kh * KW + kw, best, best_k)
 
+    if RELU_GATE:
+        best_k = _gate_winner(best, best_k, KH, KW)
     out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
     out_mask = row_ok[:, None] & col_ok[None, :]
     tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=out_mask)
@@ -413,14 +431,14 @@ def max_pool2d_forward_nhwc_kernel(
     P, C, H, W, OH, OW,
     stride_n, stride_h, stride_w,
     KH, KW, SH, SW, PH, PW, DH, DW,
-    UNROLL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    UNROLL: tl.constexpr, RELU_GATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """max_pool2d_forward_kernel for a channels-last input.
 
     x: [N, C, H, W] with channel stride 1 and the other strides (elements) given.
     out, argmax: [N, OH, OW, C] contiguous (channels-last [N, C, OH, OW]); P = N * OH * OW pixels.
     Program (i, j) covers output pixels [i*BLOCK_P, ...) and channels [j*BLOCK_C, ...).
-    UNROLL, the scan order and the comparison: as in max_pool2d_forward_kernel.
+    UNROLL, RELU_GATE, the scan order and the comparison: as in max_pool2d_forward_kernel.
     """
     pix, ch, pix_ok, ch_ok, n, oh, ow = _pixel_tile(P, OH, OW, C, BLOCK_P, BLOCK_C)
     image = n.to(tl.int64) * stride_n
@@ -445,6 +463,8 @@ def max_pool2d_forward_nhwc_kernel(
             for kw in range(KW):
                 best, best_k = _visit_pixel(x_ptr, image, ih, h_ok, iw0 + kw * DW, W, stride_h, stride_w,
                                             ch, ch_ok, kh * KW + kw, best, best_k)
+    if RELU_GATE:
+        best_k = _gate_winner(best, best_k, KH, KW)
     offsets = pix.to(tl.int64)[:, None] * C + ch[None, :]
     mask = pix_ok[:, None] & ch_ok[None, :]
     tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
@@ -586,6 +606,7 @@ class PoolGeometry:
     out_h: int
     out_w: int
     channels_last: bool = False   # the input (and so the outputs) laid out channels-last: the NHWC kernels
+    relu_gate: bool = False       # argmax says "no winner" (KH * KW) where the max is <= 0: the gather only
 
     @property
     def window(self) -> int:
@@ -593,10 +614,11 @@ class PoolGeometry:
 
     @property
     def argmax_dtype(self) -> torch.dtype:
-        """The narrowest integer type that holds ``kh * KW + kw``."""
-        if self.window <= 256:
+        """The narrowest integer type that holds ``kh * KW + kw`` (and KH * KW, with relu_gate)."""
+        values = self.window + self.relu_gate
+        if values <= 256:
             return torch.uint8
-        return torch.int16 if self.window <= 2**15 else torch.int32
+        return torch.int16 if values <= 2**15 else torch.int32
 
     @property
     def input_shape(self) -> tuple:
@@ -635,13 +657,14 @@ def check_window(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fals
 
 
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  channels_last=False) -> PoolGeometry:
+                  channels_last=False, relu_gate=False) -> PoolGeometry:
     """Validate max_pool2d's arguments against an input shape; see :func:`_pool_geometry`.
-    ``channels_last``: the input is laid out channels-last (4-D only), see max_pool2d_forward.
+    ``channels_last``: the input is laid out channels-last (4-D only); ``relu_gate``: the argmax
+    records no winner where the max is <= 0; see max_pool2d_forward for both.
 
     Cached (the launchers call it on every step, and Python time per launch adds to small pools);
     the key is the arguments' repr, so ``True`` and ``1`` (equal in Python) stay distinct."""
-    key = repr((tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode, channels_last))
+    key = repr((tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode, channels_last, relu_gate))
     geo = _GEOMETRY_CACHE.get(key)
     if geo is None:
         geo = _pool_geometry(input_shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -649,6 +672,10 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
             if not geo.batched:
                 raise ValueError(f"channels_last needs a 4-D (N, C, H, W) input, got shape {tuple(input_shape)}")
             geo = dataclasses.replace(geo, channels_last=True)
+        if not isinstance(relu_gate, bool):
+            raise TypeError(f"relu_gate must be a bool, got {relu_gate!r}")
+        if relu_gate:
+            geo = dataclasses.replace(geo, relu_gate=True)
         if len(_GEOMETRY_CACHE) >= 256:
             _GEOMETRY_CACHE.clear()
         _GEOMETRY_CACHE[key] = geo
@@ -804,7 +831,7 @@ def _check_rows(rows: int, name: str):
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                       *, tile=None):
+                       *, relu_gate=False, tile=None):
     """Max pool ``x`` ([N, C, H, W] or [C, H, W]). Returns ``(out, argmax, geometry)``.
 
     ``out`` has x's dtype; ``argmax`` holds ``kh * KW + kw`` of each window's winner in
@@ -812,11 +839,14 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     through its strides (no copy: a copy would cost more memory traffic than the pool itself).
     An x laid out channels-last (torch's rule: see layout.prefers_channels_last) is pooled by the
     NHWC kernels, and ``out`` and ``argmax`` are then channels-last too (``geometry.channels_last``).
+    ``relu_gate=True`` (x is a ReLU's output): windows whose max is <= 0 record no winner, so the
+    gather backward returns the gradient with the ReLU's gate applied (module docstring); such an
+    argmax serves that backward only, not the scatter or max_pool2d_indices.
     ``tile=(BLOCK_R, BLOCK_W)`` overrides the tile (tests force GPU-sized tiles with it).
     """
     runtime.check_tensor(x, "input", ndim=(3, 4))
     geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
-                        channels_last=prefers_channels_last(x.shape, x.stride()))
+                        channels_last=prefers_channels_last(x.shape, x.stride()), relu_gate=relu_gate)
     out = empty_activation(geo.output_shape, x.dtype, geo.channels_last)
     argmax = empty_activation(geo.output_shape, geo.argmax_dtype, geo.channels_last)
     if geo.n == 0:
@@ -832,7 +862,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         runtime.launch(max_pool2d_forward_nhwc_kernel, grid,
                        (x, out, argmax, pixels, geo.c, geo.h, geo.w, geo.out_h, geo.out_w,
                         x.stride(0), x.stride(2), x.stride(3), *geo.kernel_args()),
-                       {"UNROLL": unroll, "BLOCK_P": block_p, "BLOCK_C": block_c}, info)
+                       {"UNROLL": unroll, "RELU_GATE": geo.relu_gate, "BLOCK_P": block_p, "BLOCK_C": block_c}, info)
         return out, argmax, geo
     x4 = x if geo.batched else x.unsqueeze(0)
     rows = geo.n * geo.c * geo.out_h
@@ -843,8 +873,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         max_pool2d_forward_kernel, grid,
         (x4, out, argmax, rows, geo.c, geo.h, geo.w, geo.out_h, geo.out_w, *x4.stride(),
          *geo.kernel_args()),
-        {"UNROLL": unroll, "PAIR_W": pair_w, "ALIGN": _alignment(x4, geo, pair_w), "BLOCK_R": block_r,
-         "BLOCK_W": block_w, "num_warps": _warps(block_r, block_w) if pair_w == 2 else 4}, info)
+        {"UNROLL": unroll, "PAIR_W": pair_w, "ALIGN": _alignment(x4, geo, pair_w), "RELU_GATE": geo.relu_gate,
+         "BLOCK_R": block_r, "BLOCK_W": block_w, "num_warps": _warps(block_r, block_w) if pair_w == 2 else 4}, info)
     return out, argmax, geo
 
 
@@ -911,6 +941,9 @@ def max_pool2d_backward(grad_out, argmax, geo: PoolGeometry, deterministic: bool
     ``deterministic`` says (it reads grad_out, any strides, as it is).
     """
     _check_backward_args(grad_out, argmax, geo)
+    if geo.relu_gate and not deterministic and not geo.channels_last:
+        raise ValueError("deterministic=False (the scatter) cannot read a relu_gate argmax, which records "
+                         "no winner for some windows: pool without relu_gate for it")
     shape = geo.input_shape
     if geo.n == 0:
         return empty_activation(shape, grad_out.dtype, geo.channels_last)
@@ -978,6 +1011,9 @@ def max_pool2d_indices(argmax, geo: PoolGeometry, *, tile=None):
         raise TypeError(f"geometry must be a PoolGeometry (from max_pool2d_forward), got {type(geo).__name__}")
     runtime.check_tensor(argmax, "argmax", dtypes=(geo.argmax_dtype,))
     _check_argmax(argmax, geo)
+    if geo.relu_gate:
+        raise ValueError("a relu_gate argmax records no winner for some windows, torch's indices need "
+                         "every winner: pool without relu_gate to get indices")
     indices = empty_activation(geo.output_shape, torch.int64, geo.channels_last)
     if geo.n == 0:
         return indices
