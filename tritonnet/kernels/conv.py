@@ -559,8 +559,8 @@ def conv2d_wgrad_direct_kernel(
     """dw[co, t] = sum_p dy[p, co] * x_window[p, t] (and db[co] = sum_p dy[p, co]) over one split of
     p, without a GEMM: for weights too small for one (LeNet's first layer, 6x25; depthwise 3x3), where
     a tl.dot tile pads 6 out channels to 16 and 25 taps to 32 and its im2col gather costs more than
-    the products (the packed kernel spends ~88 warp instructions a pixel on LeNet's conv1, this one
-    ~16; sm_90, see CONV_NOTES.md).
+    the products (the packed kernel spends 46-55 warp instructions a pixel on LeNet's conv1 in
+    fp32, this one 15-17; sm_90, see CONV_NOTES.md).
 
     Each thread owns one output pixel p of a BLOCK_P step and accumulates all CO_BLOCK x T_BLOCK
     products for it in registers (acc[p, t, co]: P first, so that Triton lays every load and the
