@@ -711,6 +711,7 @@ def test_pool_applies_the_convs_relu_gate(seed, device, monkeypatch, layout):
     cases = [  # (pool arguments, the other consumer of the conv's output, pool options, gated by the pool?)
         (dict(kernel_size=2), None, {}, True),
         (dict(kernel_size=3, stride=2, padding=1), None, {}, True),
+        (dict(kernel_size=(3, 2), stride=2, dilation=(1, 2), ceil_mode=True), None, {}, True),  # windows off the end
         (dict(kernel_size=2), "sum", {}, False),
         (dict(kernel_size=2), None, dict(return_indices=True), False),
         (dict(kernel_size=2), None, dict(deterministic=False), False),
