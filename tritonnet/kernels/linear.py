@@ -353,12 +353,3 @@ def linear_backward(grad, x, weight, y=None, *, need_input=True, need_weight=Tru
         if not need_weight:
             grad_w = None
     return grad_x, grad_w, grad_b
-    if need_input:
-        grad_x = matmul(grad, weight, gate=y, blocks=blocks)
-    if need_weight or need_bias:
-        gate = None if y is None else y.t()
-        grad_w, grad_b = matmul(grad.t(), x, gate=gate, rowsum=True, blocks=blocks) \
-            if need_bias else (matmul(grad.t(), x, gate=gate, blocks=blocks), None)
-        if not need_weight:
-            grad_w = None
-    return grad_x, grad_w, grad_b
