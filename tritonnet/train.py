@@ -91,9 +91,9 @@ def load_data(config: TrainConfig) -> data.Dataset:
     return ds
 
 
-def _input(images: torch.Tensor, channels_last: bool) -> Tensor:
+def network_input(images: torch.Tensor, channels_last: bool) -> Tensor:
     """A batch as the network reads it: copied to channels-last by tritonnet's kernel when the
-    network runs so (its layers then keep the layout)."""
+    network runs so (its layers then keep the layout). The bench's steps use it too."""
     if channels_last:
         from .kernels.layout import channels_last_copy
 
@@ -105,7 +105,7 @@ def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, cha
     """One step; returns the loss and the logits (tn.Tensors) of this batch."""
     from . import functional as F
 
-    logits = model(_input(images, channels_last))
+    logits = model(network_input(images, channels_last))
     loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad()
     loss.backward()
@@ -129,7 +129,7 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
     try:
         with no_grad():
             for x, y in data.batches(images, labels, batch_size, shuffle=False, device=runtime.device()):
-                logits = model(_input(x, channels_last))
+                logits = model(network_input(x, channels_last))
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum").data)
                 correct += correct_count(logits, y)
     finally:

@@ -135,14 +135,10 @@ class TritonnetStep:
 
     def eager_step(self, x, y):
         from . import functional as F
-        from .tape import Tensor
+        from .train import network_input
 
         self.optimizer.zero_grad()
-        if self.channels_last:
-            from .kernels.layout import channels_last_copy
-
-            x = channels_last_copy(x)
-        loss = F.cross_entropy(self.net(Tensor(x)), y)
+        loss = F.cross_entropy(self.net(network_input(x, self.channels_last)), y)
         loss.backward()
         self.optimizer.step()
         return loss

@@ -32,8 +32,9 @@ phase only the kernel taps that land on an output pixel contribute, so no zeros 
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
 large, writing fp32 partial sums to a workspace that a second kernel adds in a fixed order:
 deterministic, no atomics. The bias gradient is a row sum of the same dy tiles, fused into the
-packed wgrad (the direct one sums it in a spare slot of the weight row); on the channels-last path it is one reduction of its own over the staged dy (fused,
-it doubled the wgrad's registers: see conv2d_wgrad_cl_kernel).
+packed wgrad (the direct one sums it in a spare slot of the weight row); on the channels-last
+path it is one reduction of its own over the staged dy (fused, it doubled the wgrad's registers:
+see conv2d_wgrad_cl_kernel).
 The ReLU derivative is applied while loading dy (packed) or while staging dy (channels-last), so
 there is no separate ReLU-backward pass. It comes from a bit mask the forward's epilogue writes
 when a gradient will be needed (``save_relu_mask``, a constexpr: inference compiles and pays
@@ -315,8 +316,9 @@ def conv2d_fwd_kernel(
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
-    KH: tl.constexpr, KW: tl.constexpr, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    CH_ALIGN: tl.constexpr, PADDED: tl.constexpr, DOT_FP32: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
+    OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, CH_ALIGN: tl.constexpr, PADDED: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.

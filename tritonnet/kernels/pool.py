@@ -60,10 +60,13 @@ def _take_max(v, valid, k, best, best_k):
 
 
 @triton.jit
-def _gate_winner(best, best_k, KH, KW):
-    """best_k, or KH * KW (no winner) where the window's maximum would not pass a ReLU's gradient
-    gate (``best <= 0``; NaN passes)."""
-    return tl.where(best <= 0, KH * KW, best_k)
+def _store_max(out_ptr, argmax_ptr, offsets, mask, best, best_k, KH, KW, RELU_GATE: tl.constexpr):
+    """Store each window's max and argmax; with RELU_GATE the argmax is KH * KW (no winner) where
+    the max would not pass a ReLU's gradient gate (``best <= 0``; NaN passes)."""
+    if RELU_GATE:
+        best_k = tl.where(best <= 0, KH * KW, best_k)
+    tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(argmax_ptr + offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -179,12 +182,8 @@ def max_pool2d_forward_kernel(
                 best, best_k = _visit_column(x_ptr, row_base, h_ok, iw0 + kw * DW, col_ok, W, stride_w,
                                              kh * KW + kw, best, best_k)
 
-    if RELU_GATE:
-        best_k = _gate_winner(best, best_k, KH, KW)
-    out_offsets = rows.to(tl.int64)[:, None] * OW + ow[None, :]
-    out_mask = row_ok[:, None] & col_ok[None, :]
-    tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=out_mask)
-    tl.store(argmax_ptr + out_offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=out_mask)
+    _store_max(out_ptr, argmax_ptr, rows.to(tl.int64)[:, None] * OW + ow[None, :], row_ok[:, None] & col_ok[None, :],
+               best, best_k, KH, KW, RELU_GATE)
 
 
 # ----------------------------------------------------------------------------- backward: gather
@@ -463,12 +462,8 @@ def max_pool2d_forward_nhwc_kernel(
             for kw in range(KW):
                 best, best_k = _visit_pixel(x_ptr, image, ih, h_ok, iw0 + kw * DW, W, stride_h, stride_w,
                                             ch, ch_ok, kh * KW + kw, best, best_k)
-    if RELU_GATE:
-        best_k = _gate_winner(best, best_k, KH, KW)
-    offsets = pix.to(tl.int64)[:, None] * C + ch[None, :]
-    mask = pix_ok[:, None] & ch_ok[None, :]
-    tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(argmax_ptr + offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=mask)
+    _store_max(out_ptr, argmax_ptr, pix.to(tl.int64)[:, None] * C + ch[None, :], pix_ok[:, None] & ch_ok[None, :],
+               best, best_k, KH, KW, RELU_GATE)
 
 
 @triton.jit
