@@ -189,7 +189,7 @@ def lenet_cases(batch: int, dtype_name: str = "fp32"):
         tensors = (a1.data, conv2.weight.data, conv2.bias.data, c2, mask2)
         geo2, plan = conv_kernels._forward_plan(
             a1.shape, a1.data.stride(), conv2.weight.shape, conv2.weight.data.stride(), True, dtype, 1, 0, 1, 1,
-            True, True, runtime.dot_precision(dtype), True, None)
+            True, True, runtime.dot_precision(dtype), True, None)[:2]
         plan(tensors)  # tunes, then plan.direct holds the chosen config
 
         def conv2_fwd_through_autotuner():

@@ -6,7 +6,7 @@ What to look for: the channels-last kernels' operand loads should be ``LDGSTS.E.
 one-element gathers that made the NCHW kernels latency-bound); ``local 0`` (no spills).
 
 Usage: /opt/venv36/bin/python benchmarks/conv_sass.py [--layer 64,128,16] [--dtype bf16|tf32|fp32]
-       [--which fwd,dgrad,wgrad,stage] [--channels-last] [--dump DIR]
+       [--which fwd,dgrad,wgrad,stage] [--channels-last] [--pool] [--dump DIR]
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def main(argv=None):
     parser.add_argument("--which", default="fwd,dgrad,wgrad,stage")
     parser.add_argument("--channels-last", action="store_true",
                         help="x and grad_out laid out channels-last (no staging; NHWC outputs)")
+    parser.add_argument("--pool", action="store_true",
+                        help="the forward with its 2x2 max pool fused (conv2d_max_pool2d_forward)")
     parser.add_argument("--dump", help="directory for each specialisation's PTX and SASS")
     args = parser.parse_args(argv)
     layer = [int(v) for v in args.layer.split(",")]
@@ -68,7 +70,9 @@ def main(argv=None):
     for kind, channels in (("fwd", c_in), ("dgrad", c_out)):
         for cfg in configs(channels, K.FWD_CONFIGS, K.CL_CONFIGS) if kind in which else []:
             with fake_device(runtime) as rec:
-                if kind == "fwd":
+                if kind == "fwd" and args.pool:
+                    K.conv2d_max_pool2d_forward(x, w, b, padding=pad, activation="relu", config=_tiles(cfg))
+                elif kind == "fwd":
                     K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
                 else:
                     K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg),
@@ -98,7 +102,8 @@ def main(argv=None):
             tile = "x".join(str(constexprs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "CO_BLOCK", "T_BLOCK",
                                                           "BLOCK_P") if k in constexprs)
             fma = "_fma" if constexprs.get("FMA_DOT") else ""
-            label = f"{name}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}{fma}"
+            pooled = "_pool" if constexprs.get("POOL") else ""
+            label = f"{name}{pooled}_{args.dtype}_{tile}_s{constexprs.get('num_stages', '')}{fma}"
             summarize(label, compile_like_runtime(kernel, kargs, constexprs), args.dump)
 
 

@@ -247,3 +247,35 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         _RELU_GATES[out] = relu_mask
     return out
 
+
+
+def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    """``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups, activation), 2)`` in
+    one kernel: the pool (2x2 window, stride 2, floor mode) runs in the convolution's epilogue, so
+    the full-size activation is never written, read back or kept.
+
+    The same values, winners and gradients as the two ops one after the other (ties, NaN and the
+    ReLU's gate included). Saves the input, the weight and the pool's one-byte argmax; backward
+    routes the gradient to the winners (the pool's gather) and runs the convolution's backward on
+    that, ungated: with activation="relu" the argmax already names no winner in a window whose
+    maximum the ReLU zeroed (see "ReLU gates across ops").
+    """
+    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
+    b = as_tensor(bias, "bias") if bias is not None else None
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    need_x, need_w = x.requires_grad, w.requires_grad
+    need_b = b is not None and b.requires_grad
+    out, argmax, pool_geo = _conv_kernels.conv2d_max_pool2d_forward(
+        x.data, w.data, None if b is None else b.data, activation=activation, **opts)
+    x_saved = x.data if (need_w or need_b) else None
+    w_saved = w.data if need_x else None
+    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
+    x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
+
+    def backward(grad):
+        grad_conv = _pool_kernels.max_pool2d_backward(grad, argmax, pool_geo)
+        return _conv_kernels.conv2d_backward(grad_conv, x_saved, w_saved, x_shape, w_shape, relu_mask=None,
+                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
+                                             input_channels_last=x_channels_last, **opts)
+
+    return record("conv2d_max_pool2d", out, (x, w, b), backward, saved=(x_saved, w_saved, argmax))

@@ -27,6 +27,11 @@ and a third for the smallest weight gradients:
   first layer, depthwise 3x3 and 5x5). A GEMM tile would pad LeNet's 6x25 weight to 16x32 and
   gather an im2col tile per step; here each thread accumulates one pixel's products in registers.
 
+A 2x2, stride-2 max pool after the forward can run in its epilogue (``conv2d_max_pool2d_forward``,
+constexpr POOL): the GEMM's rows then come four to a pool window, so each program holds whole
+windows and writes only the pooled values and the pool's one-byte argmax (kernels/pool.py's
+format, scan and ReLU gate), never the convolution's output.
+
 dgrad with stride > 1 is launched once per stride phase (input rows ``ih = ph + s*i``); within a
 phase only the kernel taps that land on an output pixel contribute, so no zeros are multiplied.
 wgrad splits its long reduction across programs (split-K) when the weight is small and the batch
@@ -66,6 +71,7 @@ from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
 from .layout import empty_activation, is_channels_last, prefers_channels_last, relu_gate, to_channels_last
+from .pool import PoolGeometry, gate_argmax, pool_geometry, take_max
 from .reduce import column_sums
 
 # Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used:
@@ -164,14 +170,23 @@ def _gemm_program(col_tiles):
 
 
 @triton.jit
-def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  POOL: tl.constexpr):
     """The forward program's tile: (pid_n, pid_m, group, pixel mask, image index, the top-left input
     row and column of each pixel's window, global out channels, channel mask).
+    Rows are output pixels m = (n*OH + oh)*OW + ow; with POOL, OH x OW is the 2x2 max pool's
+    output grid and rows come four to a pooled pixel q, m = 4*q + 2*dh + dw for conv output pixel
+    (2*ph + dh, 2*pw + dw): each window's four pixels are neighbouring rows of one tile.
     Index math in int32 (the launchers check pixel counts and per-image extents fit): an int64
     division is a ~70-instruction subroutine call on the GPU. Only per-image bases are int64."""
     pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_OUT, BLOCK_N))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_idx, oh, ow = _split_index(offs_m, OH, OW)
+    if POOL:
+        n_idx, ph, pw = _split_index(offs_m // 4, OH, OW)
+        oh = 2 * ph + (offs_m // 2) % 2
+        ow = 2 * pw + offs_m % 2
+    else:
+        n_idx, oh, ow = _split_index(offs_m, OH, OW)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     return (pid_n, pid_m, g, offs_m < M, n_idx, oh * stride_h - pad_h, ow * stride_w - pad_w, g * CG_OUT + co,
             co < CG_OUT)
@@ -197,17 +212,62 @@ def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH
     offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     m_mask = _run_mask(offs_m, M, RUN)
     n_idx = offs_m // OHW
+    y, co_g, n_mask = _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_N)
+    _store_activation(y_ptr, y, n_idx, offs_m - n_idx * OHW, offs_m, co_g, m_mask, n_mask, C_OUT, OHW,
+                      OFFSETS_64, OUT_NHWC, RUN)
+    if SAVE_MASK:
+        _store_relu_mask(mask_ptr, tl.trans(y), co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_N: tl.constexpr):
+    """(act(acc + bias) in y's dtype, the tile's global out channels, their mask)."""
     co_g = tl.arange(0, BLOCK_N) + (g * CG_OUT + pid_n * BLOCK_N)
     n_mask = co_g < g * CG_OUT + CG_OUT
     if HAS_BIAS != 0:
         acc += tl.load(b_ptr + co_g, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU != 0:
         acc = tl.where(acc < 0, 0.0, acc)  # written this way so NaN passes through, as in torch.relu
-    y = acc.to(y_ptr.dtype.element_ty)
-    _store_activation(y_ptr, y, n_idx, offs_m - n_idx * OHW, offs_m, co_g, m_mask, n_mask, C_OUT, OHW,
-                      OFFSETS_64, OUT_NHWC, RUN)
-    if SAVE_MASK:
-        _store_relu_mask(mask_ptr, tl.trans(y), co_g, n_mask, m_mask, pid_m, MASK_ROW, BLOCK_M, BLOCK_N)
+    return acc.to(y_ptr.dtype.element_ty), co_g, n_mask
+
+
+@triton.jit
+def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW, CG_OUT, HAS_BIAS, RELU,
+                   OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_ALIGN: tl.constexpr = 1):
+    """The forward's epilogue fused with a 2x2, stride-2 max pool: acc [BLOCK_M pixels, BLOCK_N
+    channels], rows four to a window (see _forward_tile), + bias, ReLU, then each window's max and
+    argmax (``dh * 2 + dw``, as kernels/pool.py writes them) stored into y and argmax, [N, C_OUT,
+    PH, PW] (NCHW, or NHWC with OUT_NHWC; PHW = PH*PW, M = 4*N*PHW). The conv's own output is never
+    written. The pool compares the values the unfused conv would have stored (rounded to y's
+    dtype), by pool.py's scan, so winners, ties and NaN are those of conv then max_pool2d; with
+    RELU the argmax also carries the ReLU's gradient gate (pool.py's relu_gate).
+    PIX_POW2: a power of two dividing PHW; CH_ALIGN: see _forward_epilogue."""
+    if CH_ALIGN > 1:
+        C_OUT = (C_OUT // CH_ALIGN) * CH_ALIGN
+        CG_OUT = (CG_OUT // CH_ALIGN) * CH_ALIGN
+    y, co_g, n_mask = _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_N)
+    # [BLOCK_M, N] -> [windows, N, dh, dw], split into the window's four positions; fp32 compares
+    # (exact: y is already rounded; bf16 compares are broken under the interpreter)
+    quad = tl.permute(tl.reshape(y.to(tl.float32), [BLOCK_M // 4, 2, 2, BLOCK_N]), [0, 3, 1, 2])
+    left, right = tl.split(quad)  # dw = 0, 1: [windows, N, dh]
+    v00, v10 = tl.split(left)
+    v01, v11 = tl.split(right)
+    best, best_k = take_max(v01, True, 1, v00, tl.zeros(v00.shape, tl.int32))  # v00 is position 0's
+    best, best_k = take_max(v10, True, 2, best, best_k)
+    best, best_k = take_max(v11, True, 3, best, best_k)
+    if RELU != 0:
+        best_k = gate_argmax(best, best_k, 4)
+    WINDOWS: tl.constexpr = BLOCK_M // 4
+    RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < WINDOWS else WINDOWS
+    offs_q = tl.arange(0, WINDOWS) + pid_m * WINDOWS
+    q_mask = _run_mask(offs_q, M // 4, RUN)
+    n_idx = offs_q // PHW
+    pixel = offs_q - n_idx * PHW
+    _store_activation(y_ptr, best.to(y_ptr.dtype.element_ty), n_idx, pixel, offs_q, co_g, q_mask, n_mask, C_OUT,
+                      PHW, OFFSETS_64, OUT_NHWC, RUN)
+    _store_activation(argmax_ptr, best_k.to(argmax_ptr.dtype.element_ty), n_idx, pixel, offs_q, co_g, q_mask,
+                      n_mask, C_OUT, PHW, OFFSETS_64, OUT_NHWC, RUN)
 
 
 @triton.jit
@@ -318,7 +378,7 @@ def conv2d_fwd_kernel(
     CG_IN, CG_OUT, K_RED, HAS_BIAS, RELU, MASK_ROW,
     KH: tl.constexpr, KW: tl.constexpr, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
     OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, CH_ALIGN: tl.constexpr, PADDED: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    POOL: tl.constexpr, DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(conv2d(x, w) + b), reduction over k = c*KH*KW + kh*KW + kw in BLOCK_K chunks.
@@ -333,10 +393,13 @@ def conv2d_fwd_kernel(
     PADDED: some window reaches into padding; without (LeNet) the gather needs no bounds checks
     (~9 integer instructions per gathered element). PIX_POW2: see _store_activation; CH_ALIGN
     (with OUT_NHWC, else 1): see _forward_epilogue.
+    POOL: a 2x2, stride-2 max pool fused into the epilogue (_pool_epilogue): OH, OW are then the
+    pool's output grid, M = 4*N*OH*OW, y is the pool's output and mask the pool's argmax
+    [N, C_out, OH, OW] uint8 (SAVE_MASK is off: with RELU the argmax carries the gate).
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups) (see _gemm_program).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
-        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
+        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
     # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
     x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (g * CG_IN * sxc + ih0 * sxh + iw0 * sxw)
     w_col = co_g * swo
@@ -357,9 +420,13 @@ def conv2d_fwd_kernel(
         b = tl.load(w_ptr + w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
-    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N,
-                      CH_ALIGN)
+    if POOL:
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT, HAS_BIAS, RELU,
+                       OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N, CH_ALIGN)
+    else:
+        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+                          HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N,
+                          CH_ALIGN)
 
 
 @triton.jit
@@ -686,7 +753,7 @@ def conv2d_fwd_cl_kernel(
     M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
-    W_LAYOUT: tl.constexpr,
+    W_LAYOUT: tl.constexpr, POOL: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -697,11 +764,12 @@ def conv2d_fwd_cl_kernel(
     channels contiguous; bf16/fp16 and IEEE fp32), 2: [C_OUT, KH, KW, CG_IN] contiguous (TF32),
     0: torch's [C_OUT, CG_IN, KH, KW] with strides sw* (neither side's rows would be whole 16-byte
     vectors, and staging would cost a launch).
-    b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: as in conv2d_fwd_kernel (y is NCHW).
+    b, y, mask, M, HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, POOL: as in conv2d_fwd_kernel (y is NCHW,
+    or NHWC with OUT_NHWC).
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
-        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N)
+        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
     pix0 = (n_idx * H + ih0) * W + iw0  # x's pixel under tap (0, 0); int32, may be off-image (masked)
     offs_k = tl.arange(0, BLOCK_K)
 
@@ -720,8 +788,12 @@ def conv2d_fwd_cl_kernel(
         b = _load_weight_tap(w_ptr, c, co_g, kh, kw, KH, KW, CG_IN, C_OUT, swc, swo, swh, sww, c_mask, n_mask,
                              W_LAYOUT)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
-    _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
-                      HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
+    if POOL:
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT, HAS_BIAS, RELU,
+                       OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
+    else:
+        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+                          HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD_CL)
@@ -1307,62 +1379,108 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     (``BLOCK_M``/``BLOCK_N``/``BLOCK_K`` and optionally ``num_warps``/``num_stages``) fixes the
     tiles instead of autotuning (always fixed under the interpreter).
     """
-    _check_pair(x, weight, bias)
     relu = _check_activation(activation)
     if save_relu_mask not in (False, True):
         raise TypeError(f"save_relu_mask must be a bool, got {save_relu_mask!r}")
     if save_relu_mask and not relu:
         raise ValueError(f"save_relu_mask needs activation='relu', got activation={activation!r}")
+    y, mask, _ = _forward(x, weight, bias, stride, padding, dilation, groups, relu, bool(save_relu_mask), False,
+                          config)
+    return (y, mask) if save_relu_mask else y
+
+
+def conv2d_max_pool2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+                              config=None):
+    """max_pool2d(activation(conv2d(x, weight) + bias), kernel_size=2) in one launch: the
+    convolution's output is pooled in the forward's epilogue and never written.
+
+    Arguments as conv2d_forward's. Returns ``(out, argmax, pool_geometry)`` as
+    ``pool.max_pool2d_forward`` would for the convolution's output (torch's floor-mode output
+    size; an odd last row or column of the convolution is not computed, no window reads it):
+    the same values, winners, ties and NaN, channels-last when x is, and with activation="relu"
+    the pool's ``relu_gate`` argmax (the ReLU's gradient gate included), which
+    ``pool.max_pool2d_backward`` turns into the gated gradient of the convolution's output.
+    """
+    out, argmax, pool_geo = _forward(x, weight, bias, stride, padding, dilation, groups,
+                                     _check_activation(activation), False, True, config)
+    return out, argmax, pool_geo
+
+
+def _forward(x, weight, bias, stride, padding, dilation, groups, relu, save_relu_mask, pool, config):
+    """The launch behind both forwards: (y, the ReLU mask or the pool's argmax (or y), pool geometry)."""
+    _check_pair(x, weight, bias)
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
-    save_relu_mask = bool(save_relu_mask)
-    geo, launch, stage_x, w_layout, out_nhwc = _planned(
+    geo, launch, stage_x, w_layout, out_nhwc, pool_geo = _planned(
         _forward_plan, x.shape, x.stride(), weight.shape, weight.stride(), bias is not None, x.dtype,
         _hashable(stride), _hashable(padding), _hashable(dilation), groups, relu, save_relu_mask,
-        runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config))
+        runtime.dot_precision(x.dtype), AUTOTUNE, _config_key(config), pool)
     if stage_x:
         x = to_channels_last(x)
     if w_layout != W_TORCH:
         weight = _staged_weight(weight, in_channels_contiguous=w_layout == W_K_MAJOR)
-    y = empty_activation(geo.out_shape, x.dtype, out_nhwc)
-    mask = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
-    launch((x, weight, bias if bias is not None else y, y, mask))
-    return (y, mask) if save_relu_mask else y
+    if pool:
+        y = empty_activation(pool_geo.output_shape, x.dtype, out_nhwc)
+        second = empty_activation(pool_geo.output_shape, pool_geo.argmax_dtype, out_nhwc)
+    else:
+        y = empty_activation(geo.out_shape, x.dtype, out_nhwc)
+        second = runtime.empty(geo.relu_mask_shape, torch.uint8) if save_relu_mask else y
+    launch((x, weight, bias if bias is not None else y, y, second))
+    return y, second, pool_geo
 
 
 @functools.lru_cache(maxsize=512)
 def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride, padding, dilation, groups, relu,
-                  save_mask, precision, autotune, config):
-    """(geometry, _Launch, stage x?, the weight's W_LAYOUT, y channels-last?) of conv2d_forward;
-    ``precision`` and ``autotune`` key the global settings."""
+                  save_mask, precision, autotune, config, pool=False):
+    """(geometry, _Launch, stage x?, the weight's W_LAYOUT, y channels-last?, the pool's geometry or
+    None) of conv2d_forward, or with ``pool`` of conv2d_max_pool2d_forward; ``precision`` and
+    ``autotune`` key the global settings."""
     geo = geometry(x_shape, w_shape, stride, padding, dilation, groups)
     _check_int32_layouts(geo, [(x_shape, x_stride)], (w_shape, w_stride))
-    M = geo.N * geo.OH * geo.OW
-    flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
     out_nhwc = prefers_channels_last(x_shape, x_stride)
-    consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
-              "PIX_POW2": _pow2_dividing(geo.OH * geo.OW), **_dot_flags(dtype)}
     esize = torch.empty((), dtype=dtype).element_size()
-    y_numel = _numel(geo.out_shape)
+    flop_outputs = geo.N * geo.C_out * geo.OH * geo.OW
+    if pool:
+        # torch's pool rules and errors (a 1-pixel-wide output has no 2x2 window)
+        pool_geo = pool_geometry(geo.out_shape, 2, 2, channels_last=out_nhwc, relu_gate=relu)
+        grid_h, grid_w = pool_geo.out_h, pool_geo.out_w
+        M = 4 * geo.N * grid_h * grid_w
+        flop_outputs = geo.C_out * M  # the pooled windows' conv outputs are all that is computed
+        y_numel = _numel(pool_geo.output_shape)
+        extra_bytes = y_numel * pool_geo.argmax_dtype.itemsize
+        name = "conv2d_fwd" + ("_relu" if relu else "") + "_maxpool"
+    else:
+        pool_geo = None
+        grid_h, grid_w = geo.OH, geo.OW
+        M = geo.N * geo.OH * geo.OW
+        y_numel = _numel(geo.out_shape)
+        extra_bytes = _numel(geo.relu_mask_shape) if save_mask else 0
+        name = "conv2d_fwd" + ("_relu" if relu else "")
+    flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
+    consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
+              "PIX_POW2": _pow2_dividing(grid_h * grid_w), "POOL": bool(pool), **_dot_flags(dtype)}
+    macs = flop_outputs * geo.CG_IN * geo.KH * geo.KW
     info = runtime.LaunchInfo(
-        "conv2d_fwd" + ("_relu" if relu else ""), (tuple(x_shape), tuple(w_shape)), dtype,
-        flops=2 * geo.macs + (y_numel if has_bias else 0) + (y_numel if relu else 0),
-        bytes=(_numel(x_shape) + _numel(w_shape) + y_numel + (geo.C_out if has_bias else 0)) * esize
-        + (_numel(geo.relu_mask_shape) if save_mask else 0))
+        name, (tuple(x_shape), tuple(w_shape)), dtype,
+        flops=2 * macs + (flop_outputs if has_bias else 0) + (flop_outputs if relu else 0)
+        + (flop_outputs * 3 // 4 if pool else 0),
+        bytes=(_numel(x_shape) + _numel(w_shape) + y_numel + (geo.C_out if has_bias else 0)) * esize + extra_bytes)
     channels_last = geo.channels_last(geo.CG_IN)
     if channels_last:
         w_layout = _weight_layout(geo.CG_IN, geo.CG_OUT, dtype)
-        tail = (*geo.cl_scalars(), M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+        scalars = geo.cl_scalars()
+        tail = (*scalars[:2], grid_h, grid_w, *scalars[4:], M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN,
+                geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
                               tail, {**consts, "W_LAYOUT": w_layout}, info, config)
-        return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc
-    tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(),
+        return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc, pool_geo
+    tail = (geo.H, geo.W, grid_h, grid_w, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(),
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     ch_align = _out_channel_alignment(geo, esize) if out_nhwc else 1
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
                           {**consts, "KH": geo.KH, "KW": geo.KW, "PADDED": not geo.windows_inside,
                            "CH_ALIGN": ch_align}, info, config)
-    return geo, launch, False, W_TORCH, out_nhwc
+    return geo, launch, False, W_TORCH, out_nhwc, pool_geo
 
 
 def _phase_taps(phase: int, stride: int, pad: int, dil: int, ksize: int):

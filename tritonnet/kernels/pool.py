@@ -52,19 +52,26 @@ from .layout import empty_activation, is_channels_last, prefers_channels_last
 
 
 @triton.jit
-def _take_max(v, valid, k, best, best_k):
+def take_max(v, valid, k, best, best_k):
     """torch's scan step: a NaN replaces whatever is there (``val > maxval || isnan(val)``) and the
-    first valid position is taken unconditionally, so an all -inf window still has an index."""
+    first valid position is taken unconditionally (best_k < 0 until then), so an all -inf window
+    still has an index. (Also the scan of conv2d's pool-fused epilogue, kernels/conv.py.)"""
     take = valid & ((v > best) | (v != v) | (best_k < 0))
     return tl.where(take, v, best), tl.where(take, k, best_k)
 
 
 @triton.jit
+def gate_argmax(best, best_k, WINDOW):
+    """The relu_gate argmax: WINDOW (= KH * KW, no winner) where the max would not pass a ReLU's
+    gradient gate (``best <= 0``; NaN passes)."""
+    return tl.where(best <= 0, WINDOW, best_k)
+
+
+@triton.jit
 def _store_max(out_ptr, argmax_ptr, offsets, mask, best, best_k, KH, KW, RELU_GATE: tl.constexpr):
-    """Store each window's max and argmax; with RELU_GATE the argmax is KH * KW (no winner) where
-    the max would not pass a ReLU's gradient gate (``best <= 0``; NaN passes)."""
+    """Store each window's max and argmax (with RELU_GATE: gate_argmax's)."""
     if RELU_GATE:
-        best_k = tl.where(best <= 0, KH * KW, best_k)
+        best_k = gate_argmax(best, best_k, KH * KW)
     tl.store(out_ptr + offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(argmax_ptr + offsets, best_k.to(argmax_ptr.dtype.element_ty), mask=mask)
 
@@ -75,7 +82,7 @@ def _visit_column(x_ptr, row_base, h_ok, iw, w_ok, W, stride_w, k, best, best_k)
     m = h_ok[:, None] & (w_ok & (iw >= 0) & (iw < W))[None, :]
     v = tl.load(x_ptr + row_base[:, None] + iw.to(tl.int64)[None, :] * stride_w, mask=m,
                 other=float("-inf")).to(tl.float32)
-    return _take_max(v, m, k, best, best_k)
+    return take_max(v, m, k, best, best_k)
 
 
 @triton.jit
@@ -157,12 +164,12 @@ def max_pool2d_forward_kernel(
                 v_left, v_right = tl.split(tl.reshape(v2, [BLOCK_R, BLOCK_W, 2]))
                 iw_left = iw0 + 2 * m
                 ok_left = col_ok & (iw_left >= 0) & (iw_left < W)
-                best, best_k = _take_max(v_left, h_ok[:, None] & ok_left[None, :], kh * KW + 2 * m,
+                best, best_k = take_max(v_left, h_ok[:, None] & ok_left[None, :], kh * KW + 2 * m,
                                          best, best_k)
                 if 2 * m + 1 < PAIR_W:
                     iw_right = iw_left + 1
                     ok_right = col_ok & (iw_right >= 0) & (iw_right < W)
-                    best, best_k = _take_max(v_right, h_ok[:, None] & ok_right[None, :], kh * KW + 2 * m + 1,
+                    best, best_k = take_max(v_right, h_ok[:, None] & ok_right[None, :], kh * KW + 2 * m + 1,
                                              best, best_k)
     elif UNROLL > 0:
         for kh in tl.static_range(UNROLL):
@@ -421,7 +428,7 @@ def _visit_pixel(x_ptr, image, ih, h_ok, iw, W, stride_h, stride_w, ch, ch_ok, k
     m = ok[:, None] & ch_ok[None, :]
     pixel = image + ih.to(tl.int64) * stride_h + iw.to(tl.int64) * stride_w
     v = tl.load(x_ptr + pixel[:, None] + ch[None, :], mask=m, other=float("-inf")).to(tl.float32)
-    return _take_max(v, m, k, best, best_k)
+    return take_max(v, m, k, best, best_k)
 
 
 @triton.jit

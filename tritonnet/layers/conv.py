@@ -45,6 +45,12 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                         self.activation)
 
+    def forward_max_pool2d(self, x):
+        """This layer followed by a 2x2, stride-2 MaxPool2d, in one kernel (F.conv2d_max_pool2d):
+        what Sequential runs for such a pair."""
+        return F.conv2d_max_pool2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                                   self.activation)
+
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
         if self.padding not in ((0, 0), "valid"):

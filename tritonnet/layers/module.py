@@ -127,7 +127,16 @@ def torch_default_parameters(weight_shape, fan_in: int, bias: bool, dtype: torch
 
 
 class Sequential(Module):
-    """Applies its modules in order; they are named ``"0"``, ``"1"``, ... like torch.nn.Sequential."""
+    """Applies its modules in order; they are named ``"0"``, ``"1"``, ... like torch.nn.Sequential.
+
+    A Conv2d directly followed by a 2x2, stride-2 MaxPool2d runs as one kernel
+    (``Conv2d.forward_max_pool2d``: the pool in the convolution's epilogue, the full-size activation
+    never written), with the same results as the two layers one after the other. Both stay
+    children under their own names. ``fuse_conv_pool = False`` (on the instance or the class)
+    runs them separately.
+    """
+
+    fuse_conv_pool = True
 
     def __init__(self, *modules):
         super().__init__()
@@ -146,6 +155,14 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            if self.fuse_conv_pool and i + 1 < len(modules) and hasattr(modules[i], "forward_max_pool2d") \
+                    and getattr(modules[i + 1], "fuses_into_conv", False):
+                x = modules[i].forward_max_pool2d(x)
+                i += 2
+            else:
+                x = modules[i](x)
+                i += 1
         return x

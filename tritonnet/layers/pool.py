@@ -24,6 +24,14 @@ class MaxPool2d(Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                             self.return_indices, deterministic=self.deterministic)
 
+    @property
+    def fuses_into_conv(self) -> bool:
+        """Whether this is the plain 2x2, stride-2 pool that a Conv2d before it can run in its own
+        kernel (see Conv2d.forward_max_pool2d)."""
+        pair = check_window(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return (pair == ((2, 2), (2, 2), (0, 0), (1, 1)) and not self.ceil_mode and not self.return_indices
+                and self.deterministic)
+
     def extra_repr(self) -> str:
         stride = self.kernel_size if self.stride is None else self.stride
         return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
