@@ -4,7 +4,8 @@
 # Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR)
 # The default stages finish within ~8 minutes (their limits add up to 470 s); STAGES=all adds
 # bench_pool (issue 2's, resolved), the LeNet and bf16 VGG profiles, bench_train (a timed epoch of
-# `tritonnet train`) and bench_linear (160 s more), and
+# `tritonnet train`) and bench_linear (160 s more), and bench_compile (the TF32 and bf16 training
+# steps against torch.compile, which the default bench's budget skips: 180 s more), and
 # STAGES="tests bench_pool ..." runs the stages named. Each stage has its own time limit and a
 # failing stage does not stop the next: the summary at the end says which passed.
 set -u
@@ -20,7 +21,7 @@ summary=$out/summary.txt
 
 stages=${STAGES:-tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead}
 [[ $stages == all ]] && stages="tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead bench_pool
-  profile profile_vgg_bf16 bench_train bench_linear"
+  profile profile_vgg_bf16 bench_train bench_linear bench_compile"
 stages=${stages//$'\n'/ }
 
 stage() {  # stage NAME SECONDS COMMAND...
@@ -69,6 +70,10 @@ stage profile 15 $python -m tritonnet profile --out "$out"
 stage profile_vgg_bf16 25 $python -m tritonnet profile --model vgg --dtype bf16 --out "$out"
 stage bench_train 30 $python benchmarks/bench_train.py --out "$out" --budget-s 25
 stage bench_linear 30 $python benchmarks/bench_linear.py --out "$out"
+# each torch.compile of a step compiles for 30-60 s: the rows the default bench leaves out, in a
+# folder of their own (its bench.json is not the README's)
+stage bench_compile 180 $python -m tritonnet bench --only steps --dtypes tf32,bf16 --out "$out/compile_steps" \
+  --budget-s 170
 
 echo "--- summary"; cat "$summary"
 # one page of what matters first (targets, profiles, sweep decisions): OUT_DIR/report.md
