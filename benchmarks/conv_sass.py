@@ -69,13 +69,16 @@ def main(argv=None):
 
     for kind, channels in (("fwd", c_in), ("dgrad", c_out)):
         for cfg in configs(channels, K.FWD_CONFIGS, K.CL_CONFIGS) if kind in which else []:
+            tiles = _tiles(cfg)
+            if not geo.channels_last(channels):  # as the packed kernels' pruner runs a one-step reduction
+                tiles = K._one_step(tiles, channels * k * k)
             with fake_device(runtime) as rec:
                 if kind == "fwd" and args.pool:
-                    K.conv2d_max_pool2d_forward(x, w, b, padding=pad, activation="relu", config=_tiles(cfg))
+                    K.conv2d_max_pool2d_forward(x, w, b, padding=pad, activation="relu", config=tiles)
                 elif kind == "fwd":
-                    K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=_tiles(cfg))
+                    K.conv2d_forward(x, w, b, padding=pad, activation="relu", save_relu_mask=True, config=tiles)
                 else:
-                    K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=_tiles(cfg),
+                    K.conv2d_input_grad(dy, w, x.shape, padding=pad, relu_mask=mask, config=tiles,
                                         channels_last=args.channels_last)
             runs.append((cfg, rec.launches))
     wgrad_cl = K.WGRAD_CL_CONFIGS + (K.WGRAD_CL_FMA_CONFIGS if args.dtype == "tf32" else [])

@@ -886,6 +886,34 @@ def test_autotune_candidates_fit_the_layer():
     assert kept(packed, K_W=27, CG_OUT=32) == [(32, 32, 64), (16, 32, 64)]
 
 
+def test_one_step_reductions_run_unpipelined():
+    """A packed forward or dgrad whose whole reduction fits one BLOCK_K step (the RGB stem's 27,
+    LeNet conv1's 25) runs with num_stages 1, autotuned or fixed: the pipeline would compute the
+    addresses of steps that do not exist. Longer reductions, the channels-last kernels (whose depth
+    argument is a channel count, not the loop) and a caller's own config keep their stages."""
+    def stages(kernel, **named):
+        named = {"x_ptr": torch.empty(1), **named}
+        return [c.num_stages for c in kernel.early_config_prune(kernel.configs, named, PRECISION="ieee")]
+
+    assert stages(conv_kernels.conv2d_fwd_autotuned, CG_OUT=32, K_RED=27) == [1, 1]
+    assert stages(conv_kernels.conv2d_dgrad_autotuned, CG_IN=6, K_RED=25) == [1, 1]
+    assert stages(conv_kernels.conv2d_fwd_autotuned, CG_OUT=16, K_RED=150) == [3, 3]  # LeNet conv2
+    assert stages(conv_kernels.conv2d_fwd_cl_autotuned, CG_OUT=64, CG_IN=32) == [4, 4]
+    fixed = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    assert conv_kernels._one_step(fixed, 27)["num_stages"] == 1
+    assert conv_kernels._one_step(fixed, 33) is fixed and conv_kernels._one_step(fixed, None) is fixed
+    seen = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        seen.append(constexprs.get("num_stages"))
+        return run()
+
+    x, wt = torch.randn(1, 3, 6, 6, device=runtime.device()), torch.randn(4, 3, 3, 3, device=runtime.device())
+    with runtime.observing(record):
+        conv_kernels.conv2d_forward(x, wt, config={**fixed, "num_stages": 3})
+    assert seen == [3]
+
+
 def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeypatch, device):
     from aot import SpecRecorder, compile_specs
 

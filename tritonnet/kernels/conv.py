@@ -1037,10 +1037,12 @@ def _prune(configs, width: int, depth: int, ieee: bool, esize: int, rows_key="BL
     return sorted(kept, key=lambda c: -c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])[:2]
 
 
-def _pruner(width_arg, depth_arg, rows_arg=None):
+def _pruner(width_arg, depth_arg, rows_arg=None, one_step=False):
     """An early_config_prune for a kernel whose GEMM-N size, reduction chunk size (and, for
     wgrad, GEMM-M size) are the named arguments. Configs with FMA_DOT are candidates for TF32
-    only: the best-fitting one joins the two tensor-core candidates there."""
+    only: the best-fitting one joins the two tensor-core candidates there. ``one_step``: the
+    depth argument is the whole reduction (packed kernels), and a config covering it in one step
+    runs unpipelined (_one_step)."""
     def prune(configs, named_args, **kwargs):
         if rows_arg is not None:
             rows = runtime.next_power_of_2(named_args[rows_arg])
@@ -1053,6 +1055,9 @@ def _pruner(width_arg, depth_arg, rows_arg=None):
                       precision == "ieee", esize)
         if fma and precision == "tf32" and esize == 4:
             kept += _prune(fma, named_args[width_arg], depth, True, esize)[:1]
+        if one_step:
+            kept = [c if c.kwargs["BLOCK_K"] < depth or c.num_stages == 1 else
+                    triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=1, maxnreg=c.maxnreg) for c in kept]
         return kept
     return prune
 
@@ -1068,8 +1073,10 @@ def _autotuned(kernel, configs, key, prune):
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-conv2d_fwd_autotuned = _autotuned(conv2d_fwd_kernel, FWD_CONFIGS, ["CG_OUT", "K_RED"], _pruner("CG_OUT", "K_RED"))
-conv2d_dgrad_autotuned = _autotuned(conv2d_dgrad_kernel, FWD_CONFIGS, ["CG_IN", "K_RED"], _pruner("CG_IN", "K_RED"))
+conv2d_fwd_autotuned = _autotuned(conv2d_fwd_kernel, FWD_CONFIGS, ["CG_OUT", "K_RED"],
+                                  _pruner("CG_OUT", "K_RED", one_step=True))
+conv2d_dgrad_autotuned = _autotuned(conv2d_dgrad_kernel, FWD_CONFIGS, ["CG_IN", "K_RED"],
+                                    _pruner("CG_IN", "K_RED", one_step=True))
 conv2d_wgrad_autotuned = _autotuned(conv2d_wgrad_kernel, WGRAD_CONFIGS, ["CG_OUT", "K_W"],
                                     _pruner("K_W", None, rows_arg="CG_OUT"))
 conv2d_fwd_cl_autotuned = _autotuned(conv2d_fwd_cl_kernel, CL_CONFIGS, ["CG_OUT", "CG_IN"], _pruner("CG_OUT", "CG_IN"))
@@ -1115,6 +1122,17 @@ def _fixed_config(kind: str) -> dict:
     if kind == "wgrad_direct":
         return DIRECT_WGRAD_TILE
     return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+
+
+def _one_step(config, depth):
+    """``config`` with num_stages 1 when its BLOCK_K covers the whole reduction ``depth`` (None:
+    unknown), else as it is. The software pipeline issues the loads of num_stages - 1 steps ahead
+    of the first; a one-step loop (the RGB stem's 27, LeNet conv1's 25) then computes the gather's
+    addresses and masks for steps that do not exist: sm_90, fp32 stem 128x32x32, 2832 instructions
+    a thread at 3 stages, 2040 at 1; TF32 2280 -> 1552; bf16, whose gather is not pipelined, the same."""
+    if depth is None or config["BLOCK_K"] < depth or config.get("num_stages") == 1:
+        return config
+    return {**config, "num_stages": 1}
 
 
 def _split_config(config):
@@ -1346,11 +1364,12 @@ def _planned(builder, *key):
         return builder.__wrapped__(*key)
 
 
-def _gemm_launch(kernel, autotuned, kind, rows, cols, groups, tail, consts, info, config):
-    """The _Launch of a forward or dgrad GEMM: autotuned on the GPU unless ``config`` fixes the tiles."""
+def _gemm_launch(kernel, autotuned, kind, rows, cols, groups, tail, consts, info, config, depth=None):
+    """The _Launch of a forward or dgrad GEMM: autotuned on the GPU unless ``config`` fixes the tiles.
+    ``depth``: a packed kernel's reduction length (see _one_step; a given config is kept as it is)."""
     if config is None and AUTOTUNE:
         return _Launch(autotuned, lambda meta: _gemm_grid(rows, cols, groups, meta), tail, consts, info)
-    blocks, options = _split_config(dict(config) if config is not None else _fixed_config(kind))
+    blocks, options = _split_config(dict(config) if config is not None else _one_step(_fixed_config(kind), depth))
     grid = _gemm_grid(rows, cols, groups, blocks)
     return _Launch(kernel, grid, tail, {**consts, **blocks, **options}, info)
 
@@ -1479,7 +1498,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     ch_align = _out_channel_alignment(geo, esize) if out_nhwc else 1
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
                           {**consts, "KH": geo.KH, "KW": geo.KW, "PADDED": not geo.windows_inside,
-                           "CH_ALIGN": ch_align}, info, config)
+                           "CH_ALIGN": ch_align}, info, config, depth=geo.CG_IN * geo.KH * geo.KW)
     return geo, launch, False, W_TORCH, out_nhwc, pool_geo
 
 
@@ -1602,7 +1621,7 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
                     geo.CG_OUT * nkh * nkw, geo.relu_mask_shape[1])
             consts = {"RELU": relu, **wide, **_dot_flags(g_dtype)}
             launches.append(_gemm_launch(conv2d_dgrad_kernel, conv2d_dgrad_autotuned, "dgrad", M, geo.CG_IN,
-                                         geo.groups, tail, consts, info, config))
+                                         geo.groups, tail, consts, info, config, depth=geo.CG_OUT * nkh * nkw))
     return geo, tuple(launches), channels_last, w_layout
 
 
