@@ -5,11 +5,14 @@ conftest, so a comparison also proves every element was written.
 """
 import contextlib
 import gc
+import random
 import warnings
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import torch
+import triton
+import triton.language as tl
 
 import tritonnet as tn
 import tritonnet.functional as F
@@ -1027,3 +1030,39 @@ def test_drawn_geometries_match_torch(seed, device, case):
     assume(min(out_shape) > 0)
     ours, ref = _run(x, w, b, act, torch.float32, **case["opts"])
     _check_all(ours, ref, TOL[torch.float32])
+
+
+@triton.jit
+def _divide_kernel(n_ptr, q_ptr, divisor, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(q_ptr + offs, conv_kernels._divide(tl.load(n_ptr + offs), divisor))
+
+
+def test_magic_divisor_divides_every_int32_numerator(seed, device):
+    """The forwards split pixel indices with a multiply and a shift (conv._divide): exact for every
+    0 <= n < 2**31 by Granlund and Montgomery's bound; checked here for divisors of every size,
+    powers of two and their neighbours, at the numerators where rounding would first go wrong
+    (multiples of d and one below) and at the int32 edge, in Python and in the kernel."""
+    rng = random.Random(seed)
+    divisors = list(range(1, 300)) + [2**k + e for k in range(1, 31) for e in (-1, 0, 1)] + \
+        [rng.randrange(1, 2**31) for _ in range(300)]
+    kernel_n, kernel_d = [], []
+    for d in divisors:
+        magic = conv_kernels.magic_divisor(d)
+        assert 2**36 <= magic < 2**39  # typed int64 by Triton whatever d is: one specialisation
+        top = (2**31 - 1) // d * d
+        numerators = {0, 1, d - 1, d, top - 1, top, 2**31 - 1} | {rng.randrange(2**31) for _ in range(20)}
+        for n in numerators:
+            if 0 <= n < 2**31:
+                assert (n * (magic & 0xFFFFFFFF)) >> (magic >> 32) == n // d, (n, d)
+        if len(kernel_d) < 8 and d > 1000:
+            kernel_d.append(d)
+    for bad in (0, 2**31):
+        with pytest.raises(ValueError, match="divisor"):
+            conv_kernels.magic_divisor(bad)
+    for d in kernel_d + [1, 3, 784, 2**30 + 1]:
+        n = torch.tensor([0, 1, d - 1, d, d + 1, 2**31 - 1, (2**31 - 1) // d * d, rng.randrange(2**31)],
+                         dtype=torch.int32, device=device)
+        q = runtime.empty(n.shape, torch.int32)
+        runtime.launch(_divide_kernel, (1,), (n, q, conv_kernels.magic_divisor(d)), {"BLOCK": 8})
+        assert torch.equal(q.cpu(), n.cpu() // d), d

@@ -88,7 +88,7 @@ CHANNELS_LAST_MIN_CHANNELS = 16
 # channels-last dgrad: their reduction index is divided by it every step (by a constant, a
 # multiply and a shift; sm_90, LeNet conv2's packed forward loop 181 -> 133 instructions).
 _SHAPE_ARGS_FWD = [
-    'H', 'W', 'OH', 'OW', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
+    'H', 'W', 'OH', 'OW', 'ohw_div', 'ow_div', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
     'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'CG_IN', 'CG_OUT', 'K_RED',
     'HAS_BIAS', 'RELU', 'MASK_ROW',
 ]
@@ -106,7 +106,7 @@ _GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad
 _WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
 # the forward's and dgrad's KH and KW are constexprs (their tap loops divide by them)
 _GEOMETRY_ARGS_CL_RUNTIME = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')]
-_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
+_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'ohw_div', 'ow_div', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
                                                     'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
@@ -131,6 +131,25 @@ def _split_index(flat, H, W):
     n = flat // (H * W)
     rest = flat - n * (H * W)
     row = rest // W
+    return n, row, rest - row * W
+
+
+@triton.jit
+def _divide(n, divisor):
+    """n // d for int32 0 <= n < 2**31, ``divisor`` = magic_divisor(d): one 32x32->64-bit multiply
+    and a shift, where a division by a runtime value is a ~20-instruction sequence per element
+    (sm_90: the packed forward's pixel split was ~400 of the RGB stem's 2040 instructions a thread)."""
+    multiplier = (divisor & 0xFFFFFFFF).to(tl.uint64)
+    product = n.to(tl.uint32, bitcast=True).to(tl.uint64) * multiplier
+    return (product >> (divisor >> 32).to(tl.uint64)).to(tl.int32)
+
+
+@triton.jit
+def _split_index_by(flat, H, W, hw_div, w_div):
+    """_split_index with the divisions by H*W and W done by _divide (hw_div, w_div their magic)."""
+    n = _divide(flat, hw_div)
+    rest = flat - n * (H * W)
+    row = _divide(rest, w_div)
     return n, row, rest - row * W
 
 
@@ -170,30 +189,31 @@ def _gemm_program(col_tiles):
 
 
 @triton.jit
-def _forward_tile(M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  POOL: tl.constexpr):
+def _forward_tile(M, OH, OW, ohw_div, ow_div, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, POOL: tl.constexpr):
     """The forward program's tile: (pid_n, pid_m, group, pixel mask, image index, the top-left input
     row and column of each pixel's window, global out channels, channel mask).
     Rows are output pixels m = (n*OH + oh)*OW + ow; with POOL, OH x OW is the 2x2 max pool's
     output grid and rows come four to a pooled pixel q, m = 4*q + 2*dh + dw for conv output pixel
     (2*ph + dh, 2*pw + dw): each window's four pixels are neighbouring rows of one tile.
+    ohw_div, ow_div: magic_divisor(OH * OW), magic_divisor(OW).
     Index math in int32 (the launchers check pixel counts and per-image extents fit): an int64
     division is a ~70-instruction subroutine call on the GPU. Only per-image bases are int64."""
     pid_n, pid_m, g = _gemm_program(tl.cdiv(CG_OUT, BLOCK_N))
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     if POOL:
-        n_idx, ph, pw = _split_index(offs_m // 4, OH, OW)
+        n_idx, ph, pw = _split_index_by(offs_m // 4, OH, OW, ohw_div, ow_div)
         oh = 2 * ph + (offs_m // 2) % 2
         ow = 2 * pw + offs_m % 2
     else:
-        n_idx, oh, ow = _split_index(offs_m, OH, OW)
+        n_idx, oh, ow = _split_index_by(offs_m, OH, OW, ohw_div, ow_div)
     co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     return (pid_n, pid_m, g, offs_m < M, n_idx, oh * stride_h - pad_h, ow * stride_w - pad_w, g * CG_OUT + co,
             co < CG_OUT)
 
 
 @triton.jit
-def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, CG_OUT,
+def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OHW, ohw_div, CG_OUT,
                       HAS_BIAS, RELU, MASK_ROW, SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr,
                       OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, CH_ALIGN: tl.constexpr = 1):
@@ -211,7 +231,7 @@ def _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH
     RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < BLOCK_M else BLOCK_M
     offs_m = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     m_mask = _run_mask(offs_m, M, RUN)
-    n_idx = offs_m // OHW
+    n_idx = _divide(offs_m, ohw_div)
     y, co_g, n_mask = _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_N)
     _store_activation(y_ptr, y, n_idx, offs_m - n_idx * OHW, offs_m, co_g, m_mask, n_mask, C_OUT, OHW,
                       OFFSETS_64, OUT_NHWC, RUN)
@@ -232,13 +252,13 @@ def _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_
 
 
 @triton.jit
-def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW, CG_OUT, HAS_BIAS, RELU,
+def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW, phw_div, CG_OUT, HAS_BIAS, RELU,
                    OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_ALIGN: tl.constexpr = 1):
     """The forward's epilogue fused with a 2x2, stride-2 max pool: acc [BLOCK_M pixels, BLOCK_N
     channels], rows four to a window (see _forward_tile), + bias, ReLU, then each window's max and
     argmax (``dh * 2 + dw``, as kernels/pool.py writes them) stored into y and argmax, [N, C_OUT,
-    PH, PW] (NCHW, or NHWC with OUT_NHWC; PHW = PH*PW, M = 4*N*PHW). The conv's own output is never
+    PH, PW] (NCHW, or NHWC with OUT_NHWC; PHW = PH*PW, phw_div its magic_divisor, M = 4*N*PHW). The conv's own output is never
     written. The pool compares the values the unfused conv would have stored (rounded to y's
     dtype), by pool.py's scan, so winners, ties and NaN are those of conv then max_pool2d; with
     RELU the argmax also carries the ReLU's gradient gate (pool.py's relu_gate).
@@ -262,7 +282,7 @@ def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW
     RUN: tl.constexpr = PIX_POW2 if PIX_POW2 < WINDOWS else WINDOWS
     offs_q = tl.arange(0, WINDOWS) + pid_m * WINDOWS
     q_mask = _run_mask(offs_q, M // 4, RUN)
-    n_idx = offs_q // PHW
+    n_idx = _divide(offs_q, phw_div)
     pixel = offs_q - n_idx * PHW
     _store_activation(y_ptr, best.to(y_ptr.dtype.element_ty), n_idx, pixel, offs_q, co_g, q_mask, n_mask, C_OUT,
                       PHW, OFFSETS_64, OUT_NHWC, RUN)
@@ -371,7 +391,7 @@ def _store_input_grad(acc, dx_ptr, n_idx, ih, iw, offs_m, M, ci_g, n_mask, C_IN,
 @triton.jit(do_not_specialize=_SHAPE_ARGS_FWD)
 def conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
-    H, W, OH, OW, M, C_OUT,
+    H, W, OH, OW, ohw_div, ow_div, M, C_OUT,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -399,7 +419,7 @@ def conv2d_fwd_kernel(
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups) (see _gemm_program).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
-        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
+        M, OH, OW, ohw_div, ow_div, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
     # every gathered offset is (per-pixel part) + (per-k part): one add per tile element
     x_pix = x_ptr + n_idx.to(tl.int64) * sxn + (g * CG_IN * sxc + ih0 * sxh + iw0 * sxw)
     w_col = co_g * swo
@@ -421,10 +441,10 @@ def conv2d_fwd_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     if POOL:
-        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT, HAS_BIAS, RELU,
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS, RELU,
                        OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N, CH_ALIGN)
     else:
-        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT,
                           HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N,
                           CH_ALIGN)
 
@@ -750,7 +770,7 @@ def _load_weight_tap(w_ptr, rows, cols, kh, kw, KH, KW, ROW_LEN, COL_LEN, s_row,
 def conv2d_fwd_cl_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, mask_ptr,
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
-    M, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
+    M, ohw_div, ow_div, HAS_BIAS, RELU, MASK_ROW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     SAVE_MASK: tl.constexpr, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
     W_LAYOUT: tl.constexpr, POOL: tl.constexpr,
@@ -769,7 +789,7 @@ def conv2d_fwd_cl_kernel(
     Grid: (cdiv(CG_OUT, BLOCK_N) * cdiv(M, BLOCK_M), groups).
     """
     pid_n, pid_m, g, m_mask, n_idx, ih0, iw0, co_g, n_mask = _forward_tile(
-        M, OH, OW, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
+        M, OH, OW, ohw_div, ow_div, stride_h, stride_w, pad_h, pad_w, CG_OUT, BLOCK_M, BLOCK_N, POOL)
     pix0 = (n_idx * H + ih0) * W + iw0  # x's pixel under tap (0, 0); int32, may be off-image (masked)
     offs_k = tl.arange(0, BLOCK_K)
 
@@ -789,10 +809,10 @@ def conv2d_fwd_cl_kernel(
                              W_LAYOUT)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     if POOL:
-        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT, HAS_BIAS, RELU,
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS, RELU,
                        OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
     else:
-        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, CG_OUT,
+        _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT,
                           HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
 
 
@@ -1122,6 +1142,17 @@ def _fixed_config(kind: str) -> dict:
     if kind == "wgrad_direct":
         return DIRECT_WGRAD_TILE
     return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+
+
+def magic_divisor(d: int) -> int:
+    """(multiplier | shift << 32) such that n // d == (n * multiplier) >> shift for every
+    0 <= n < 2**31 (_divide): Granlund and Montgomery's round-up method for 31-bit numerators,
+    multiplier = 2**(31 + l) // d + 1 with l = ceil(log2 d), which is below 2**32. Between 2**36 and 2**39
+    as a Python int, so Triton types the argument int64 whatever d is (one specialisation)."""
+    if d < 1 or d >= 2**31:
+        raise ValueError(f"divisor must be in [1, 2**31), got {d}")
+    shift = 31 + (d - 1).bit_length()
+    return (2**shift // d + 1) | shift << 32
 
 
 def _one_step(config, depth):
@@ -1476,6 +1507,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
         extra_bytes = _numel(geo.relu_mask_shape) if save_mask else 0
         name = "conv2d_fwd" + ("_relu" if relu else "")
     flags = (int(has_bias), int(relu), geo.relu_mask_shape[1])
+    divisors = (magic_divisor(grid_h * grid_w), magic_divisor(grid_w))
     consts = {"SAVE_MASK": save_mask, "OFFSETS_64": _numel(geo.out_shape) > OFFSETS_64_ABOVE, "OUT_NHWC": out_nhwc,
               "PIX_POW2": _pow2_dividing(grid_h * grid_w), "POOL": bool(pool), **_dot_flags(dtype)}
     macs = flop_outputs * geo.CG_IN * geo.KH * geo.KW
@@ -1488,12 +1520,12 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     if channels_last:
         w_layout = _weight_layout(geo.CG_IN, geo.CG_OUT, dtype)
         scalars = geo.cl_scalars()
-        tail = (*scalars[:2], grid_h, grid_w, *scalars[4:], M, *flags, *w_stride, geo.C_in, geo.C_out, geo.CG_IN,
-                geo.CG_OUT)
+        tail = (*scalars[:2], grid_h, grid_w, *scalars[4:], M, *divisors, *flags, *w_stride, geo.C_in, geo.C_out,
+                geo.CG_IN, geo.CG_OUT)
         launch = _gemm_launch(conv2d_fwd_cl_kernel, conv2d_fwd_cl_autotuned, "fwd", M, geo.CG_OUT, geo.groups,
                               tail, {**consts, "W_LAYOUT": w_layout}, info, config)
         return geo, launch, not is_channels_last(x_shape, x_stride), w_layout, out_nhwc, pool_geo
-    tail = (geo.H, geo.W, grid_h, grid_w, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(),
+    tail = (geo.H, geo.W, grid_h, grid_w, *divisors, M, geo.C_out, *x_stride, *w_stride, *geo.scalars(),
             geo.CG_IN, geo.CG_OUT, geo.CG_IN * geo.KH * geo.KW, *flags)
     ch_align = _out_channel_alignment(geo, esize) if out_nhwc else 1
     launch = _gemm_launch(conv2d_fwd_kernel, conv2d_fwd_autotuned, "fwd", M, geo.CG_OUT, geo.groups, tail,
