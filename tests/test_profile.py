@@ -65,7 +65,8 @@ def test_launches_sharing_a_key_sum_their_work():
 
 
 def test_flop_and_byte_models_match_hand_counts(seed, device):
-    """Forward and backward of a conv (+bias+ReLU), a max pool and a linear layer, counted by hand:
+    """Forward and backward of a conv (+bias+ReLU), a max pool, a linear layer and the pool-fused
+    conv forward, counted by hand:
     FLOPs = 2 per multiply-add (+1 per output for a bias add or a ReLU); bytes = each tensor the
     launch must touch, read or written once."""
     def param(*shape):
@@ -119,6 +120,16 @@ def test_flop_and_byte_models_match_hand_counts(seed, device):
     pool_bwd = _only(prof, "max_pool2d_backward")
     assert pool_bwd["flops"] == windows  # one gradient routed per window
     assert pool_bwd["bytes"] == windows * (f4 + 1) + pool_in.numel() * f4  # read dy + argmax, write all of dx
+
+    # conv + ReLU + 2x2 pool in one launch: the 6x8 conv outputs the 3x4 windows cover are computed
+    # (row 6 and column 8 of the 7x9 output are in none), then one comparison each; read x, w, b,
+    # write the pooled values and their one-byte argmax, nothing of the conv's own output
+    with tn.profile(peaks=None) as fused:
+        F.conv2d_max_pool2d(x, w, b, padding=1, activation="relu")
+    conv_pool = _only(fused, "conv2d_fwd_relu_maxpool")
+    covered, pooled = N * OC * 6 * 8, N * OC * 3 * 4
+    assert conv_pool["flops"] == 2 * covered * C * K * K + covered * 3  # taps, bias, ReLU, comparison
+    assert conv_pool["bytes"] == (x.numel() + w.numel() + OC + pooled) * f4 + pooled
 
     linear = [r for r in prof.summary() if r["op"] == "linear"]
     assert sorted(r["count"] for r in linear) == [1, 1, 1]  # forward, input grad, weight grad

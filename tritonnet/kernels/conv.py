@@ -1514,7 +1514,7 @@ def _forward_plan(x_shape, x_stride, w_shape, w_stride, has_bias, dtype, stride,
     info = runtime.LaunchInfo(
         name, (tuple(x_shape), tuple(w_shape)), dtype,
         flops=2 * macs + (flop_outputs if has_bias else 0) + (flop_outputs if relu else 0)
-        + (flop_outputs * 3 // 4 if pool else 0),
+        + (flop_outputs if pool else 0),  # the pool: one comparison per window element, as pool.py counts
         bytes=(_numel(x_shape) + _numel(w_shape) + y_numel + (geo.C_out if has_bias else 0)) * esize + extra_bytes)
     channels_last = geo.channels_last(geo.CG_IN)
     if channels_last:
