@@ -248,7 +248,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     return out
 
 
-
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
     """``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups, activation), 2)`` in
     one kernel: the pool (2x2 window, stride 2, floor mode) runs in the convolution's epilogue, so

@@ -71,7 +71,7 @@ from triton.runtime.autotuner import Autotuner
 
 from .. import runtime
 from .layout import empty_activation, is_channels_last, prefers_channels_last, relu_gate, to_channels_last
-from .pool import PoolGeometry, gate_argmax, pool_geometry, take_max
+from .pool import gate_argmax, pool_geometry, take_max
 from .reduce import column_sums
 
 # Channels per group (on the GEMM's reduction side) from which the channels-last kernels are used:
@@ -88,8 +88,8 @@ CHANNELS_LAST_MIN_CHANNELS = 16
 # channels-last dgrad: their reduction index is divided by it every step (by a constant, a
 # multiply and a shift; sm_90, LeNet conv2's packed forward loop 181 -> 133 instructions).
 _SHAPE_ARGS_FWD = [
-    'H', 'W', 'OH', 'OW', 'ohw_div', 'ow_div', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh', 'sww',
-    'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'CG_IN', 'CG_OUT', 'K_RED',
+    'H', 'W', 'OH', 'OW', 'ohw_div', 'ow_div', 'M', 'C_OUT', 'sxn', 'sxc', 'sxh', 'sxw', 'swo', 'swc', 'swh',
+    'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'CG_IN', 'CG_OUT', 'K_RED',
     'HAS_BIAS', 'RELU', 'MASK_ROW',
 ]
 _SHAPE_ARGS_DGRAD = [
@@ -106,7 +106,8 @@ _GEOMETRY_ARGS_CL = ['H', 'W', 'OH', 'OW', 'stride_h', 'stride_w', 'pad_h', 'pad
 _WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
 # the forward's and dgrad's KH and KW are constexprs (their tap loops divide by them)
 _GEOMETRY_ARGS_CL_RUNTIME = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')]
-_SHAPE_ARGS_FWD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'ohw_div', 'ow_div', 'HAS_BIAS', 'RELU', 'MASK_ROW'] + _WEIGHT_STRIDES
+_SHAPE_ARGS_FWD_CL = (_GEOMETRY_ARGS_CL_RUNTIME + ['M', 'ohw_div', 'ow_div', 'HAS_BIAS', 'RELU', 'MASK_ROW']
+                      + _WEIGHT_STRIDES)
 _SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
                                                     'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
@@ -252,16 +253,17 @@ def _bias_activation(acc, b_ptr, y_ptr, g, pid_n, CG_OUT, HAS_BIAS, RELU, BLOCK_
 
 
 @triton.jit
-def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW, phw_div, CG_OUT, HAS_BIAS, RELU,
-                   OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
+def _pool_epilogue(acc, b_ptr, y_ptr, argmax_ptr, pid_m, g, pid_n, M, C_OUT, PHW, phw_div, CG_OUT, HAS_BIAS,
+                   RELU, OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH_ALIGN: tl.constexpr = 1):
     """The forward's epilogue fused with a 2x2, stride-2 max pool: acc [BLOCK_M pixels, BLOCK_N
     channels], rows four to a window (see _forward_tile), + bias, ReLU, then each window's max and
     argmax (``dh * 2 + dw``, as kernels/pool.py writes them) stored into y and argmax, [N, C_OUT,
-    PH, PW] (NCHW, or NHWC with OUT_NHWC; PHW = PH*PW, phw_div its magic_divisor, M = 4*N*PHW). The conv's own output is never
-    written. The pool compares the values the unfused conv would have stored (rounded to y's
-    dtype), by pool.py's scan, so winners, ties and NaN are those of conv then max_pool2d; with
-    RELU the argmax also carries the ReLU's gradient gate (pool.py's relu_gate).
+    PH, PW] (NCHW, or NHWC with OUT_NHWC; PHW = PH*PW, phw_div its magic_divisor, M = 4*N*PHW).
+    The conv's own output is never written. The pool compares the values the unfused conv would
+    have stored (rounded to y's dtype), by pool.py's scan, so winners, ties and NaN are those of
+    conv then max_pool2d; with RELU the argmax also carries the ReLU's gradient gate (pool.py's
+    relu_gate).
     PIX_POW2: a power of two dividing PHW; CH_ALIGN: see _forward_epilogue."""
     if CH_ALIGN > 1:
         C_OUT = (C_OUT // CH_ALIGN) * CH_ALIGN
@@ -441,8 +443,8 @@ def conv2d_fwd_kernel(
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(tl.trans(a_t), b, acc, DOT_FP32, PRECISION)
     if POOL:
-        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS, RELU,
-                       OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N, CH_ALIGN)
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS,
+                       RELU, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N, CH_ALIGN)
     else:
         _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT,
                           HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N,
@@ -809,8 +811,8 @@ def conv2d_fwd_cl_kernel(
                              W_LAYOUT)
         acc = _mma(a, b, acc, DOT_FP32, PRECISION)
     if POOL:
-        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS, RELU,
-                       OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
+        _pool_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT, HAS_BIAS,
+                       RELU, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
     else:
         _forward_epilogue(acc, b_ptr, y_ptr, mask_ptr, pid_m, g, pid_n, M, C_OUT, OH * OW, ohw_div, CG_OUT,
                           HAS_BIAS, RELU, MASK_ROW, SAVE_MASK, OFFSETS_64, OUT_NHWC, PIX_POW2, BLOCK_M, BLOCK_N)
@@ -1147,8 +1149,8 @@ def _fixed_config(kind: str) -> dict:
 def magic_divisor(d: int) -> int:
     """(multiplier | shift << 32) such that n // d == (n * multiplier) >> shift for every
     0 <= n < 2**31 (_divide): Granlund and Montgomery's round-up method for 31-bit numerators,
-    multiplier = 2**(31 + l) // d + 1 with l = ceil(log2 d), which is below 2**32. Between 2**36 and 2**39
-    as a Python int, so Triton types the argument int64 whatever d is (one specialisation)."""
+    multiplier = 2**(31 + l) // d + 1 with l = ceil(log2 d), which is below 2**32. Between 2**36
+    and 2**39 as a Python int, so Triton types the argument int64 whatever d is (one specialisation)."""
     if d < 1 or d >= 2**31:
         raise ValueError(f"divisor must be in [1, 2**31), got {d}")
     shift = 31 + (d - 1).bit_length()
