@@ -1,7 +1,8 @@
 """One page from a GPU check's output folder: what a session needs first when its device time is
 running out. The issues' targets (bench_conv.json, bench.json), the profiled VGG steps' slowest
 kernels and whether any launch found the GPU idle, the conv sweep's decisions (the best pixel
-split per packed wgrad, TF32's tensor-core tiles against the FMA variant), the linear rows, and
+split per packed wgrad, TF32's tensor-core tiles against the FMA variant), the pool-fused conv
+against the two kernels it replaces, the linear rows, and
 the host's time per launch with and without Triton's launch path.
 
 Usage: python3 benchmarks/gpu_summary.py OUT_DIR   (writes OUT_DIR/report.md and prints it)
@@ -132,6 +133,24 @@ def linear(out) -> list[str]:
     return lines + [""]
 
 
+def fusion(out) -> list[str]:
+    """The pool-fused conv forward against the two kernels it replaces (the bench's conv output,
+    512x64x16x16, is its max-pool row's input): the switch is layers.Sequential.fuse_conv_pool."""
+    data = _load(os.path.join(out, "bench.json"))
+    lines = ["## Conv + ReLU + 2x2 max pool in one kernel (bench ops)", ""]
+    rows = {(r["name"], r["dtype"]): (r.get("impls", {}).get("tritonnet") or {}).get("p50")
+            for r in data.get("rows", []) if r.get("kind") == "op"}
+    for dtype in ("fp32", "tf32", "bf16"):
+        fused = rows.get(("conv2d fwd +bias+relu+maxpool2", dtype))
+        conv, pool = rows.get(("conv2d fwd +bias+relu", dtype)), rows.get(("max_pool2d fwd", dtype))
+        if fused is None:
+            continue
+        apart = conv + pool if conv is not None and pool is not None else None
+        lines.append(f"- {dtype}: fused {_ms(fused)}, conv {_ms(conv)} + pool {_ms(pool)} = {_ms(apart)}"
+                     + (f" ({apart / fused:.2f}x)" if apart else ""))
+    return lines + ([] if len(lines) > 2 else ["- no fused row in bench.json"]) + [""]
+
+
 def host(out) -> list[str]:
     lines = ["## Host time per launch (LeNet step ops)", ""]
     stub = _load(os.path.join(out, "host_stub", "host_overhead.json"))
@@ -154,7 +173,7 @@ def main(argv=None) -> int:
         return 2
     out = args[0]
     lines = [f"# GPU check report: {out}", ""]
-    for section in (targets, profiles, sweep, linear, host):
+    for section in (targets, profiles, sweep, fusion, linear, host):
         try:
             lines += section(out)
         except Exception as exc:  # a report with a hole beats no report

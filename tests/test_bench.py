@@ -34,6 +34,7 @@ def test_bench_quick_writes_json_markdown_and_png(tmp_path, capsys):
     assert kinds == {"op", "step"}
     ops = {r["name"].split()[0] for r in results["rows"] if r["kind"] == "op"}
     assert {"max_pool2d", "conv2d", "linear", "cross_entropy"} <= ops
+    assert any(r["name"] == "conv2d fwd +bias+relu+maxpool2" for r in results["rows"])
     for row in results["rows"]:
         for impl in ("tritonnet", "torch"):
             timing = row["impls"][impl]
@@ -80,6 +81,13 @@ def _fake_results(meaningful=True):
              "impls": {"tritonnet": {"p20": 0.02, "p50": 0.02, "p80": 0.03, "wall_ms": 0.05},
                        "torch": {"p20": 0.016, "p50": 0.016, "p80": 0.02, "wall_ms": 0.04},
                        "torch.compile": {"skipped": "time budget of 170 s spent"}}},
+            *({"kind": "op", "name": name, "shape": "s", "dtype": "bf16", "x_vs_torch": 1.0, "x_vs_compile": None,
+               "floor_ms": 0.01, "pct_of_floor": 50.0, "launches": 1,
+               "impls": {"tritonnet": {"p20": ms, "p50": ms, "p80": ms, "wall_ms": ms},
+                         "torch": {"p20": ms, "p50": ms, "p80": ms, "wall_ms": ms},
+                         "torch.compile": {"skipped": "time budget of 170 s spent"}}}
+              for name, ms in (("conv2d fwd +bias+relu", 0.06), ("max_pool2d fwd", 0.02),
+                               ("conv2d fwd +bias+relu+maxpool2", 0.05))),
         ],
         "targets": [{"model": "lenet", "dtype": "fp32", "required_x_vs_torch": 1.5, "x_vs_torch": 2.0,
                      "x_vs_compile": 1.5, "met": True},
@@ -117,6 +125,8 @@ def test_update_readme_rewrites_only_the_results_section(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert ("layouts (channels-last is tritonnet's default here): tritonnet NCHW graphed 3.000 ms, "
             "torch eager channels-last 2.800 ms") in report.stdout, report.stdout + report.stderr
+    # and the pool-fused conv beside the two kernels it replaces
+    assert "bf16: fused 0.0500 ms, conv 0.0600 ms + pool 0.0200 ms = 0.0800 ms (1.60x)" in report.stdout, report.stdout
 
     bench.write_outputs(_fake_results(meaningful=False), str(results_dir))
     with pytest.raises(ValueError, match="interpreter"):
