@@ -1046,7 +1046,7 @@ def test_magic_divisor_divides_every_int32_numerator(seed, device):
     rng = random.Random(seed)
     divisors = list(range(1, 300)) + [2**k + e for k in range(1, 31) for e in (-1, 0, 1)] + \
         [rng.randrange(1, 2**31) for _ in range(300)]
-    kernel_n, kernel_d = [], []
+    kernel_d = []
     for d in divisors:
         magic = conv_kernels.magic_divisor(d)
         assert 2**36 <= magic < 2**39  # typed int64 by Triton whatever d is: one specialisation

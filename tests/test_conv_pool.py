@@ -7,8 +7,11 @@ With inputs off the grid only the rounding of the sums may differ (the interpret
 row by its position in the tile; on a GPU each output's order is fixed): tolerances there.
 Outputs are poisoned (conftest): equality also proves every pooled value and argmax was written.
 """
+import warnings
+
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import tritonnet as tn
 import tritonnet.functional as F
@@ -196,3 +199,66 @@ def test_fused_errors(device):
         conv_kernels.conv2d_max_pool2d_forward(x, torch.randn(4, 3, 3, 3, device=device), activation="tanh")
     with pytest.raises(ValueError, match="kernel_size|output|small"):
         conv_kernels.conv2d_max_pool2d_forward(x, torch.randn(4, 3, 5, 5, device=device))  # 1x1 output
+
+
+@st.composite
+def fused_cases(draw):
+    def pair(lo, hi):
+        a = draw(st.integers(lo, hi))
+        return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
+
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg_in = draw(st.sampled_from([1, 3, 16]))  # packed, and channels-last from 16
+    stride = pair(1, 2)
+    padding = draw(st.sampled_from(["same", "valid"])) if stride in (1, (1, 1)) and draw(st.booleans()) \
+        else pair(0, 2)
+    k = pair(1, 3)
+    return {"x": (draw(st.integers(1, 3)), cg_in * groups, draw(st.integers(2, 11)), draw(st.integers(2, 11))),
+            "w": (draw(st.sampled_from([1, 6, 16])) * groups, cg_in) + ((k, k) if isinstance(k, int) else k),
+            "opts": dict(stride=stride, padding=padding, dilation=pair(1, 2), groups=groups),
+            "relu": draw(st.booleans()), "bias": draw(st.booleans()), "channels_last": draw(st.booleans()),
+            "sliced": draw(st.booleans())}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=fused_cases())
+def test_drawn_geometries_fused_equal_unfused(seed, device, case):
+    """Random geometries, layouts and sliced inputs: F.conv2d_max_pool2d equals F.conv2d then
+    F.max_pool2d(2) bit for bit (grid data), output, layout and all three gradients; where torch
+    rejects the convolution or its output has no 2x2 window, a ValueError."""
+    n, c, h, w = case["x"]
+    x = _grid((n, c, h, w + 3 * case["sliced"]), device)[..., :w]  # a slice: strides that are not x's shape's
+    if case["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = _grid(case["w"], device)
+    b = _grid((case["w"][0],), device) if case["bias"] else None
+    act = "relu" if case["relu"] else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out_shape = torch.nn.functional.conv2d(x, wt, b, **case["opts"]).shape
+        assume(min(out_shape) > 0)
+        torch.nn.functional.max_pool2d(torch.zeros(out_shape), 2)
+    except RuntimeError:
+        with pytest.raises(ValueError):
+            F.conv2d_max_pool2d(tn.Tensor(x), tn.Tensor(wt), None if b is None else tn.Tensor(b), activation=act,
+                                **case["opts"])
+        return
+    results = []
+    for fused in (True, False):
+        xt, wp = tn.Tensor(x, requires_grad=True), tn.Tensor(wt, requires_grad=True)
+        bp = tn.Tensor(b, requires_grad=True) if b is not None else None
+        if fused:
+            out = F.conv2d_max_pool2d(xt, wp, bp, activation=act, **case["opts"])
+        else:
+            out = F.max_pool2d(F.conv2d(xt, wp, bp, activation=act, **case["opts"]), 2)
+        if not results:
+            g = _grid(tuple(out.shape), device)
+        out.backward(g)
+        results.append((out.data, xt.grad, wp.grad, None if bp is None else bp.grad))
+    for name, a, e in zip(("out", "dx", "dw", "db"), *results):
+        if e is None:
+            assert a is None
+            continue
+        assert a.stride() == e.stride(), name
+        _same(a, e, name)
