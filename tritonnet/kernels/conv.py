@@ -93,8 +93,8 @@ _SHAPE_ARGS_FWD = [
     'HAS_BIAS', 'RELU', 'MASK_ROW',
 ]
 _SHAPE_ARGS_DGRAD = [
-    'H', 'W', 'OH', 'OW', 'M', 'C_IN', 'HP', 'WP', 'PH', 'PW', 'sdn', 'sdc', 'sdh', 'sdw', 'swo', 'swc',
-    'swh', 'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KW', 'KH0', 'KW0',
+    'H', 'W', 'OH', 'OW', 'M', 'C_IN', 'HP', 'WP', 'hpwp_div', 'wp_div', 'PH', 'PW', 'sdn', 'sdc', 'sdh', 'sdw',
+    'swo', 'swc', 'swh', 'sww', 'stride_h', 'stride_w', 'pad_h', 'pad_w', 'dil_h', 'dil_w', 'KW', 'KH0', 'KW0',
     'KSTEP_H', 'KSTEP_W', 'NKH', 'NKW', 'CG_IN', 'CG_OUT', 'K_RED', 'MASK_ROW',
 ]
 _SHAPE_ARGS_WGRAD = [
@@ -108,8 +108,8 @@ _WEIGHT_STRIDES = ['swo', 'swc', 'swh', 'sww']
 _GEOMETRY_ARGS_CL_RUNTIME = [a for a in _GEOMETRY_ARGS_CL if a not in ('KH', 'KW')]
 _SHAPE_ARGS_FWD_CL = (_GEOMETRY_ARGS_CL_RUNTIME + ['M', 'ohw_div', 'ow_div', 'HAS_BIAS', 'RELU', 'MASK_ROW']
                       + _WEIGHT_STRIDES)
-_SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HP', 'WP', 'PH', 'PW', 'KH0', 'KW0', 'KSTEP_H', 'KSTEP_W',
-                                                    'NKH', 'NKW'] + _WEIGHT_STRIDES
+_SHAPE_ARGS_DGRAD_CL = _GEOMETRY_ARGS_CL_RUNTIME + ['M', 'HP', 'WP', 'hpwp_div', 'wp_div', 'PH', 'PW', 'KH0', 'KW0',
+                                                    'KSTEP_H', 'KSTEP_W', 'NKH', 'NKW'] + _WEIGHT_STRIDES
 _SHAPE_ARGS_WGRAD_CL = _GEOMETRY_ARGS_CL + ['P', 'K_W', 'SPLIT', 'P_PER_SPLIT', 'SPLIT_STRIDE']
 
 
@@ -466,7 +466,7 @@ def _load_dy(dy_img, offs, mask_ptr, co_g, bit, mask, MASK_ROW, RELU: tl.constex
 @triton.jit(do_not_specialize=_SHAPE_ARGS_DGRAD)
 def conv2d_dgrad_kernel(
     dy_ptr, mask_ptr, w_ptr, dx_ptr,
-    H, W, OH, OW, M, C_IN, HP, WP, PH, PW,
+    H, W, OH, OW, M, C_IN, HP, WP, hpwp_div, wp_div, PH, PW,
     sdn, sdc, sdh, sdw,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW,
@@ -482,7 +482,8 @@ def conv2d_dgrad_kernel(
     dy: [N, C_out, OH, OW] any strides (sd*). mask: the forward's ReLU bit mask [C_out, MASK_ROW]
     uint8 (see conv2d_fwd_kernel), read only if RELU.
     w: [C_out, CG_IN, KH, KW] any strides (sw*). dx: [N, C_IN, H, W] contiguous.
-    The phase has HP x WP input pixels per image; M = N*HP*WP. Its contributing taps are
+    The phase has HP x WP input pixels per image; M = N*HP*WP; hpwp_div, wp_div: magic_divisor of
+    HP*WP and WP. Its contributing taps are
     kh = KH0 + KSTEP_H*t (t < NKH), likewise kw; K_RED = CG_OUT*NKH*NKW. A phase no tap reaches
     (NKH or NKW = 0) still writes its zeros. PIX_POW2: see _store_activation.
     Grid: (cdiv(CG_IN, BLOCK_N) * cdiv(M, BLOCK_M), groups).
@@ -491,7 +492,7 @@ def conv2d_dgrad_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # int32, as in the forward
     m_mask = offs_m < M
-    n_idx, i_h, i_w = _split_index(offs_m, HP, WP)
+    n_idx, i_h, i_w = _split_index_by(offs_m, HP, WP, hpwp_div, wp_div)
     # dy is read at (oh, ow) = (i_h, i_w) + a per-tap constant (below): split into per-pixel parts
     dy_img = dy_ptr + n_idx.to(tl.int64) * sdn
     pix_off = i_h * sdh + i_w * sdw
@@ -822,7 +823,7 @@ def conv2d_fwd_cl_kernel(
 def conv2d_dgrad_cl_kernel(
     dy_ptr, w_ptr, dx_ptr,
     H, W, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
-    M, HP, WP, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
+    M, HP, WP, hpwp_div, wp_div, PH, PW, KH0, KW0, KSTEP_H, KSTEP_W, NKH, NKW, swo, swc, swh, sww,
     C_IN, C_OUT, CG_IN, CG_OUT,
     OFFSETS_64: tl.constexpr, OUT_NHWC: tl.constexpr, PIX_POW2: tl.constexpr, W_LAYOUT: tl.constexpr,
     ALL_TAPS: tl.constexpr,
@@ -844,7 +845,7 @@ def conv2d_dgrad_cl_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
-    n_idx, i_h, i_w = _split_index(offs_m, HP, WP)
+    n_idx, i_h, i_w = _split_index_by(offs_m, HP, WP, hpwp_div, wp_div)
     pix0 = (n_idx * OH + i_h) * OW + i_w  # dy's pixel for a tap with (doh, dow) = (0, 0)
 
     ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -1638,19 +1639,20 @@ def _dgrad_plan(g_shape, g_stride, g_dtype, w_shape, w_stride, w_dtype, x_shape,
             kw0, kstep_w, nkw = _phase_taps(pw, sw, geo.padding[1], geo.dilation[1], geo.KW)
             wp = len(range(pw, geo.W, sw))
             M = geo.N * hp * wp
+            divisors = (magic_divisor(hp * wp), magic_divisor(wp))
             macs = geo.N * geo.OH * class_h[ph] * geo.OW * class_w[pw] * geo.C_out * geo.CG_IN
             info = runtime.LaunchInfo(
                 "conv2d_dgrad" + ("_relu" if relu else ""), (tuple(g_shape), tuple(w_shape)),
                 g_dtype, flops=2 * macs, bytes=reads[ph * phases_w + pw] + M * geo.C_in * esize)
             if channels_last:
-                tail = (*geo.cl_scalars(), M, hp, wp, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw, *w_stride,
-                        geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
+                tail = (*geo.cl_scalars(), M, hp, wp, *divisors, ph, pw, kh0, kw0, kstep_h, kstep_w, nkh, nkw,
+                        *w_stride, geo.C_in, geo.C_out, geo.CG_IN, geo.CG_OUT)
                 launches.append(_gemm_launch(conv2d_dgrad_cl_kernel, conv2d_dgrad_cl_autotuned, "dgrad", M,
                                              geo.CG_IN, geo.groups, tail,
                                              {**wide, "W_LAYOUT": w_layout, "ALL_TAPS": (nkh, nkw) == (geo.KH, geo.KW),
                                               **_dot_flags(g_dtype)}, info, config))
                 continue
-            tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, ph, pw, *g_stride, *w_stride,
+            tail = (geo.H, geo.W, geo.OH, geo.OW, M, geo.C_in, hp, wp, *divisors, ph, pw, *g_stride, *w_stride,
                     *geo.scalars(), geo.KW, kh0, kw0, kstep_h, kstep_w, nkh, nkw, geo.CG_IN, geo.CG_OUT,
                     geo.CG_OUT * nkh * nkw, geo.relu_mask_shape[1])
             consts = {"RELU": relu, **wide, **_dot_flags(g_dtype)}
