@@ -1039,10 +1039,11 @@ def _divide_kernel(n_ptr, q_ptr, divisor, BLOCK: tl.constexpr):
 
 
 def test_magic_divisor_divides_every_int32_numerator(seed, device):
-    """The forwards split pixel indices with a multiply and a shift (conv._divide): exact for every
-    0 <= n < 2**31 by Granlund and Montgomery's bound; checked here for divisors of every size,
-    powers of two and their neighbours, at the numerators where rounding would first go wrong
-    (multiples of d and one below) and at the int32 edge, in Python and in the kernel."""
+    """The forwards and dgrads split pixel indices with a multiply and a shift (conv._divide):
+    exact for every 0 <= n < 2**31 by Granlund and Montgomery's bound; checked here for divisors
+    of every size, powers of two and their neighbours, at the numerators where rounding would
+    first go wrong (multiples of d and one below) and at the int32 edge, in Python and in the
+    kernel."""
     rng = random.Random(seed)
     divisors = list(range(1, 300)) + [2**k + e for k in range(1, 31) for e in (-1, 0, 1)] + \
         [rng.randrange(1, 2**31) for _ in range(300)]
