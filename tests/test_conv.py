@@ -19,6 +19,8 @@ import tritonnet.functional as F
 from tritonnet import layers, runtime, tape
 from tritonnet.kernels import conv as conv_kernels
 
+from strategies import conv_options, int_or_pair, pairs_of
+
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 # The packed GEMM's tiles, for the tests of its own promises on layers whose weight gradient the
 # direct kernel computes by default (a config with BLOCK_M/N/K chooses the GEMM)
@@ -989,25 +991,14 @@ def test_gpu_autotune_configs_and_bf16_tensor_core_dots_compile_for_sm90(monkeyp
 
 @st.composite
 def conv_cases(draw):
-    def pair(lo, hi):
-        a = draw(st.integers(lo, hi))
-        return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
-
-    groups = draw(st.sampled_from([1, 1, 2]))
+    opts = draw(conv_options(max_stride=3))
+    groups = opts["groups"]
     # channels per group: narrow ones take the packed kernels, >= 16 the channels-last ones
     cg_in = draw(st.sampled_from([1, 2, 3, 5, 16, 20]))
     cg_out = draw(st.sampled_from([1, 3, 6, 16, 24]))
-    stride = pair(1, 3)
-    padding = draw(st.sampled_from(["same", "valid"])) if stride in (1, (1, 1)) and draw(st.booleans()) \
-        else pair(0, 2)
     return {"x": (draw(st.integers(1, 3)), cg_in * groups, draw(st.integers(1, 9)), draw(st.integers(1, 9))),
-            "w": (cg_out * groups, cg_in) + _pairs_of(pair(1, 4)),
-            "opts": dict(stride=stride, padding=padding, dilation=pair(1, 2), groups=groups),
+            "w": (cg_out * groups, cg_in) + pairs_of(draw(int_or_pair(1, 4))), "opts": opts,
             "relu": draw(st.booleans()), "bias": draw(st.booleans())}
-
-
-def _pairs_of(k):
-    return (k, k) if isinstance(k, int) else k
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -20,6 +20,8 @@ from tritonnet.layers.convert import build, build_torch, numbered
 from tritonnet.kernels import conv as conv_kernels
 from tritonnet.kernels import pool as pool_kernels
 
+from strategies import conv_options, int_or_pair, pairs_of
+
 
 @pytest.fixture(autouse=True)
 def fixed_tiles():
@@ -203,21 +205,13 @@ def test_fused_errors(device):
 
 @st.composite
 def fused_cases(draw):
-    def pair(lo, hi):
-        a = draw(st.integers(lo, hi))
-        return a if draw(st.booleans()) else (a, draw(st.integers(lo, hi)))
-
-    groups = draw(st.sampled_from([1, 1, 2]))
+    opts = draw(conv_options(max_stride=2))
+    groups = opts["groups"]
     cg_in = draw(st.sampled_from([1, 3, 16]))  # packed, and channels-last from 16
-    stride = pair(1, 2)
-    padding = draw(st.sampled_from(["same", "valid"])) if stride in (1, (1, 1)) and draw(st.booleans()) \
-        else pair(0, 2)
-    k = pair(1, 3)
     return {"x": (draw(st.integers(1, 3)), cg_in * groups, draw(st.integers(2, 11)), draw(st.integers(2, 11))),
-            "w": (draw(st.sampled_from([1, 6, 16])) * groups, cg_in) + ((k, k) if isinstance(k, int) else k),
-            "opts": dict(stride=stride, padding=padding, dilation=pair(1, 2), groups=groups),
-            "relu": draw(st.booleans()), "bias": draw(st.booleans()), "channels_last": draw(st.booleans()),
-            "sliced": draw(st.booleans())}
+            "w": (draw(st.sampled_from([1, 6, 16])) * groups, cg_in) + pairs_of(draw(int_or_pair(1, 3))),
+            "opts": opts, "relu": draw(st.booleans()), "bias": draw(st.booleans()),
+            "channels_last": draw(st.booleans()), "sliced": draw(st.booleans())}
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
