@@ -42,6 +42,35 @@ def test_cross_entropy_matches_torch(seed, device, dtype):
                 _compare(logits, target, reduction, smoothing, upstream=1.0 if batch == 1 else 2.5)
 
 
+def test_implicit_unit_gradient_skips_the_scaling_launch(seed, device):
+    """loss.backward() seeds a gradient of exactly 1: cross_entropy hands its saved gradient on
+    without the scaling launch, bitwise what an explicit 1 (scaled) gives; a 1 that reaches the
+    loss through another op unchanged keeps the shortcut, any other upstream gradient is scaled."""
+    logits = torch.randn(6, 5, device=device)
+    target = torch.randint(0, 5, (6,), device=device)
+
+    def run(backward):
+        z = tn.Tensor(logits, requires_grad=True)
+        ops = []
+
+        def record(kernel, grid, args, constexprs, info, run):
+            ops.append(info.op)
+            return run()
+
+        with runtime.observing(record):
+            backward(F.cross_entropy(z, target))
+        return z.grad, ops.count("scale_by_scalar")
+
+    implicit, launches = run(lambda loss: loss.backward())
+    explicit, explicit_launches = run(lambda loss: loss.backward(torch.ones((), device=device)))
+    assert (launches, explicit_launches) == (0, 1)
+    assert torch.equal(implicit, explicit)
+    through_add, add_launches = run(lambda loss: F.add(loss, 0.0).backward())  # add_scalar passes grad on
+    assert add_launches == 0 and torch.equal(through_add, explicit)
+    doubled, doubled_launches = run(lambda loss: F.mul_scalar(loss, 2.0).backward())
+    assert doubled_launches == 1 and torch.allclose(doubled, 2 * explicit)
+
+
 def test_cross_entropy_many_classes_and_gpu_sized_blocks(seed, device):
     """Several row programs and a loop over class chunks (the online log-sum-exp across chunks)."""
     logits = torch.randn(37, 70, device=device) * 4

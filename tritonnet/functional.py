@@ -17,7 +17,7 @@ from .kernels import linear as _linear_kernels
 from .kernels import loss as _loss_kernels
 from .kernels import pool as _pool_kernels
 from .kernels import reduce as _reduce
-from .tape import Tensor, as_tensor, is_grad_enabled, record
+from .tape import UNIT_SEED, Tensor, as_tensor, is_grad_enabled, record
 
 
 # ----------------------------------------------------------------------------- ReLU gates across ops
@@ -154,6 +154,8 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
     loss, grad_logits = _loss_kernels.cross_entropy(z.data, t, reduction, label_smoothing, need_grad=want_grad)
 
     def backward(grad):
+        if getattr(grad, UNIT_SEED, False):  # loss.backward(): the upstream gradient is 1, nothing to scale
+            return (grad_logits,)
         return (_ew.scale_by_scalar(grad_logits, grad),)
 
     return record("cross_entropy", loss, (z,), backward, saved=(grad_logits,))

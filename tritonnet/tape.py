@@ -222,6 +222,7 @@ class Tensor:
                 )
             grad = runtime.empty(self.data.shape, self.data.dtype, self.data.device)
             grad.fill_(1.0)
+            setattr(grad, UNIT_SEED, True)
         else:
             grad = grad.data if isinstance(grad, Tensor) else grad
             if not isinstance(grad, torch.Tensor) or grad.shape != self.data.shape:
@@ -230,6 +231,12 @@ class Tensor:
                     f"{tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__}"
                 )
         _backward(self, grad)
+
+
+# The attribute that marks backward()'s implicit seed, a gradient of exactly 1: an op whose
+# backward would only multiply by it (cross_entropy's) may skip that launch. An op that hands the
+# same tensor on unchanged keeps the mark; anything computed from it is a new, unmarked tensor.
+UNIT_SEED = "_tritonnet_unit_seed"
 
 
 def _accumulate(existing, grad):
