@@ -214,7 +214,9 @@ def fused_cases(draw):
             "channels_last": draw(st.booleans()), "sliced": draw(st.booleans())}
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# On a GPU each drawn window size and layout is a compile (seconds, in one test worker): fewer there
+@settings(max_examples=20 if runtime.INTERPRETED else 8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=fused_cases())
 def test_drawn_geometries_fused_equal_unfused(seed, device, case):
     """Random geometries, layouts and sliced inputs: F.conv2d_max_pool2d equals F.conv2d then
