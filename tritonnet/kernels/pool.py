@@ -165,12 +165,12 @@ def max_pool2d_forward_kernel(
                 iw_left = iw0 + 2 * m
                 ok_left = col_ok & (iw_left >= 0) & (iw_left < W)
                 best, best_k = take_max(v_left, h_ok[:, None] & ok_left[None, :], kh * KW + 2 * m,
-                                         best, best_k)
+                                        best, best_k)
                 if 2 * m + 1 < PAIR_W:
                     iw_right = iw_left + 1
                     ok_right = col_ok & (iw_right >= 0) & (iw_right < W)
                     best, best_k = take_max(v_right, h_ok[:, None] & ok_right[None, :], kh * KW + 2 * m + 1,
-                                             best, best_k)
+                                            best, best_k)
     elif UNROLL > 0:
         for kh in tl.static_range(UNROLL):
             ih = ih0 + kh * DH
