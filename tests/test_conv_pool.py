@@ -20,6 +20,7 @@ from tritonnet.layers.convert import build, build_torch, numbered
 from tritonnet.kernels import conv as conv_kernels
 from tritonnet.kernels import pool as pool_kernels
 
+from launches import launched
 from strategies import conv_options, int_or_pair, pairs_of
 
 
@@ -138,18 +139,6 @@ def test_fused_gradients_match_torch(seed, device, layout):
             assert xt.grad.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
 
 
-def _launched_ops(fn):
-    ops = []
-
-    def record(kernel, grid, args, constexprs, info, run):
-        ops.append(info.op)
-        return run()
-
-    with runtime.observing(record):
-        fn()
-    return ops
-
-
 def test_sequential_fuses_conv_and_pool(seed, device):
     """A Sequential runs Conv2d + 2x2 MaxPool2d as one kernel: no pool forward launched, no
     full-size activation kept, the same loss and gradients as with fuse_conv_pool=False (bitwise,
@@ -178,7 +167,7 @@ def test_sequential_fuses_conv_and_pool(seed, device):
             loss.backward()
             results[fuse] = (loss.data, [p.grad for p in model.parameters()])
 
-        ops = _launched_ops(step)
+        _, ops = launched(step)
         pools = [op for op in ops if op == "max_pool2d_forward"]
         assert len(pools) == (1 if fuse else 3), ops
         assert ops.count("conv2d_fwd_relu_maxpool") == (2 if fuse else 0), ops

@@ -7,6 +7,8 @@ import tritonnet.functional as F
 from tritonnet import runtime
 from tritonnet.kernels import loss as K
 
+from launches import launched
+
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=1e-2, atol=2e-3),
        torch.bfloat16: dict(rtol=2e-2, atol=1e-2)}
 
@@ -51,14 +53,7 @@ def test_implicit_unit_gradient_skips_the_scaling_launch(seed, device):
 
     def run(backward):
         z = tn.Tensor(logits, requires_grad=True)
-        ops = []
-
-        def record(kernel, grid, args, constexprs, info, run):
-            ops.append(info.op)
-            return run()
-
-        with runtime.observing(record):
-            backward(F.cross_entropy(z, target))
+        _, ops = launched(lambda: backward(F.cross_entropy(z, target)))
         return z.grad, ops.count("scale_by_scalar")
 
     implicit, launches = run(lambda loss: loss.backward())

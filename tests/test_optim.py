@@ -10,6 +10,7 @@ from tritonnet import optim, runtime
 from tritonnet.kernels import optim as K
 
 from aot import SpecRecorder
+from launches import launched
 
 SHAPES = [(7, 5), (13,), (3, 4, 5), (20000,)]  # 20000 spans two interpreter chunks
 CONFIGS = [
@@ -40,18 +41,6 @@ def _step(ours, opt, theirs, topt, device, dtype=torch.float32):
     topt.step()
 
 
-def _count_launches(fn):
-    launches = []
-
-    def observer(kernel, grid, args, constexprs, info, run):
-        launches.append(info.op)
-        return run()
-
-    with runtime.observing(observer):
-        fn()
-    return launches
-
-
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
 def test_optimizer_tracks_torch_optim_in_one_launch_per_step(seed, device, name, kwargs):
     ours, opt, theirs, topt = _pair(name, kwargs, device)
@@ -59,7 +48,7 @@ def test_optimizer_tracks_torch_optim_in_one_launch_per_step(seed, device, name,
         if step == 3:  # a new learning rate between steps takes effect at once
             opt.lr = kwargs["lr"] * 0.5
             topt.param_groups[0]["lr"] = kwargs["lr"] * 0.5
-        launches = _count_launches(lambda: _step(ours, opt, theirs, topt, device))
+        launches = launched(lambda: _step(ours, opt, theirs, topt, device))[1]
         updates = [op for op in launches if op != "optimizer_table"]  # table fills when addresses change
         assert len(updates) == 1, launches  # all four tensors in one launch
         for p, q in zip(ours, theirs):
@@ -114,7 +103,7 @@ def test_address_table_is_cached_and_empty_tensors_own_no_chunk(seed, device, mo
     for step in range(3):
         for p, q, g in zip(ours, theirs, grads):  # the same gradient tensors: the same addresses
             p.grad, q.grad = g, g.clone()
-        launches = _count_launches(lambda: (opt.step(), topt.step()))
+        launches = launched(lambda: (opt.step(), topt.step()))[1]
         # 5 rows x 6 values: two 16-value fills on the first step, none once the table is cached
         fills = 2 if step == 0 and runtime.INTERPRETED else 0
         assert launches == ["optimizer_table"] * fills + ["adamw_step"], launches
@@ -130,7 +119,7 @@ def test_a_table_filled_inside_a_capture_is_not_reused_by_eager_steps(device, mo
     values = [7, 8, 9, 10, 11, 12]
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    launches = _count_launches(lambda: K._device_table(values))
+    launches = launched(lambda: K._device_table(values))[1]
     captured = K._CAPTURED_TABLES[-1]
     assert launches == ["optimizer_table"] and K._TABLES == {}
     monkeypatch.setattr(runtime, "INTERPRETED", True)  # (the fill ran at once here: the interpreter's)

@@ -19,6 +19,8 @@ import tritonnet.functional as F
 from tritonnet import layers, runtime
 from tritonnet.kernels import pool as P
 
+from launches import kernel_name, launched
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
@@ -226,19 +228,6 @@ def test_non_contiguous_inputs_are_read_through_their_strides(seed, device):
                 assert_grad_matches(xt.grad, x.contiguous(), config, grad_out, ref_idx)
 
 
-def _launched(fn):
-    """fn's result and the names of the kernels it launched."""
-    names = []
-
-    def record(kernel, grid, args, constexprs, info, run):
-        names.append(kernel.__name__)
-        return run()
-
-    with runtime.observing(record):
-        result = fn()
-    return result, names
-
-
 def _channels_last(t):
     return t.contiguous(memory_format=torch.channels_last)
 
@@ -253,7 +242,7 @@ def test_channels_last_inputs_are_pooled_channels_last(seed, device):
             for dtype in DTYPES if config in (CONFIGS[0], CONFIGS[2]) else DTYPES[:1]:
                 x = _channels_last(torch.randn(shape, device=device).to(dtype))
                 ref, ref_idx = torch_pool(x, config)
-                (out, idx), names = _launched(lambda: F.max_pool2d(x, *config, return_indices=True))
+                (out, idx), names = launched(lambda: F.max_pool2d(x, *config, return_indices=True), kernel_name)
                 assert names == ["max_pool2d_forward_nhwc_kernel", "max_pool2d_indices_nhwc_kernel"]
                 assert out.data.is_contiguous(memory_format=torch.channels_last) and not out.data.is_contiguous()
                 assert idx.data.stride() == ref_idx.stride() == out.data.stride()
@@ -268,7 +257,8 @@ def test_channels_last_inputs_are_pooled_channels_last(seed, device):
                     layouts.append((grad_out, False))
                 for g, deterministic in layouts:
                     xt = tn.Tensor(x, requires_grad=True)
-                    _, names = _launched(lambda: F.max_pool2d(xt, *config, deterministic=deterministic).backward(g))
+                    _, names = launched(lambda: F.max_pool2d(xt, *config, deterministic=deterministic).backward(g),
+                                        kernel_name)
                     assert "max_pool2d_backward_nhwc_kernel" in names
                     assert xt.grad.stride() == x.stride()
                     assert_grad_matches(xt.grad, x, config, grad_out, ref_idx)
@@ -299,7 +289,7 @@ def test_channels_last_ties_nan_and_layout_ambiguity(seed, device):
     # calls the result contiguous, and so do the plane kernels here
     for shape in ((2, 1, 9, 10), (2, 6, 1, 1)):
         x = _channels_last(torch.randn(shape, device=device))
-        (out, idx), names = _launched(lambda: F.max_pool2d(x, 1, return_indices=True))
+        (out, idx), names = launched(lambda: F.max_pool2d(x, 1, return_indices=True), kernel_name)
         assert names[0] == "max_pool2d_forward_kernel" and out.data.is_contiguous()
         assert torch.equal(out.data, torch_pool(x, (1, 1, 0, 1, False))[0])
 
