@@ -215,6 +215,29 @@ def mean_all(x):
 # ----------------------------------------------------------------------------- convolution
 
 
+def _conv_operands(x, weight, bias, stride, padding, dilation, groups):
+    """What conv2d and conv2d_max_pool2d share: (x, w, b as tn.Tensors, the convolution's options,
+    backward(grad, relu_mask) -> the three gradients, and what that backward keeps). It keeps only
+    what the wanted gradients need: the input (for the weight's and the bias's) and the weight (for
+    the input's; a reference to the parameter, not a copy)."""
+    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
+    b = as_tensor(bias, "bias") if bias is not None else None
+    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    need_x, need_w = x.requires_grad, w.requires_grad
+    need_b = b is not None and b.requires_grad
+    x_saved = x.data if (need_w or need_b) else None
+    w_saved = w.data if need_x else None
+    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
+    x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
+
+    def backward(grad, relu_mask):
+        return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=relu_mask,
+                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
+                                             input_channels_last=x_channels_last, **opts)
+
+    return x, w, b, opts, backward, (x_saved, w_saved)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
     """torch.nn.functional.conv2d on (N, C_in, H, W) input, with an optional fused ``activation``
     (None or "relu") applied in the same kernel as the bias.
@@ -224,27 +247,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     output passes a gradient (1 bit per output element, written by the forward's epilogue only
     when a gradient will be needed; the backward kernels gate dy with it as they load it).
     """
-    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
-    b = as_tensor(bias, "bias") if bias is not None else None
-    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    need_x, need_w = x.requires_grad, w.requires_grad
-    need_b = b is not None and b.requires_grad
-    save_mask = activation == "relu" and is_grad_enabled() and (need_x or need_w or need_b)
+    x, w, b, opts, conv_backward, saved = _conv_operands(x, weight, bias, stride, padding, dilation, groups)
+    save_mask = activation == "relu" and is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w, b))
     y = _conv_kernels.conv2d_forward(x.data, w.data, None if b is None else b.data, activation=activation,
                                      save_relu_mask=save_mask, **opts)
     y, relu_mask = y if save_mask else (y, None)
-    x_saved = x.data if (need_w or need_b) else None
-    w_saved = w.data if need_x else None
-    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
-    x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
 
     def backward(grad):
-        mask = None if relu_mask is not None and _relu_gated_by(grad) is relu_mask else relu_mask
-        return _conv_kernels.conv2d_backward(grad, x_saved, w_saved, x_shape, w_shape, relu_mask=mask,
-                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
-                                             input_channels_last=x_channels_last, **opts)
+        gated = relu_mask is not None and _relu_gated_by(grad) is relu_mask
+        return conv_backward(grad, None if gated else relu_mask)
 
-    out = record("conv2d", y, (x, w, b), backward, saved=(x_saved, w_saved, relu_mask))
+    out = record("conv2d", y, (x, w, b), backward, saved=(*saved, relu_mask))
     if relu_mask is not None:
         _RELU_GATES[out] = relu_mask
     return out
@@ -261,22 +275,11 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
     that, ungated: with activation="relu" the argmax already names no winner in a window whose
     maximum the ReLU zeroed (see "ReLU gates across ops").
     """
-    x, w = as_tensor(x, "x"), as_tensor(weight, "weight")
-    b = as_tensor(bias, "bias") if bias is not None else None
-    opts = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    need_x, need_w = x.requires_grad, w.requires_grad
-    need_b = b is not None and b.requires_grad
+    x, w, b, opts, conv_backward, saved = _conv_operands(x, weight, bias, stride, padding, dilation, groups)
     out, argmax, pool_geo = _conv_kernels.conv2d_max_pool2d_forward(
         x.data, w.data, None if b is None else b.data, activation=activation, **opts)
-    x_saved = x.data if (need_w or need_b) else None
-    w_saved = w.data if need_x else None
-    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
-    x_channels_last = _layout.prefers_channels_last(x_shape, x.data.stride())
 
     def backward(grad):
-        grad_conv = _pool_kernels.max_pool2d_backward(grad, argmax, pool_geo)
-        return _conv_kernels.conv2d_backward(grad_conv, x_saved, w_saved, x_shape, w_shape, relu_mask=None,
-                                             input_grad=need_x, weight_grad=need_w, bias_grad=need_b,
-                                             input_channels_last=x_channels_last, **opts)
+        return conv_backward(_pool_kernels.max_pool2d_backward(grad, argmax, pool_geo), None)
 
-    return record("conv2d_max_pool2d", out, (x, w, b), backward, saved=(x_saved, w_saved, argmax))
+    return record("conv2d_max_pool2d", out, (x, w, b), backward, saved=(*saved, argmax))
