@@ -683,9 +683,9 @@ def conv2d_wgrad_direct_kernel(
 
     t = tl.arange(0, T_BLOCK)
     ci, kh, kw = _split_index(t, KH, KW)  # by constants of a constant: known per register
-    ihk = (kh * dil_h - pad_h)[None, :, None]
-    iwk = (kw * dil_w - pad_w)[None, :, None]
-    x_tap = (ci * sxc + (kh * dil_h - pad_h) * sxh + (kw * dil_w - pad_w) * sxw)[None, :, None]
+    tap_h, tap_w = kh * dil_h - pad_h, kw * dil_w - pad_w  # each tap's row and column offset
+    ihk, iwk = tap_h[None, :, None], tap_w[None, :, None]
+    x_tap = (ci * sxc + tap_h * sxh + tap_w * sxw)[None, :, None]
     # dead slots are left out of the accumulation; written as a product by 0 they would stay (NaN rules)
     tap = (t < K_W)[None, :, None]
     live = (t < K_W + HAS_BIAS)[None, :, None]
@@ -1454,9 +1454,8 @@ def conv2d_max_pool2d_forward(x, weight, bias=None, stride=1, padding=0, dilatio
     the pool's ``relu_gate`` argmax (the ReLU's gradient gate included), which
     ``pool.max_pool2d_backward`` turns into the gated gradient of the convolution's output.
     """
-    out, argmax, pool_geo = _forward(x, weight, bias, stride, padding, dilation, groups,
-                                     _check_activation(activation), False, True, config)
-    return out, argmax, pool_geo
+    return _forward(x, weight, bias, stride, padding, dilation, groups, _check_activation(activation), False, True,
+                    config)
 
 
 def _forward(x, weight, bias, stride, padding, dilation, groups, relu, save_relu_mask, pool, config):
