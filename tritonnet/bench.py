@@ -290,30 +290,24 @@ def _op_cases(quick: bool):
     def conv_inputs(dtype, seed, xs, ws):
         return _rand(xs, dtype, seed), _rand(ws, dtype, seed + 1) * 0.2, _rand((ws[0],), dtype, seed + 2)
 
-    def conv_fwd(xs, ws, activation):
+    def conv_fwd(xs, ws, activation, pool=False):
+        """The conv's forward (+ activation; with ``pool``, then a 2x2 max pool: one kernel of ours)."""
         padding = ws[-1] // 2
 
         def build(impl, dtype, seed):
             x, w, b = conv_inputs(dtype, seed, xs, ws)
             if impl == "tritonnet":
-                conv = _need(_functional(), "conv2d")
+                conv = _need(_functional(), "conv2d_max_pool2d" if pool else "conv2d")
                 return (lambda x, w, b: conv(x, w, b, padding=padding, activation=activation)), \
                     (_tn(x, True), _tn(w, True), _tn(b, True))
             x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
-            if activation == "relu":
-                return (lambda x, w, b: torch.relu(tnn.conv2d(x, w, b, padding=padding))), (x, w, b)
-            return (lambda x, w, b: tnn.conv2d(x, w, b, padding=padding)), (x, w, b)
-        return build
 
-    def conv_pool_fwd(impl, dtype, seed):
-        padding = conv_w[-1] // 2
-        x, w, b = conv_inputs(dtype, seed, conv_x, conv_w)
-        if impl == "tritonnet":
-            conv_pool = _need(_functional(), "conv2d_max_pool2d")
-            return (lambda x, w, b: conv_pool(x, w, b, padding=padding, activation="relu")), \
-                (_tn(x, True), _tn(w, True), _tn(b, True))
-        x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True)
-        return (lambda x, w, b: tnn.max_pool2d(torch.relu(tnn.conv2d(x, w, b, padding=padding)), 2)), (x, w, b)
+            def torch_conv(x, w, b):
+                y = tnn.conv2d(x, w, b, padding=padding)
+                y = torch.relu(y) if activation == "relu" else y
+                return tnn.max_pool2d(y, 2) if pool else y
+            return torch_conv, (x, w, b)
+        return build
 
     def conv_bwd(which, activation=None):
         padding = conv_w[-1] // 2
@@ -381,7 +375,7 @@ def _op_cases(quick: bool):
         ("max_pool2d bwd", f"{shape(pool_x)} k2", pool_bwd),
         ("conv2d fwd", conv_shape, conv_fwd(conv_x, conv_w, None)),
         ("conv2d fwd +bias+relu", conv_shape, conv_fwd(conv_x, conv_w, "relu")),
-        ("conv2d fwd +bias+relu+maxpool2", conv_shape, conv_pool_fwd),
+        ("conv2d fwd +bias+relu+maxpool2", conv_shape, conv_fwd(conv_x, conv_w, "relu", pool=True)),
         ("conv2d fwd +bias+relu (LeNet conv1)", lenet_shape, conv_fwd(lenet_x, lenet_w, "relu")),
         ("conv2d dgrad", conv_shape, conv_bwd("dgrad")),
         ("conv2d wgrad (+bias grad)", conv_shape, conv_bwd("wgrad")),
