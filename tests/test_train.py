@@ -290,6 +290,129 @@ def test_same_seed_gives_bitwise_identical_weights(seed, device):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+# ----------------------------------------------------------------------------- CUDA-graphed steps
+
+
+class ReplayedByRunning:
+    """``graphs.capture`` as the interpreter can do it: capturing calls the step once and undoes
+    its running totals (a capture records, it does not run); ``replay()`` calls it again on the
+    static inputs and copies what it produced into the tensors the capture returned, as a real
+    replay rewrites them. TrainStep's bookkeeping (static batch buffers, p.grad pointing at the
+    graph's gradients, the eager optimizer, eager warm-up and last batches) is then exercised on
+    the CPU; the real capture is checked on a GPU below."""
+
+    captures = 0
+
+    def __init__(self, step, args):
+        self.step, self.args, self.owner = step, args, step.__self__
+        totals = self.owner.totals.clone()
+        self.outputs = step(*args)
+        self.owner.totals.copy_(totals)
+        self.grads = [p.grad for p in self.owner.params]
+        ReplayedByRunning.captures += 1
+
+    def replay(self):
+        bound = [p.grad for p in self.owner.params]  # a replay changes no Python attribute
+        outputs = self.step(*self.args)
+        self.outputs.copy_(outputs)
+        for p, captured, grad in zip(self.owner.params, self.grads, bound):
+            getattr(captured, "data", captured).copy_(getattr(p.grad, "data", p.grad))
+            p.grad = grad
+
+    @classmethod
+    def capture(cls, step, *args, context=None):
+        graph = cls(step, args)
+        return graph, graph.outputs
+
+
+def small_run(ds, cuda_graph, seed, optimizer="adam", **config_options):
+    config = train.TrainConfig(epochs=2, batch_size=16, optimizer=optimizer, seed=seed, cuda_graph=cuda_graph,
+                               **config_options).resolved()
+    torch.manual_seed(seed)
+    model = models.create(config.model)
+    optimizer = train.make_optimizer(config, model.parameters())
+    losses = []
+    records = train.fit(model, optimizer, ds, config, progress=False, on_step=lambda step, loss: losses.append(loss))
+    return losses, records, model.state_dict(), optimizer.state_dict()
+
+
+def assert_same_training(first, second):
+    (losses, records, weights, opt_state), (losses2, records2, weights2, opt_state2) = first, second
+    assert losses == losses2
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second", "graphed_steps")}
+            for r in records] == \
+        [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second", "graphed_steps")} for r in records2]
+    assert all(torch.equal(weights[k], weights2[k]) for k in weights)
+    for i, state in opt_state["state"].items():
+        assert all(torch.equal(v, opt_state2["state"][i][k]) for k, v in state.items()), i
+
+
+def test_graphed_training_replays_full_batches_bitwise_like_eager_steps(seed, device, monkeypatch):
+    ds = small_digits(56, 8)  # batches of 16, 16, 16, 8 each epoch
+    eager = small_run(ds, False, seed)
+    monkeypatch.setattr(train.graphs, "capture", ReplayedByRunning.capture)
+    ReplayedByRunning.captures = 0
+    graphed = small_run(ds, True, seed)
+    assert ReplayedByRunning.captures == 1
+    # Epoch 1: two eager warm-up steps, the capture, one replay, the short batch eagerly;
+    # epoch 2: three replays and the short batch.
+    assert [r["graphed_steps"] for r in graphed[1]] == [1, 3]
+    assert [r["graphed_steps"] for r in eager[1]] == [0, 0]
+    assert_same_training(eager, graphed)
+    # The records' loss and accuracy are the device totals of the steps' own values.
+    per_epoch = [graphed[0][:4], graphed[0][4:]]
+    for record, losses in zip(graphed[1], per_epoch):
+        assert record["train_loss"] == pytest.approx(sum(l * n for l, n in zip(losses, (16, 16, 16, 8))) / 56,
+                                                     rel=1e-6)
+        assert round(record["train_accuracy"] * 56) == pytest.approx(record["train_accuracy"] * 56, abs=1e-9)
+
+
+def test_a_capture_that_fails_or_a_moving_parameter_leaves_the_steps_eager(seed, device, monkeypatch):
+    ds = small_digits(48, 8)
+    expected = small_run(ds, False, seed)
+    # Under the interpreter the real capture says why it cannot run, and training goes on eagerly.
+    with pytest.raises(train.graphs.CaptureError, match="interpreter"):
+        train.graphs.capture(lambda: None)
+
+    def refuse(step, *args, context=None):
+        raise train.graphs.CaptureError("capture failed: RuntimeError: an op waited for the device")
+
+    monkeypatch.setattr(train.graphs, "capture", refuse)
+    refused = small_run(ds, True, seed)
+    assert [r["graphed_steps"] for r in refused[1]] == [0, 0]
+    assert_same_training(expected, refused)
+
+    monkeypatch.setattr(train.graphs, "capture", ReplayedByRunning.capture)
+    model = models.create("digits_cnn")
+    optimizer = tn.optim.SGD(model.parameters(), lr=0.01)
+    original_step = optimizer.step
+
+    def step_that_reallocates():
+        original_step()
+        for p in optimizer.params:
+            p.data = p.data.clone()
+
+    optimizer.step = step_that_reallocates
+    train_batch = train.TrainStep(model, optimizer, batch_size=16, cuda_graph=True)
+    for x, y in data.batches(ds.train_images, ds.train_labels, 16):
+        train_batch(x.to(device), y.to(device))
+    assert train_batch.graph is None and "replaces parameter storage" in train_batch.graph_error
+    assert train_batch.eager_steps == 3
+
+
+@pytest.mark.skipif(tn.runtime.INTERPRETED, reason="a real CUDA graph: the GPU check's test stage runs it")
+def test_cuda_graphed_training_is_bitwise_eager_training(seed, device):
+    ds = small_digits(56, 8)
+    for model in ("digits_cnn", "lenet5"):
+        if model == "lenet5":  # 28x28 images
+            ds.train_images = torch.nn.functional.interpolate(ds.train_images, size=(28, 28))
+            ds.test_images = torch.nn.functional.interpolate(ds.test_images, size=(28, 28))
+        eager = small_run(ds, False, seed, model=model)
+        graphed = small_run(ds, True, seed, model=model)
+        assert [r["graphed_steps"] for r in graphed[1]] == [1, 3], model
+        assert_same_training(eager, graphed)
+
+
 # ----------------------------------------------------------------------------- memory
 
 

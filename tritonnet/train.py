@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import data, models, runtime
+from . import data, graphs, models, runtime
 from .tape import Tensor, no_grad
 
 # Defaults chosen so `tritonnet train` reaches >= 95% test accuracy on digits in under three minutes
@@ -53,6 +53,7 @@ class TrainConfig:
     train_limit: int | None = None    # use only the first N training / test examples (smoke runs)
     test_limit: int | None = None
     channels_last: bool | None = None  # None: models.channels_last_for the model's input channels
+    cuda_graph: bool | None = None    # None: on when kernels run on a GPU (TrainStep)
     history: list = field(default_factory=list)
 
     def resolved(self) -> "TrainConfig":
@@ -69,6 +70,8 @@ class TrainConfig:
             self.weight_decay = 1e-2 if self.optimizer == "adamw" else 0.0
         if self.channels_last is None:
             self.channels_last = models.channels_last_for(models.INPUT_SHAPES[self.model][0])
+        if self.cuda_graph is None:
+            self.cuda_graph = not runtime.INTERPRETED
         return self
 
 
@@ -113,9 +116,84 @@ def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, cha
     return loss, logits
 
 
-def correct_count(logits, labels: torch.Tensor) -> int:
-    # Reporting only, off the training path: torch's argmax over the logits tritonnet produced.
-    return int((logits.data.argmax(dim=1) == labels).sum())
+def correct_count(logits, labels: torch.Tensor) -> torch.Tensor:
+    """How many rows of ``logits`` put their maximum on the label, as a device scalar (read it when
+    a report needs it: reading it waits for the step). Reporting only, off the training path:
+    torch's argmax over the logits tritonnet produced."""
+    return (logits.data.argmax(dim=1) == labels).sum()
+
+
+# Eager steps before the capture: every kernel compiled and autotuned, the optimizer state created.
+WARMUP_STEPS = 2
+
+
+class TrainStep:
+    """``tritonnet train``'s step: forward, cross-entropy, backward and the optimizer's update of a
+    batch, with the batch's loss sum and number of correct predictions added to ``totals`` (float64,
+    on the device) rather than read back, so the host queues steps without waiting for each.
+
+    ``cuda_graph``: after WARMUP_STEPS eager steps, the forward and backward of a full batch
+    (``batch_size`` examples) are captured once (``graphs.capture``) and then replayed for every
+    full batch; a smaller last batch runs eagerly. The optimizer's update stays outside the graph:
+    its learning rate and Adam's bias corrections are host values read at each step, which a
+    capture would freeze, and it is one launch whose address table it finds cached (the gradients
+    live at the graph's fixed addresses). A replay runs the eager step's kernels on the same values,
+    so training is bitwise the same either way. A capture that fails (or the interpreter, which
+    has no CUDA) leaves the reason in ``graph_error`` and every step eager.
+    """
+
+    def __init__(self, model, optimizer, batch_size: int, channels_last: bool = False, cuda_graph: bool = False):
+        self.model, self.optimizer, self.batch_size, self.channels_last = model, optimizer, batch_size, channels_last
+        self.params = list(optimizer.params)
+        self.totals = torch.zeros(2, dtype=torch.float64, device=runtime.device())  # loss sum, correct
+        self.graph = None
+        self.graph_error = None if cuda_graph else "disabled"
+        self.eager_steps = self.graphed_steps = 0
+        self._addresses = graphs.addresses(self.params)
+
+    def _forward_backward(self, images, labels):
+        from . import functional as F
+
+        logits = self.model(network_input(images, self.channels_last))
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.totals += torch.stack((loss.data.double() * len(labels), correct_count(logits, labels).double()))
+        return loss.data
+
+    def _capture(self, images, labels):
+        if graphs.moved(self.params, self._addresses):
+            self.graph_error = "the optimizer replaces parameter storage instead of updating it in place"
+            return
+        self.static_images, self.static_labels = images.clone(), labels.clone()
+        try:
+            self.graph, self.static_loss = graphs.capture(self._forward_backward, self.static_images,
+                                                          self.static_labels)
+        except graphs.CaptureError as exc:
+            self.graph_error = str(exc)
+            return
+        # p.grad now names the graph's gradient tensors; eager steps rebind it, replays restore it.
+        self.static_grads = [p.grad for p in self.params]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; returns its mean loss as a device scalar (overwritten by the next
+        graphed step: read it before then)."""
+        if self.graph is not None and len(labels) == self.batch_size:
+            self.static_images.copy_(images)
+            self.static_labels.copy_(labels)
+            self.graph.replay()
+            for p, grad in zip(self.params, self.static_grads):
+                p.grad = grad
+            self.optimizer.step()
+            self.graphed_steps += 1
+            return self.static_loss
+        loss = self._forward_backward(images, labels)
+        self.optimizer.step()
+        self.eager_steps += 1
+        if (self.graph is None and self.graph_error is None and self.eager_steps >= WARMUP_STEPS
+                and len(labels) == self.batch_size):
+            self._capture(images, labels)
+        return loss
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
@@ -125,15 +203,16 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    totals = torch.zeros(2, dtype=torch.float64, device=runtime.device())  # loss sum, correct
     try:
         with no_grad():
             for x, y in data.batches(images, labels, batch_size, shuffle=False, device=runtime.device()):
                 logits = model(network_input(x, channels_last))
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum").data)
-                correct += correct_count(logits, y)
+                loss_sum = F.cross_entropy(logits, y, reduction="sum").data
+                totals += torch.stack((loss_sum.double(), correct_count(logits, y).double()))
     finally:
         model.train(was_training)
+    loss_sum, correct = totals.tolist()
     n = max(len(labels), 1)
     return correct / n, loss_sum / n
 
@@ -252,12 +331,19 @@ def load_checkpoint(path: str, optimizer_factory=None):
 # ----------------------------------------------------------------------------- the loop
 
 
+# The progress bar's loss and accuracy are read from the device at most this often (each read waits
+# for the steps queued so far).
+REPORT_SECONDS = 0.5
+
+
 def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoch: int = 0,
         progress: bool = True, on_step=None, on_epoch=None):
     """Train from ``start_epoch`` to ``config.epochs``; returns per-epoch records.
 
-    ``on_step(step, loss_value)`` sees every step's loss (tests compare it with torch);
-    ``on_epoch(epoch, record)`` runs after each epoch (checkpointing).
+    ``on_step(step, loss_value)`` sees every step's loss (tests compare it with torch; reading it
+    makes the host wait for each step); ``on_epoch(epoch, record)`` runs after each epoch
+    (checkpointing). Steps run through ``TrainStep`` (CUDA-graphed with ``config.cuda_graph``);
+    a record's ``graphed_steps`` says how many of its steps were replays.
     """
     from tqdm import tqdm
 
@@ -265,34 +351,40 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
     train_x, train_y = dataset.train_images.to(device), dataset.train_labels.to(device)
     test_x, test_y = dataset.test_images.to(device), dataset.test_labels.to(device)
     per_epoch = data.num_batches(len(train_y), config.batch_size)
+    train_batch = TrainStep(model, optimizer, config.batch_size, bool(config.channels_last), bool(config.cuda_graph))
     records = []
     step = start_epoch * per_epoch
     model.train()
     for epoch in range(start_epoch, config.epochs):
         bar = tqdm(total=per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True, file=sys.stderr)
-        seen = correct = 0
-        loss_sum = 0.0
-        start = time.perf_counter()
+        seen = 0
+        graphed_before = train_batch.graphed_steps
+        train_batch.totals.zero_()
+        start = last_report = time.perf_counter()
         for x, y in data.batches(train_x, train_y, config.batch_size, seed=config.seed, epoch=epoch):
-            loss, logits = train_step(model, optimizer, x, y, bool(config.channels_last))
-            loss_value = float(loss.data)
+            loss = train_batch(x, y)
             if on_step is not None:
-                on_step(step, loss_value)
+                on_step(step, float(loss))
             step += 1
             seen += len(y)
-            loss_sum += loss_value * len(y)
-            correct += correct_count(logits, y)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                            **{"img/s": f"{seen / max(elapsed, 1e-9):.0f}"}, refresh=False)
+            now = time.perf_counter()
+            if progress and now - last_report >= REPORT_SECONDS:
+                loss_sum, correct = train_batch.totals.tolist()
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                **{"img/s": f"{seen / max(now - start, 1e-9):.0f}"}, refresh=False)
+                last_report = now
             bar.update(1)
-        bar.close()
+        loss_sum, correct = train_batch.totals.tolist()  # waits for the epoch's last step
         elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}",
+                        **{"img/s": f"{seen / max(elapsed, 1e-9):.0f}"}, refresh=False)
+        bar.close()
         test_accuracy, test_loss = evaluate(model, test_x, test_y, channels_last=bool(config.channels_last))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "test_loss": test_loss, "test_accuracy": test_accuracy, "seconds": elapsed,
-                  "images_per_second": seen / max(elapsed, 1e-9)}
+                  "images_per_second": seen / max(elapsed, 1e-9),
+                  "graphed_steps": train_batch.graphed_steps - graphed_before}
         records.append(record)
         if progress:
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
@@ -300,6 +392,9 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
                   f"test acc {test_accuracy:.4f}, {record['images_per_second']:.0f} img/s", file=sys.stderr)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
+    if config.cuda_graph and train_batch.graph is None and train_batch.eager_steps >= WARMUP_STEPS and progress:
+        print(f"note: steps ran eagerly, no CUDA graph ({train_batch.graph_error or 'no full batch after warm-up'})",
+              file=sys.stderr)
     return records
 
 
@@ -377,6 +472,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network on channels-last batches (default: for images of several "
                              "channels, cifar10: its convolutions and pools then need no staging copies)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay each full batch's forward and backward from a CUDA graph captured "
+                             "once (default: on a GPU; the same arithmetic as eager steps)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -389,13 +487,15 @@ def main(args) -> int:
         model, config, sidecar, optimizer = load_checkpoint(args.checkpoint, make_optimizer)
         start_epoch = int(sidecar.get("epoch", 0))
         config.epochs = args.epochs
+        # How steps are launched is this run's choice (it does not change what they compute).
+        config.cuda_graph = args.cuda_graph if args.cuda_graph is not None else not runtime.INTERPRETED
         print(f"resuming {args.checkpoint} at epoch {start_epoch} of {config.epochs}", file=sys.stderr)
     else:
         config = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                              momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                              train_limit=args.train_limit, test_limit=args.test_limit,
-                             channels_last=args.channels_last).resolved()
+                             channels_last=args.channels_last, cuda_graph=args.cuda_graph).resolved()
         torch.manual_seed(config.seed)
         model = models.create(config.model)
         optimizer = make_optimizer(config, model.parameters())
@@ -404,7 +504,8 @@ def main(args) -> int:
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT.format(model=config.model)
     print(f"training {config.model} on {dataset} with {config.optimizer} (lr {config.lr}), batch "
           f"{config.batch_size}, {config.epochs} epochs, seed {config.seed}"
-          f"{', channels-last' if config.channels_last else ''}", file=sys.stderr)
+          f"{', channels-last' if config.channels_last else ''}{', CUDA graph' if config.cuda_graph else ''}",
+          file=sys.stderr)
 
     def on_epoch(epoch, record):
         config.history.append(record)

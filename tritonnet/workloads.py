@@ -6,18 +6,10 @@ A step is forward, cross-entropy, backward and an SGD (momentum 0.9) update. Eac
 zero-argument callable that takes the next of a few pre-made batches (rotated, so no cache holds
 one batch for everyone) and returns the loss.
 
-Why CUDA graphs: the networks here are small, so a step is a few dozen short kernels and the GPU
-waits on Python and the launch path between them. Capturing forward, backward and the optimizer
-once and replaying the graph removes that. What capture requires, and how it is met here:
-- static inputs: the step reads its batch from two buffers allocated once (``static_x``,
-  ``static_y``); a replay is preceded by copying the next batch into them;
-- outputs, activations and gradients allocated during capture come from the graph's private pool
-  and are rewritten in place by every replay (``p.grad`` keeps pointing at them);
-- parameters and optimizer state must be updated in place: checked before capture (a storage
-  that moved would make every replay start again from the captured weights);
-- nothing in the step may synchronise with the host; a capture that fails is recorded in
-  ``graph_error`` and the step stays eager.
-Under the interpreter there are no graphs (``graph_error`` says so).
+CUDA graphs (``graphs.py``): the tritonnet step is captured once, forward, backward and
+optimizer together, and replayed after copying the next batch into its static input buffers
+(``static_x``, ``static_y``); a capture that fails is recorded in ``graph_error`` and the step
+stays eager. Under the interpreter there are no graphs (``graph_error`` says so).
 """
 from __future__ import annotations
 
@@ -26,7 +18,7 @@ import time
 
 import torch
 
-from . import models, runtime
+from . import graphs, models, runtime
 
 MODELS = {
     # name: (models.py name, input shape without batch, default batch on a GPU)
@@ -150,29 +142,23 @@ class TritonnetStep:
         x0, y0 = self.batches[0]
         self.static_x, self.static_y = x0.clone(), y0.clone()
         params = self.net.parameters()
+        # Warm-up on a side stream, as torch's recipe for whole-network capture does.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with precision(self.dtype_name), torch.cuda.stream(side):
-            before = [p.data.data_ptr() for p in params]
+            before = graphs.addresses(params)
             for _ in range(3):  # compiles, autotunes and creates optimizer state outside the capture
                 self.eager_step(self.static_x, self.static_y)
-            moved = [i for i, p in enumerate(params) if p.data.data_ptr() != before[i]]
+            moved = graphs.moved(params, before)
         torch.cuda.current_stream().wait_stream(side)
         if moved:
             self.graph_error = "the optimizer replaces parameter storage instead of updating it in place"
             return
-        graph = torch.cuda.CUDAGraph()
         try:
-            with precision(self.dtype_name), torch.cuda.graph(graph):
-                self.static_loss = self.eager_step(self.static_x, self.static_y)
-        except Exception as exc:  # e.g. an op that synchronises with the host
-            self.graph_error = f"capture failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
-            try:
-                torch.cuda.synchronize()
-            except Exception:  # pragma: no cover - the failed capture's error surfaces here too
-                pass
-            return
-        self.graph = graph
+            self.graph, self.static_loss = graphs.capture(self.eager_step, self.static_x, self.static_y,
+                                                          context=lambda: precision(self.dtype_name))
+        except graphs.CaptureError as exc:
+            self.graph_error = str(exc)
 
     def __call__(self):
         x, y = self.batches[self.calls % len(self.batches)]
