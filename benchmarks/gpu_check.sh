@@ -2,7 +2,7 @@
 # The GPU check: on a machine with a CUDA GPU, torch and triton already installed and no network,
 # run the test suite with every kernel compiled for the GPU (no interpreter), then the benchmarks.
 # Usage: benchmarks/gpu_check.sh OUT_DIR        (logs, JSON, PNG land in OUT_DIR)
-# The default stages finish within ~8.5 minutes (their limits add up to 500 s); STAGES=all adds
+# The default stages finish within ~9 minutes (their limits add up to 525 s); STAGES=all adds
 # bench_pool (issue 2's, resolved), the LeNet and bf16 VGG profiles, bench_train (a timed epoch of
 # `tritonnet train`) and bench_linear (160 s more), and bench_compile (the TF32 and bf16 training
 # steps against torch.compile, which the default bench's budget skips: 180 s more), and
@@ -19,8 +19,8 @@ python=${PYTHON:-python3}
 summary=$out/summary.txt
 : >"$summary"
 
-stages=${STAGES:-tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead}
-[[ $stages == all ]] && stages="tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead bench_pool
+stages=${STAGES:-tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead train_epoch}
+[[ $stages == all ]] && stages="tests bench_conv conv_sweep bench profile_vgg profile_vgg_tf32 host_overhead train_epoch bench_pool
   profile profile_vgg_bf16 bench_train bench_linear bench_compile"
 stages=${stages//$'\n'/ }
 
@@ -66,6 +66,9 @@ stage profile_vgg_tf32 25 $python -m tritonnet profile --model vgg --dtype tf32 
 # path measured 0.4 ms a step on a 2-core CPU: where do the other 2 ms go?)
 stage host_overhead 30 bash -c "$python benchmarks/bench_host_overhead.py --quick --mode stub --out '$out/host_stub' \
   && $python benchmarks/bench_host_overhead.py --quick --mode real --out '$out/host_real'"
+# `tritonnet train`'s loop on its default net and data: CUDA-graphed (its GPU default), eager, and
+# the same loop in torch eager, images/s of the second epoch
+stage train_epoch 25 $python benchmarks/bench_train.py --parts epoch --out "$out/train_epoch" --budget-s 20
 stage bench_pool 40 $python benchmarks/bench_pool.py --out "$out"
 stage profile 15 $python -m tritonnet profile --out "$out"
 stage profile_vgg_bf16 25 $python -m tritonnet profile --model vgg --dtype bf16 --out "$out"

@@ -2,8 +2,8 @@
 running out. The issues' targets (bench_conv.json, bench.json), the profiled VGG steps' slowest
 kernels and whether any launch found the GPU idle, the conv sweep's decisions (the best pixel
 split per packed wgrad, TF32's tensor-core tiles against the FMA variant), the pool-fused conv
-against the two kernels it replaces, the linear rows, and
-the host's time per launch with and without Triton's launch path.
+against the two kernels it replaces, `tritonnet train`'s loop graphed and eager, the linear rows,
+and the host's time per launch with and without Triton's launch path.
 
 Usage: python3 benchmarks/gpu_summary.py OUT_DIR   (writes OUT_DIR/report.md and prints it)
 Reads only what is there: a missing or cut-short file is a line saying so, never an error.
@@ -151,6 +151,21 @@ def fusion(out) -> list[str]:
     return lines + ([] if len(lines) > 2 else ["- no fused row in bench.json"]) + [""]
 
 
+def training_loop(out) -> list[str]:
+    """`tritonnet train`'s own loop (train_epoch stage): CUDA-graphed, eager, torch eager."""
+    data = _load(os.path.join(out, "train_epoch", "bench_train.json"))
+    lines = ["## `tritonnet train` loop, second epoch (train_epoch)", ""]
+    epoch = data.get("epoch")
+    if not epoch:
+        return lines + [f"- {data.get('_missing') or 'no epoch in bench_train.json'}", ""]
+    ours, eager, theirs = (epoch.get(k) for k in ("tritonnet_images_per_s", "tritonnet_eager_images_per_s",
+                                                   "torch_images_per_s"))
+    lines.append(f"- {epoch['model']} batch {epoch['batch']}: graphed {ours:.0f} img/s "
+                 f"({epoch.get('tritonnet_graphed_steps')} steps replayed), eager {eager:.0f} img/s, "
+                 f"torch eager {theirs:.0f} img/s ({ours / theirs:.2f}x)")
+    return lines + [""]
+
+
 def host(out) -> list[str]:
     lines = ["## Host time per launch (LeNet step ops)", ""]
     stub = _load(os.path.join(out, "host_stub", "host_overhead.json"))
@@ -173,7 +188,7 @@ def main(argv=None) -> int:
         return 2
     out = args[0]
     lines = [f"# GPU check report: {out}", ""]
-    for section in (targets, profiles, sweep, fusion, linear, host):
+    for section in (targets, profiles, sweep, fusion, training_loop, linear, host):
         try:
             lines += section(out)
         except Exception as exc:  # a report with a hole beats no report
