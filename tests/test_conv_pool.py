@@ -84,6 +84,27 @@ def test_fused_forward_is_conv_then_pool(seed, device, case):
                 _same(pool_kernels.max_pool2d_indices(argmax, geo).cpu(), torch_idx, what + " indices")
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=["packed", "channels-last"])
+def test_fused_forward_on_small_tiles(seed, device, case):
+    """GPU-sized tiles (several programs in rows and channels, partial last tiles): the fused
+    epilogue splits each tile into whole windows wherever it starts, bitwise as the default tiles
+    (one program in rows under the interpreter) and the unfused pair on the same tiles."""
+    n, c_in, c_out, h, w, k, opts, channels_last = case
+    x = _grid((n, c_in, h, w), device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt, b = _grid((c_out, c_in, k, k), device), _grid((c_out,), device)
+    tiles = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 2}
+    out, argmax, _ = conv_kernels.conv2d_max_pool2d_forward(x, wt, b, activation="relu", config=tiles, **opts)
+    default_out, default_argmax, _ = conv_kernels.conv2d_max_pool2d_forward(x, wt, b, activation="relu", **opts)
+    y = conv_kernels.conv2d_forward(x, wt, b, activation="relu", config=tiles, **opts)
+    ref_out, ref_argmax, _ = pool_kernels.max_pool2d_forward(y, 2, relu_gate=True)
+    _same(out, default_out, "small tiles vs default")
+    _same(argmax, default_argmax, "small tiles vs default argmax")
+    _same(out, ref_out, "small tiles vs unfused")
+    _same(argmax, ref_argmax, "small tiles vs unfused argmax")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_forward_half_precision(seed, device, dtype):
     """bf16/fp16: the pool compares the values the unfused conv stores (rounded), so the same

@@ -257,10 +257,12 @@ def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuf
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(images) != len(labels):
         raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
-    order = torch.from_numpy(epoch_order(len(images), seed, epoch, shuffle))
+    # The epoch's order goes to the images' device once: a copy from pageable host memory makes
+    # torch wait for the device, which once per batch would stop the host from running ahead.
+    order = torch.from_numpy(epoch_order(len(images), seed, epoch, shuffle)).to(images.device)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size].to(images.device)
+        index = order[start:start + batch_size]
         x, y = images.index_select(0, index), labels.index_select(0, index)
         if device is not None:
             x, y = x.to(device), y.to(device)

@@ -21,10 +21,12 @@ import triton.language as tl
 
 from .. import runtime
 
-# Under the interpreter few, large programs (its cost is per program); on the GPU 64x64 tiles,
+# Under the interpreter few, large programs (its cost is per program and per op, hardly per
+# element), their pixels running across images (FLAT); on the GPU 64x64 tiles of one image each,
 # transposed through shared memory by the compiler's layout conversion.
 BLOCK_S, BLOCK_C = (256, 64) if runtime.INTERPRETED else (64, 64)
 OPTIONS = {"num_warps": 16} if runtime.INTERPRETED else {"num_warps": 4}
+FLAT = runtime.INTERPRETED
 
 
 @triton.jit
@@ -44,7 +46,7 @@ def to_channels_last_kernel(
     src_ptr, dst_ptr, mask_ptr,
     B, C, H, W, HW, s_b, s_c, s_h, s_w, MASK_ROW, S_TILES,
     SPATIAL_CONTIG: tl.constexpr, SRC_NHWC: tl.constexpr, DST_NCHW: tl.constexpr, RELU_MASK: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, FLAT: tl.constexpr = False,
 ):
     """dst[b, h, w, c] = src[b, c, h, w], optionally gated by a ReLU bit mask; with DST_NCHW,
     dst[b, c, h, w] = src[b, c, h, w] instead (dst contiguous [B, C, H, W]).
@@ -58,29 +60,45 @@ def to_channels_last_kernel(
     forward's ReLU gradient mask, [C, MASK_ROW] uint8), so the gradient is gated once, here.
     C is specialised (divisible by 16 for every wide layer): the stores' alignment comes from it.
     Grid: (B * S_TILES, cdiv(C, BLOCK_C)) with S_TILES = cdiv(H*W, BLOCK_S) (B on axis 0: no 65535 cap).
+    FLAT (the interpreter's): a tile's BLOCK_S pixels are consecutive in the flattened B*H*W range,
+    spanning images; S_TILES = cdiv(B*H*W, BLOCK_S) and the grid (S_TILES, cdiv(C, BLOCK_C)).
     """
     pid = tl.program_id(0)
-    b = pid // S_TILES
-    s = (pid - b * S_TILES) * BLOCK_S + tl.arange(0, BLOCK_S)
+    if FLAT:
+        flat = pid * BLOCK_S + tl.arange(0, BLOCK_S)
+        b = flat // HW
+        s = flat - b * HW
+        s_mask = flat < B * HW
+    else:
+        b = pid // S_TILES
+        s = (pid - b * S_TILES) * BLOCK_S + tl.arange(0, BLOCK_S)
+        s_mask = s < HW
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    s_mask = s < HW
     c_mask = c < C
     mask = c_mask[:, None] & s_mask[None, :]
     # [C, S] tile: the load runs along the source's contiguous side, the store along the
     # destination's (the compiler transposes the tile through shared memory in between)
+    # FLAT: each pixel's image offset as a [1, BLOCK_S] row; else one scalar (the GPU's code, whose
+    # alignment facts come from the specialised strides)
+    image = b.to(tl.int64)[None, :] if FLAT else b.to(tl.int64)
     if SRC_NHWC:
-        src = src_ptr + b.to(tl.int64) * s_b + s.to(tl.int64)[None, :] * C + c[:, None]
+        src = src_ptr + image * s_b + s.to(tl.int64)[None, :] * C + c[:, None]
     else:
         if SPATIAL_CONTIG:
             sp = s
         else:
             h = s // W
             sp = h * s_h + (s - h * W) * s_w
-        src = src_ptr + b.to(tl.int64) * s_b + (c * s_c)[:, None] + sp[None, :]
+        src = src_ptr + image * s_b + (c * s_c)[:, None] + sp[None, :]
     tile = tl.load(src, mask=mask, other=0.0)
     if RELU_MASK:
         tile = relu_gate(tile, mask_ptr, c[:, None], (b * HW + s)[None, :], mask, MASK_ROW)
-    if DST_NCHW:
+    if FLAT:
+        if DST_NCHW:
+            dst = dst_ptr + (image * C + c[:, None]) * HW + s[None, :]
+        else:
+            dst = dst_ptr + (image * HW + s[None, :]) * C + c[:, None]
+    elif DST_NCHW:
         dst = dst_ptr + (b.to(tl.int64) * C + c)[:, None] * HW + s[None, :]
     else:
         dst = dst_ptr + (b.to(tl.int64) * HW + s)[None, :] * C + c[:, None]
@@ -133,15 +151,15 @@ def _plan(shape, strides, dtype, mask_row, dst_nchw, op=None):
     numel = B * C * H * W
     if numel == 0:
         return dst_shape, None, (), {}, None
-    s_tiles = runtime.cdiv(H * W, BLOCK_S)
+    s_tiles = runtime.cdiv((B if FLAT else 1) * H * W, BLOCK_S)
     esize = torch.empty((), dtype=dtype).element_size()
     info = runtime.LaunchInfo(op or ("to_contiguous" if dst_nchw else "to_channels_last"), ((B, C, H, W),), dtype,
                               flops=0,
                               bytes=2 * numel * esize + (C * mask_row if mask_row is not None else 0))
     consts = dict(OPTIONS, SPATIAL_CONTIG=s_w == 1 and s_h == W, SRC_NHWC=is_channels_last(shape, strides),
-                  DST_NCHW=dst_nchw, RELU_MASK=mask_row is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C)
+                  DST_NCHW=dst_nchw, RELU_MASK=mask_row is not None, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C, FLAT=FLAT)
     tail = (B, C, H, W, H * W, s_b, s_c, s_h, s_w, mask_row or 0, s_tiles)
-    return dst_shape, (B * s_tiles, runtime.cdiv(C, BLOCK_C)), tail, consts, info
+    return dst_shape, (s_tiles if FLAT else B * s_tiles, runtime.cdiv(C, BLOCK_C)), tail, consts, info
 
 
 def is_channels_last(shape, strides) -> bool:
