@@ -208,8 +208,8 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
         with no_grad():
             for x, y in data.batches(images, labels, batch_size, shuffle=False, device=runtime.device()):
                 logits = model(network_input(x, channels_last))
-                loss_sum = F.cross_entropy(logits, y, reduction="sum").data
-                totals += torch.stack((loss_sum.double(), correct_count(logits, y).double()))
+                batch_loss = F.cross_entropy(logits, y, reduction="sum").data
+                totals += torch.stack((batch_loss.double(), correct_count(logits, y).double()))
     finally:
         model.train(was_training)
     loss_sum, correct = totals.tolist()
