@@ -144,7 +144,7 @@ class TrainStep:
 
     def __init__(self, model, optimizer, batch_size: int, channels_last: bool = False, cuda_graph: bool = False):
         self.model, self.optimizer, self.batch_size, self.channels_last = model, optimizer, batch_size, channels_last
-        self.params = list(optimizer.params)
+        self.params = list(model.parameters())  # what the graph reads and writes gradients for
         self.totals = torch.zeros(2, dtype=torch.float64, device=runtime.device())  # loss sum, correct
         self.graph = None
         self.graph_error = None if cuda_graph else "disabled"
