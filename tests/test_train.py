@@ -366,9 +366,9 @@ def test_graphed_training_replays_full_batches_bitwise_like_eager_steps(seed, de
 
 
 def test_a_capture_that_fails_or_a_moving_parameter_leaves_the_steps_eager(seed, device, monkeypatch):
-    # Under the interpreter the real capture says why it cannot run.
-    with pytest.raises(train.graphs.CaptureError, match="interpreter"):
-        train.graphs.capture(lambda: None)
+    if tn.runtime.INTERPRETED:  # the real capture says why it cannot run
+        with pytest.raises(train.graphs.CaptureError, match="interpreter"):
+            train.graphs.capture(lambda: None)
     images, labels = torch.randn(48, 1, 8, 8, device=device), torch.randint(0, 10, (48,), device=device)
 
     def three_steps(optimizer_step=None):
