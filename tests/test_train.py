@@ -10,7 +10,7 @@ import torch
 
 import tritonnet as tn
 import tritonnet.functional as F
-from tritonnet import data, layers, models, train
+from tritonnet import data, layers, models, optim, train
 from tritonnet.layers import convert
 
 
@@ -373,7 +373,7 @@ def test_a_capture_that_fails_or_a_moving_parameter_leaves_the_steps_eager(seed,
 
     def three_steps(optimizer_step=None):
         model = models.create("digits_cnn")
-        optimizer = tn.optim.SGD(model.parameters(), lr=0.01)
+        optimizer = optim.SGD(model.parameters(), lr=0.01)
         if optimizer_step is not None:
             optimizer.step = lambda: optimizer_step(optimizer)
         train_batch = train.TrainStep(model, optimizer, batch_size=16, cuda_graph=True)
