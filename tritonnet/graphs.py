@@ -10,7 +10,7 @@ and how its users (``tritonnet train``'s loop, the bench's steps) meet it:
   in place by every replay: outputs (loss, gradients) are read from the tensors the capture
   returned (``p.grad`` keeps pointing at them);
 - kernels compiled and autotuned before the capture (a few eager steps first), and parameters and
-  optimizer state updated in place (``moved`` checks it): a storage that moved would leave every
+  optimizer state updated in place (``check_in_place``): a storage that moved would leave every
   replay reading the captured one;
 - nothing in the step may synchronise with the host.
 
@@ -35,9 +35,11 @@ def addresses(params) -> list:
     return [getattr(p, "data", p).data_ptr() for p in params]
 
 
-def moved(params, before) -> list:
-    """Indices of the parameters whose storage is no longer at ``before`` (from ``addresses``)."""
-    return [i for i, (now, then) in enumerate(zip(addresses(params), before)) if now != then]
+def check_in_place(params, before) -> None:
+    """Raise ``CaptureError`` if a parameter's storage is no longer at ``before`` (from
+    ``addresses``, taken before the eager steps): replays would keep reading the old storage."""
+    if any(now != then for now, then in zip(addresses(params), before)):
+        raise CaptureError("the optimizer replaces parameter storage instead of updating it in place")
 
 
 def capture(step, *static_args, context=contextlib.nullcontext):
@@ -63,4 +65,4 @@ def capture(step, *static_args, context=contextlib.nullcontext):
     return graph, outputs
 
 
-__all__ = ["CaptureError", "addresses", "moved", "capture"]
+__all__ = ["CaptureError", "addresses", "check_in_place", "capture"]

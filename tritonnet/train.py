@@ -104,14 +104,21 @@ def network_input(images: torch.Tensor, channels_last: bool) -> Tensor:
     return Tensor(images)
 
 
-def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
-    """One step; returns the loss and the logits (tn.Tensors) of this batch."""
+def forward_backward(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
+    """Forward, cross-entropy and backward of one batch (the gradients start from zero); returns
+    the loss and the logits (tn.Tensors). Every training step here is this, then the update."""
     from . import functional as F
 
     logits = model(network_input(images, channels_last))
     loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad()
     loss.backward()
+    return loss, logits
+
+
+def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
+    """One step; returns the loss and the logits (tn.Tensors) of this batch."""
+    loss, logits = forward_backward(model, optimizer, images, labels, channels_last)
     optimizer.step()
     return loss, logits
 
@@ -152,21 +159,14 @@ class TrainStep:
         self._addresses = graphs.addresses(self.params)
 
     def _forward_backward(self, images, labels):
-        from . import functional as F
-
-        logits = self.model(network_input(images, self.channels_last))
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad()
-        loss.backward()
+        loss, logits = forward_backward(self.model, self.optimizer, images, labels, self.channels_last)
         self.totals += torch.stack((loss.data.double() * len(labels), correct_count(logits, labels).double()))
         return loss.data
 
     def _capture(self, images, labels):
-        if graphs.moved(self.params, self._addresses):
-            self.graph_error = "the optimizer replaces parameter storage instead of updating it in place"
-            return
         self.static_images, self.static_labels = images.clone(), labels.clone()
         try:
+            graphs.check_in_place(self.params, self._addresses)
             self.graph, self.static_loss = graphs.capture(self._forward_backward, self.static_images,
                                                           self.static_labels)
         except graphs.CaptureError as exc:

@@ -126,14 +126,9 @@ class TritonnetStep:
         return self.graph is not None
 
     def eager_step(self, x, y):
-        from . import functional as F
-        from .train import network_input
+        from .train import train_step
 
-        self.optimizer.zero_grad()
-        loss = F.cross_entropy(self.net(network_input(x, self.channels_last)), y)
-        loss.backward()
-        self.optimizer.step()
-        return loss
+        return train_step(self.net, self.optimizer, x, y, self.channels_last)[0]
 
     def _capture(self):
         if runtime.INTERPRETED:
@@ -149,12 +144,9 @@ class TritonnetStep:
             before = graphs.addresses(params)
             for _ in range(3):  # compiles, autotunes and creates optimizer state outside the capture
                 self.eager_step(self.static_x, self.static_y)
-            moved = graphs.moved(params, before)
         torch.cuda.current_stream().wait_stream(side)
-        if moved:
-            self.graph_error = "the optimizer replaces parameter storage instead of updating it in place"
-            return
         try:
+            graphs.check_in_place(params, before)
             self.graph, self.static_loss = graphs.capture(self.eager_step, self.static_x, self.static_y,
                                                           context=lambda: precision(self.dtype_name))
         except graphs.CaptureError as exc:
