@@ -3,16 +3,23 @@
 The interpreter accepts programs the real compiler rejects (plain globals, some shape rules), so
 CI proves each launched specialisation compiles for ``sm_90``. A :class:`SpecRecorder` observes
 ``runtime.launch`` and notes each kernel's argument types and constexprs; ``compile_specs`` then
-compiles them in a subprocess with the interpreter off (an interpreted kernel cannot be compiled).
+compiles them in subprocesses with the interpreter off (an interpreted kernel cannot be compiled).
+A :class:`BackgroundCompiler` compiles specs while the tests run, so that the final check finds
+most of them in Triton's cache (on a cold cache compiling dominates the suite's time).
 
-Run as a script, it reads specs as JSON on stdin and prints one JSON result per spec.
+Run as a script, it reads one JSON spec per line on stdin and prints one JSON result per spec.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _TORCH_TO_TRITON = {
     "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float64": "fp64",
@@ -40,8 +47,9 @@ def _arg_type(value) -> str:
 class SpecRecorder:
     """A ``runtime.launch`` observer that collects unique (kernel, signature, constexprs) specs."""
 
-    def __init__(self):
+    def __init__(self, on_new=None):
         self.specs = {}
+        self.on_new = on_new  # called with each spec the first time it is seen
 
     def __call__(self, kernel, grid, args, constexprs, info, run):
         names = list(kernel.arg_names)
@@ -61,7 +69,11 @@ class SpecRecorder:
             signature.setdefault(name, "constexpr")
         spec = {"module": python_fn.__module__, "kernel": python_fn.__name__, "signature": signature,
                 "constexprs": {k: _jsonable(v) for k, v in consts.items()}, "options": options}
-        self.specs.setdefault(json.dumps(spec, sort_keys=True), spec)
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self.specs:
+            self.specs[key] = spec
+            if self.on_new is not None:
+                self.on_new(spec)
         return run()
 
 
@@ -73,18 +85,31 @@ def _jsonable(value):
     return str(value)
 
 
+def _worker(*flags, **pipes) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, *flags], stdin=subprocess.PIPE, text=True, cwd=_ROOT,
+                            env=dict(os.environ, TRITON_INTERPRET="0"), **pipes)
+
+
 def compile_specs(specs, jobs: int = 2, timeout: float = 600.0):
-    """Compile specs for sm_90 in ``jobs`` subprocesses; return a list of failure messages."""
+    """Compile specs for sm_90 in ``jobs`` subprocesses side by side; return the failure messages."""
     specs = list(specs)
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    chunks = [specs[i::jobs] for i in range(jobs)]
-    procs = [subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-             for chunk in chunks if chunk]
+    if not specs:
+        return []
+    chunks = [chunk for chunk in (specs[i::jobs] for i in range(jobs)) if chunk]
+    procs = [_worker(stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in chunks]
+
+    def run(proc, chunk):  # one thread per worker: communicating in turn would run them in turn
+        return proc.communicate("".join(json.dumps(spec) + "\n" for spec in chunk), timeout=timeout)
+
+    try:
+        with ThreadPoolExecutor(len(procs)) as pool:
+            outputs = list(pool.map(run, procs, chunks))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     failures = []
-    for proc, chunk in zip(procs, [c for c in chunks if c]):
-        out, err = proc.communicate(json.dumps(chunk), timeout=timeout)
+    for proc, (out, err) in zip(procs, outputs):
         if proc.returncode != 0:
             failures.append(f"compiler subprocess exited {proc.returncode}: {err[-3000:]}")
             continue
@@ -93,6 +118,45 @@ def compile_specs(specs, jobs: int = 2, timeout: float = 600.0):
             if not result["ok"]:
                 failures.append(f"{result['kernel']} {result['constexprs']}: {result['error']}")
     return failures
+
+
+class BackgroundCompiler:
+    """Compiles specs for sm_90 in one low-priority subprocess while the tests run.
+
+    The interpreter keeps one core busy and leaves the other idle; this fills it. It only warms
+    Triton's cache: the final ``compile_specs`` compiles every spec again and judges them, finding
+    the ones compiled here cached. ``submit`` never blocks the test (a thread feeds the worker).
+    """
+
+    def __init__(self):
+        self._specs = queue.SimpleQueue()
+        self._proc = None
+        self._feeder = None
+
+    def submit(self, spec) -> None:
+        if self._proc is None:
+            self._proc = _worker("--nice", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._feeder = threading.Thread(target=self._feed, daemon=True)
+            self._feeder.start()
+        self._specs.put(spec)
+
+    def _feed(self) -> None:
+        while (spec := self._specs.get()) is not None:
+            try:
+                self._proc.stdin.write(json.dumps(spec) + "\n")
+                self._proc.stdin.flush()
+            except (OSError, ValueError):  # the worker was stopped
+                return
+
+    def stop(self) -> None:
+        """Kill the worker (a compile cut short leaves nothing in the cache) and its feeder."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._specs.put(None)
+        self._feeder.join(timeout=10)
+        self._proc = self._feeder = None
 
 
 def _compile_one(spec):
@@ -112,7 +176,10 @@ def _compile_one(spec):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
-    for spec in json.loads(sys.stdin.read()):
+    if "--nice" in sys.argv:  # the background warmer yields the CPU to the tests
+        os.nice(10)
+    for line in sys.stdin:
+        spec = json.loads(line)
         try:
             _compile_one(spec)
             result = {"ok": True}

@@ -3,7 +3,9 @@
 - Every test draws a fresh seed (printed, so a failure can be replayed with TRITONNET_SEED=...).
 - Every output a launcher allocates is filled with NaN (or the integer max) before its kernel
   runs, so a comparison with torch catches any element left unwritten.
-- Every launch's specialisation is recorded; tests/test_zz_aot.py compiles them all for sm_90.
+- Every launch's specialisation is recorded; tests/test_zz_aot.py compiles them all for sm_90
+  (and when it is among the tests, a background process starts compiling each one as it is first
+  launched, on the core the interpreter leaves idle).
 - Under the interpreter, every masked load/store/atomic is checked to stay inside the launch's
   tensor arguments (tests/bounds.py): the interpreter itself would not notice.
 """
@@ -16,9 +18,10 @@ import tritonnet  # noqa: F401  (sets TRITON_INTERPRET before anything imports t
 from tritonnet import runtime
 
 import bounds
-from aot import SpecRecorder
+from aot import BackgroundCompiler, SpecRecorder
 
 RECORDER = SpecRecorder()
+BACKGROUND = BackgroundCompiler()
 runtime.add_observer(RECORDER)
 if runtime.INTERPRETED:
     bounds.install()
@@ -53,7 +56,15 @@ def no_deferred_error_left():
     runtime.raise_deferred(wait=True)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    if any(item.path.name == "test_zz_aot.py" for item in items):
+        RECORDER.on_new = BACKGROUND.submit
+        for spec in RECORDER.specs.values():  # any launched while the test modules were imported
+            BACKGROUND.submit(spec)
+
+
 def pytest_sessionfinish(session, exitstatus):
+    BACKGROUND.stop()
     # A run that collected nothing must not look like success.
     if session.testscollected == 0 and exitstatus in (0, 5):
         session.exitstatus = 1
