@@ -56,6 +56,7 @@ def no_deferred_error_left():
     runtime.raise_deferred(wait=True)
 
 
+@pytest.hookimpl(trylast=True)  # after --deselect and -k have removed what will not run
 def pytest_collection_modifyitems(session, config, items):
     if any(item.path.name == "test_zz_aot.py" for item in items):
         RECORDER.on_new = BACKGROUND.submit
