@@ -323,6 +323,15 @@ def test_tf32_wgrad_fma_variant(seed, device):
     _close(db, db_ref, 1e-5, "db")
 
 
+def test_unbatched_input_is_one_example(seed, device):
+    """As torch: a (C_in, H, W) input is one example; the output and the input's gradient come
+    back without the batch dimension."""
+    x, w, b = _inputs(device, torch.float32, 1, 3, 9, 8, 5, 3, 1)
+    ours, ref = _run(x[0], w, b, "relu", torch.float32, padding=1, stride=2)
+    assert ours[0].shape == (5, 5, 4) and ours[1].shape == (3, 9, 8)
+    _check_all(ours, ref, 1e-5)
+
+
 def test_noncontiguous_inputs_and_gradient(seed, device):
     base = torch.randn(2, 9, 12, 5, device=device)
     x = base.permute(0, 3, 1, 2)[:, :, ::1, 1:]                # (2, 5, 9, 11), strided, not contiguous
@@ -803,7 +812,8 @@ def test_conv2d_layer_init_distribution(seed):
     (lambda d: ((2, 6, 8, 8), (6, 2, 3, 3), {"groups": 4}), ValueError, "groups=4 must divide x's channels"),
     (lambda d: ((2, 3, 4, 4), (5, 3, 5, 5), {"padding": 0}), ValueError, "larger than the padded input"),
     (lambda d: ((2, 3, 4, 4), (5, 3, 3, 3), {"dilation": 3}), ValueError, "larger than the padded input"),
-    (lambda d: ((3, 8, 8), (5, 3, 3, 3), {}), ValueError, "x must be 4-D"),
+    (lambda d: ((3, 8), (5, 3, 3, 3), {}), ValueError, r"x must be 3-D \(C_in, H, W\) or 4-D .* got 2-D"),
+    (lambda d: ((1, 2, 3, 8, 8), (5, 3, 3, 3), {}), ValueError, "x must be 3-D .* got 5-D"),
     (lambda d: ((2, 3, 8, 8), (5, 3, 3), {}), ValueError, "weight must be 4-D"),
     (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": "full"}), ValueError, "padding must be"),
     (lambda d: ((2, 3, 8, 8), (5, 3, 3, 3), {"padding": "same", "stride": 2}), ValueError, "needs stride 1"),

@@ -201,6 +201,32 @@ def test_sequential_fuses_conv_and_pool(seed, device):
     assert layers.MaxPool2d(2).fuses_into_conv and layers.MaxPool2d((2, 2), stride=(2, 2)).fuses_into_conv
 
 
+def test_unbatched_input(seed, device):
+    """A (C, H, W) input, as torch takes one: the fused op and its layer give torch's values and
+    the unfused pair's gradients (bitwise, on grid data), without a batch dimension."""
+    x, wt, b = _grid((3, 10, 10), device), _grid((4, 3, 3, 3), device, 16), _grid((4,), device)
+    expected = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(x, wt, b, padding=1)), 2)
+    upstream = _grid((4, 5, 5), device)
+    results = {}
+    for fused in (True, False):
+        xt, wtt, bt = (tn.Tensor(t, requires_grad=True) for t in (x, wt, b))
+        if fused:
+            y = F.conv2d_max_pool2d(xt, wtt, bt, padding=1, activation="relu")
+        else:
+            y = F.max_pool2d(F.conv2d(xt, wtt, bt, padding=1, activation="relu"), 2)
+        _same(y.data, expected, "output")
+        y.backward(upstream)
+        results[fused] = (xt.grad, wtt.grad, bt.grad)
+    for name, a, e in zip(("dx", "dw", "db"), results[True], results[False]):
+        _same(a, e, name)
+    assert results[True][0].shape == x.shape
+    model = build(numbered(("Conv2d", dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)), ("ReLU",),
+                           ("MaxPool2d", dict(kernel_size=2))))
+    model.load_state_dict({"0.weight": wt, "0.bias": b})
+    _, ops = launched(lambda: _same(model(tn.Tensor(x)).data, expected, "Sequential's output"))
+    assert ops.count("conv2d_fwd_relu_maxpool") == 1, ops
+
+
 def test_fused_errors(device):
     """Bad arguments are the convolution's errors, and a convolution output too small for one 2x2
     window is the pool's."""

@@ -40,6 +40,13 @@ def test_axpby_and_scale_by_scalar(seed, device, dtype):
         E.axpby(a, b[:, :5])
     with pytest.raises(ValueError, match="s must have exactly one element"):
         E.scale_by_scalar(a, a)
+    rows = torch.randn(3, device=device).to(dtype)  # scale_rows: row r times rows[r]
+    torch.testing.assert_close(E.scale_rows(a, rows), (a.double() * rows.double()[:, None]).to(dtype), **TOL[dtype])
+    wide = torch.randn(2, 3, 700, device=device).to(dtype)  # rows of 2100 elements across blocks
+    torch.testing.assert_close(E.scale_rows(wide, rows[:2]), (wide.double() * rows.double()[:2, None, None]).to(dtype),
+                               **TOL[dtype])
+    with pytest.raises(ValueError, match=r"s must have one element per row of a \(3\)"):
+        E.scale_rows(a, rows[:2])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,6 +93,7 @@ def test_gpu_sized_blocks(seed, device, monkeypatch):
     x, y = torch.randn(3000, device=device), torch.randn(3000, device=device)
     assert torch.equal(E.relu(x), torch.relu(x))
     torch.testing.assert_close(E.axpby(x, y, 2.0, 3.0), 2 * x + 3 * y)
+    torch.testing.assert_close(E.scale_rows(x.reshape(3, 1000), y[:3]), x.reshape(3, 1000) * y[:3, None])
     z = torch.randn(9000, device=device)
     torch.testing.assert_close(R.sum_all(z).double(), z.double().sum(), rtol=1e-6, atol=1e-4)
     monkeypatch.setattr(R, "COLUMN_TILE", (128, 64))

@@ -243,6 +243,8 @@ def test_linear_layer_init_names_and_state_dict_match_torch(seed, device):
     theirs = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7), torch.nn.Linear(7, 3, bias=False))
     sd = ours.state_dict()
     assert list(sd) == list(theirs.state_dict()) == ["1.weight", "1.bias", "2.weight"]
+    assert [type(m).__name__ for m in ours.modules()] == [type(m).__name__ for m in theirs.modules()]
+    assert [name for name, _ in ours.named_modules()] == [name for name, _ in theirs.named_modules()]
     for k, v in theirs.state_dict().items():
         assert torch.equal(sd[k].cpu(), v), k  # same generator draws in the same order
     x = torch.randn(5, 3, 4)

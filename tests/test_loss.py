@@ -44,6 +44,53 @@ def test_cross_entropy_matches_torch(seed, device, dtype):
                 _compare(logits, target, reduction, smoothing, upstream=1.0 if batch == 1 else 2.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reduction_none_gives_each_rows_loss_and_gradient(seed, device, dtype):
+    """reduction="none": the (B,) losses in logits' dtype, and backward scales each row's gradient
+    by its own upstream value (one row per example, as a per-example loss needs)."""
+    tol = TOL[dtype]
+    for batch, classes, smoothing in [(1, 7, 0.0), (100, 10, 0.1), (37, 70, 0.2)]:
+        logits = (torch.randn(batch, classes, device=device) * 3).to(dtype)
+        target = torch.randint(0, classes, (batch,), device=device)
+        upstream = torch.randn(batch, device=device).to(dtype)
+        ref_in = logits.double().requires_grad_()
+        ref = torch.nn.functional.cross_entropy(ref_in, target, reduction="none", label_smoothing=smoothing)
+        ref.backward(upstream.double())
+        z = tn.Tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(z, target, reduction="none", label_smoothing=smoothing)
+        assert loss.shape == (batch,) and loss.dtype == dtype
+        loss.backward(upstream)
+        assert z.grad.shape == logits.shape and z.grad.dtype == dtype
+        torch.testing.assert_close(loss.data.double(), ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * 10)
+        scale = max(1.0, float(ref_in.grad.abs().max()))
+        torch.testing.assert_close(z.grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    # several row programs (per-row results, then the launch that counts bad labels)
+    logits = torch.randn(37, 70, device=device).to(dtype)
+    target = torch.randint(0, 70, (37,), device=device)
+    rows, grad = K.cross_entropy(logits, target, "none", 0.1, blocks=(16, 16))
+    ref_in = logits.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(ref_in, target, reduction="none", label_smoothing=0.1)
+    ref.sum().backward()
+    torch.testing.assert_close(rows.double(), ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * 10)
+    torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_unbatched_logits_are_one_example(seed, device, reduction):
+    """As torch: logits (C,) with a 0-d target; a 0-d loss and a (C,) gradient."""
+    logits = torch.randn(9, device=device) * 2
+    target = torch.randint(0, 9, (), device=device)
+    ref_in = logits.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(ref_in, target, reduction=reduction, label_smoothing=0.1)
+    (ref * 1.5).backward()
+    z = tn.Tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(z, tn.Tensor(target), reduction=reduction, label_smoothing=0.1)
+    assert loss.shape == ()
+    F.mul_scalar(loss, 1.5).backward()
+    torch.testing.assert_close(loss.data.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad.double(), ref_in.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_implicit_unit_gradient_skips_the_scaling_launch(seed, device):
     """loss.backward() seeds a gradient of exactly 1: cross_entropy hands its saved gradient on
     without the scaling launch, bitwise what an explicit 1 (scaled) gives; a 1 that reaches the
@@ -112,8 +159,16 @@ def test_bad_labels_are_a_value_error(device):
         F.cross_entropy(logits, torch.zeros(5, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="reduction"):
         F.cross_entropy(logits, torch.zeros(6, dtype=torch.long, device=device), reduction="max")
-    with pytest.raises(ValueError, match="logits must be 2-D"):
+    with pytest.raises(ValueError, match=r"logits must be 2-D \(B, C\) or 1-D"):
+        F.cross_entropy(logits[None], torch.zeros(6, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="target must be a 0-d class index for 1-D"):
         F.cross_entropy(logits[0], torch.zeros(6, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\)"):
+        F.cross_entropy(logits[0], torch.tensor(10, device=device)).item()
+    for blocks in (None, (16, 16)):  # reduction="none": the bad labels are counted all the same
+        with pytest.raises(ValueError, match=r"target has 1 label\(s\)"):
+            K.cross_entropy(torch.randn(40, 10, device=device), target, "none", blocks=blocks)
+            runtime.raise_deferred(wait=True)
 
 
 def test_no_grad_records_nothing_and_results_are_reproducible(seed, device):

@@ -7,6 +7,7 @@ Arguments may be ``tn.Tensor`` or plain ``torch.Tensor`` (constants); results ar
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -140,23 +141,39 @@ def reshape(x, *shape):
 
 
 def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
-    """torch.nn.functional.cross_entropy for logits (B, C) and class indices target (B,).
+    """torch.nn.functional.cross_entropy for logits (B, C) and class indices target (B,), or one
+    unbatched example: logits (C,) and a 0-d target. reduction: "mean", "sum" or "none" (the (B,)
+    per-example losses).
 
     One kernel computes the loss and, when logits need a gradient, d(loss)/d(logits) in the same
-    pass; backward only multiplies that saved gradient by the upstream scalar. Labels outside
-    [0, C) raise ValueError: here under the interpreter; on a GPU without waiting for the device,
-    at the next cross_entropy call, ``backward()`` or read of a value (``loss.item()``), as soon
-    as their count has reached the host (torch's CUDA kernels assert asynchronously too).
+    pass; backward only multiplies that saved gradient by the upstream gradient (a scalar, or one
+    value per row for "none"). Labels outside [0, C) raise ValueError: here under the interpreter;
+    on a GPU without waiting for the device, at the next cross_entropy call, ``backward()`` or read
+    of a value (``loss.item()``), as soon as their count has reached the host (torch's CUDA kernels
+    assert asynchronously too).
     """
     z = as_tensor(logits, "logits")
     t = target.data if isinstance(target, Tensor) else target
+    data = z.data
+    if z.ndim not in (1, 2):
+        raise ValueError(f"logits must be 2-D (B, C) or 1-D (C,) for one unbatched example, got {z.ndim}-D with "
+                         f"shape {tuple(z.shape)}")
+    if z.ndim == 1:
+        if getattr(t, "ndim", 0) != 0:  # (not a tensor at all: the kernel's check names the type)
+            raise ValueError(f"target must be a 0-d class index for 1-D (unbatched) logits, got shape "
+                             f"{tuple(t.shape)}")
+        data, t = data.reshape(1, -1), (t.reshape(1) if hasattr(t, "reshape") else t)
     want_grad = z.requires_grad and is_grad_enabled()
-    loss, grad_logits = _loss_kernels.cross_entropy(z.data, t, reduction, label_smoothing, need_grad=want_grad)
+    loss, grad_logits = _loss_kernels.cross_entropy(data, t, reduction, label_smoothing, need_grad=want_grad)
+    if z.ndim == 1:
+        loss = loss.reshape(())
 
     def backward(grad):
+        if reduction == "none":
+            return (_ew.scale_rows(grad_logits, grad.reshape(-1)).reshape(z.shape),)
         if getattr(grad, UNIT_SEED, False):  # loss.backward(): the upstream gradient is 1, nothing to scale
-            return (grad_logits,)
-        return (_ew.scale_by_scalar(grad_logits, grad),)
+            return (grad_logits.reshape(z.shape),)
+        return (_ew.scale_by_scalar(grad_logits, grad).reshape(z.shape),)
 
     return record("cross_entropy", loss, (z,), backward, saved=(grad_logits,))
 
@@ -238,8 +255,25 @@ def _conv_operands(x, weight, bias, stride, padding, dilation, groups):
     return x, w, b, opts, backward, (x_saved, w_saved)
 
 
+def _unbatched_as_one(op):
+    """As torch's convolutions do: a (C, H, W) input is one example, given to ``op`` as a batch of
+    one, and its result comes back without the batch dimension."""
+    @functools.wraps(op)
+    def accepting_unbatched(x, *args, **kwargs):
+        x = as_tensor(x, "x")
+        if x.ndim == 3:
+            out = op(reshape(x, (1, *x.shape)), *args, **kwargs)
+            return reshape(out, tuple(out.shape[1:]))
+        if x.ndim != 4:
+            raise ValueError(f"x must be 3-D (C_in, H, W) or 4-D (N, C_in, H, W), got {x.ndim}-D with shape "
+                             f"{tuple(x.shape)}")
+        return op(x, *args, **kwargs)
+    return accepting_unbatched
+
+
+@_unbatched_as_one
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
-    """torch.nn.functional.conv2d on (N, C_in, H, W) input, with an optional fused ``activation``
+    """torch.nn.functional.conv2d on (N, C_in, H, W) or unbatched (C_in, H, W) input, with an optional fused ``activation``
     (None or "relu") applied in the same kernel as the bias.
 
     Saves only what the wanted gradients need: the input (for the weight's), the weight (for the
@@ -264,6 +298,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     return out
 
 
+@_unbatched_as_one
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
     """``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups, activation), 2)`` in
     one kernel: the pool (2x2 window, stride 2, floor mode) runs in the convolution's epilogue, so

@@ -84,14 +84,20 @@ def axpby(a, b=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.0):
 
 
 @triton.jit
-def scale_by_scalar_kernel(a_ptr, s_ptr, out_ptr, n, scale, HAS_A: tl.constexpr, BLOCK: tl.constexpr):
-    """out[i] = a[i] * s[0] * scale, or s[0] * scale without HAS_A (a broadcast fill).
+def scale_by_scalar_kernel(a_ptr, s_ptr, out_ptr, n, row_len, scale, HAS_A: tl.constexpr, PER_ROW: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """out[i] = a[i] * s[0] * scale, or s[0] * scale without HAS_A (a broadcast fill); with PER_ROW,
+    out[r, j] = a[r, j] * s[r] * scale instead (a's rows of row_len elements scaled one by one).
 
-    a, out: contiguous, n elements; s: a one-element tensor (a gradient that stays on the device).
+    a, out: contiguous, n elements; s: one element (a gradient that stays on the device), or with
+    PER_ROW contiguous (n // row_len,).
     """
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
-    s = tl.load(s_ptr).to(tl.float32) * scale
+    if PER_ROW:
+        s = tl.load(s_ptr + offsets // row_len, mask=mask).to(tl.float32) * scale
+    else:
+        s = tl.load(s_ptr).to(tl.float32) * scale
     if HAS_A:
         value = tl.load(a_ptr + offsets, mask=mask).to(tl.float32) * s
     else:
@@ -113,13 +119,27 @@ def scale_by_scalar(a, s, scale: float = 1.0, *, shape=None, dtype=None):
         shape, dtype = a.shape, a.dtype
     elif shape is None:
         raise ValueError("shape is required when a is None")
-    out = runtime.empty(shape, dtype or s.dtype)
+    return _scale(a, s, runtime.empty(shape, dtype or s.dtype), scale, per_row=False)
+
+
+def scale_rows(a, s):
+    """a (R, ...) with each row r multiplied by s[r] (s: R elements on the device); a's dtype."""
+    runtime.check_tensor(a, "a")
+    runtime.check_tensor(s, "s")
+    if a.ndim < 1 or s.numel() != a.shape[0]:
+        raise ValueError(f"s must have one element per row of a ({a.shape[0] if a.ndim else 0}), "
+                         f"got shape {tuple(s.shape)}")
+    return _scale(a.contiguous(), s.contiguous(), runtime.empty(a.shape, a.dtype), 1.0, per_row=True)
+
+
+def _scale(a, s, out, scale, per_row):
     n = out.numel()
     if n:
-        runtime.launch(scale_by_scalar_kernel, _grid(n), (out if a is None else a, s, out, n, float(scale)),
-                       dict(OPTIONS, HAS_A=a is not None, BLOCK=BLOCK),
-                       runtime.LaunchInfo("scale_by_scalar", (tuple(out.shape),), out.dtype,
-                                          flops=2 * n if a is not None else n,
+        row_len = n // out.shape[0] if per_row else n
+        runtime.launch(scale_by_scalar_kernel, _grid(n), (out if a is None else a, s, out, n, row_len, float(scale)),
+                       dict(OPTIONS, HAS_A=a is not None, PER_ROW=per_row, BLOCK=BLOCK),
+                       runtime.LaunchInfo("scale_rows" if per_row else "scale_by_scalar", (tuple(out.shape),),
+                                          out.dtype, flops=2 * n if a is not None else n,
                                           bytes=(2 if a is not None else 1) * n * out.element_size()))
     return out
 

@@ -2,7 +2,8 @@
 
 Forward computes, per row, the log-sum-exp with a running maximum (stable for any logit size),
 the loss with label smoothing, and -- when a gradient is wanted -- ``softmax - smoothed one-hot``
-already scaled for the reduction, so backward is one multiply by the upstream scalar. Rows are
+already scaled for the reduction, so backward is one multiply by the upstream scalar (by each
+row's upstream gradient for reduction="none"). Rows are
 reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
 ``[0, C)`` are never used as addresses: they are counted, and the count raises ValueError
 (``runtime.check_later``: on a GPU without waiting for the device).
@@ -68,15 +69,15 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
     """Softmax cross-entropy of logits (B, C) (row stride stride_lb, unit column stride) against
     class indices target (B,) int32/int64. Per row b, with t = target[b]:
 
-    row loss = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]
+    row loss = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]  (fp32)
     grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
         grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
     A label outside [0, C) is flagged bad; its loss and gradient are 0.
 
     SINGLE: one program loops over all rows in BLOCK_B blocks and writes loss[0] = scale * sum of
     row losses (loss's dtype) and bad_count[0] (int32) itself: one launch for a whole small batch.
-    Otherwise grid (cdiv(B, BLOCK_B),): row_loss (B,) fp32 and bad (B,) int32 are written per row
-    for loss_reduce_kernel. Each row block loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
+    Otherwise grid (cdiv(B, BLOCK_B),): row_loss (B,) (fp32, or logits' dtype where the row losses
+    are the result) and bad (B,) int32 are written per row for loss_reduce_kernel. Each row block loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
     """
     if SINGLE:
         total = tl.zeros((BLOCK_B,), tl.float32)
@@ -101,7 +102,7 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
 def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale, BLOCK: tl.constexpr):
     """loss[0] = scale * sum(row_loss) (fp32 sum, stored in loss's dtype); bad_count[0] = sum(bad).
 
-    row_loss: (B,) fp32; bad: (B,) int32; one program, rows summed in a fixed order.
+    row_loss: (B,) fp32 or logits' dtype; bad: (B,) int32; one program, rows summed in a fixed order.
     """
     acc = tl.zeros((BLOCK,), tl.float32)
     count = tl.zeros((BLOCK,), tl.int32)
@@ -133,16 +134,17 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
                   need_grad: bool = True, blocks=None):
     """Softmax cross-entropy of logits (B, C) against class indices target (B,).
 
-    Returns ``(loss, grad)``: loss is a 0-d tensor in logits' dtype; grad (B, C) is d(loss)/d(logits)
-    for the chosen reduction (None without ``need_grad``). Labels outside [0, C) raise ValueError:
+    Returns ``(loss, grad)`` in logits' dtype: loss is 0-d for reduction "mean" and "sum", the (B,)
+    row losses for "none"; grad (B, C) is d(loss)/d(logits) for "mean"/"sum", and each row's own
+    gradient d(loss[b])/d(logits[b]) for "none" (None without ``need_grad``). Labels outside [0, C) raise ValueError:
     under the interpreter here, on a GPU once their count has reached the host, without waiting for
     the device (``runtime.check_later``: at the next call, or the next ``Tensor.item()``/``numpy()``).
     """
     runtime.raise_deferred()
     runtime.check_tensor(logits, "logits", ndim=2)
     runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     B, C = logits.shape
@@ -154,13 +156,18 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
         logits = logits.contiguous()
     target = target.contiguous()
     grad = runtime.empty((B, C), logits.dtype) if need_grad else logits
-    loss = runtime.empty((), logits.dtype)
+    per_row = reduction == "none"
+    # "none": the row losses are the result, and the reduction's sum only goes to a scratch value
+    # (its launch counts the bad labels)
+    loss = runtime.empty((), torch.float32 if per_row else logits.dtype)
     bad_count = runtime.empty((), torch.int32)
     scale = 1.0 / B if reduction == "mean" else 1.0
     block_b, block_c, single = blocks if blocks is not None and len(blocks) == 3 else (
         tuple(blocks) + (False,) if blocks is not None else _blocks(B, C))
-    # Per-row results only when several programs share the rows (then a second launch reduces them).
-    row_loss = loss if single else runtime.empty((B,), torch.float32)
+    single = single and not per_row
+    # Per-row results only when several programs share the rows or the rows are the result (then a
+    # second launch reduces them).
+    row_loss = loss if single else runtime.empty((B,), logits.dtype if per_row else torch.float32)
     bad = bad_count if single else runtime.empty((B,), torch.int32)
     size = logits.element_size()
     runtime.launch(cross_entropy_kernel, (1 if single else runtime.cdiv(B, block_b),),
@@ -177,7 +184,7 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     # Without waiting for the device (see runtime.check_later); bad rows read nothing out of
     # bounds meanwhile, and their loss and gradient are 0.
     runtime.check_later(bad_count, functools.partial(_bad_labels, C))
-    return loss, (grad if need_grad else None)
+    return (row_loss if per_row else loss), (grad if need_grad else None)
 
 
 def _bad_labels(C: int, n: int, deferred: bool) -> ValueError:

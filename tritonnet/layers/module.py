@@ -41,6 +41,10 @@ class Module:
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
+    def modules(self):
+        """This module and every module below it, depth first (torch's order)."""
+        return [module for _, module in self.named_modules()]
+
     def named_parameters(self, prefix=""):
         for module_name, module in self.named_modules(prefix):
             for name, param in module._parameters.items():
