@@ -255,6 +255,36 @@ def test_linear_layer_init_names_and_state_dict_match_torch(seed, device):
         layers.Linear(3, 2, activation="tanh")
 
 
+def test_module_to_converts_parameters_and_gradients(seed, device):
+    """Module.to / .bfloat16() / .float(), as torch's: parameters and gradients converted in place,
+    the module returned; a device other than tritonnet's and a non-float dtype are errors."""
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 5 * 5, 6))
+    ours = layers.from_torch(theirs)
+    assert ours.to(torch.bfloat16) is ours
+    assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+    x = torch.randn(2, 3, 7, 7).bfloat16()
+    for p in theirs.parameters():  # the reference: the same bf16-rounded weights, in float64
+        p.data = p.data.bfloat16().double()
+    expected = theirs(x.double())
+    y = ours(tn.Tensor(x.to(device)))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.data.double().cpu(), expected.detach(), rtol=2e-2, atol=2e-2)
+    F.cross_entropy(y, torch.randint(0, 6, (2,), device=device)).backward()
+    grads = [p.grad for p in ours.parameters()]
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+    assert ours.float() is ours
+    for p, g in zip(ours.parameters(), grads):
+        assert p.dtype == p.grad.dtype == torch.float32 and torch.equal(p.grad, g.float())
+    assert ours.to(device=device, dtype=torch.float16).to(torch.empty(0, device=device)) is ours
+    with pytest.raises(ValueError, match="device must be tritonnet's device"):
+        ours.to("meta")
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        ours.to(torch.int64)
+    with pytest.raises(TypeError, match="to\\(\\) takes a dtype, a device or a tensor"):
+        ours.to(3)
+
+
 def _gpu_specs():
     """Specialisations the GPU tuner may launch and the interpreter path never does: every tile
     configuration once, across the dtypes/precisions (bf16 tensor-core operands, TF32) and both

@@ -75,6 +75,55 @@ def test_reduction_none_gives_each_rows_loss_and_gradient(seed, device, dtype):
     torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"])
 
 
+def _compare_probabilities(logits, target, reduction, smoothing, blocks=None, tol=None):
+    """Loss and gradient for class-probability targets against torch's float64, with a random
+    upstream gradient (one per row for "none")."""
+    tol = tol or TOL[logits.dtype]
+    ref_in = logits.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(ref_in, target.double(), reduction=reduction, label_smoothing=smoothing)
+    upstream = torch.rand(ref.shape, device=logits.device) + 0.5
+    if blocks is None:
+        z = tn.Tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(z, target, reduction=reduction, label_smoothing=smoothing)
+        loss.backward(upstream.to(logits.dtype))
+        value, grad = loss.data, z.grad
+        ref.backward(upstream.to(logits.dtype).double())
+    else:  # the kernel alone: its gradient is for an upstream gradient of 1
+        value, grad = K.cross_entropy(logits, target, reduction, smoothing, blocks=blocks)
+        ref.backward(torch.ones_like(ref))
+    assert value.shape == ref.shape and value.dtype == grad.dtype == logits.dtype
+    torch.testing.assert_close(value.double(), ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * 10)
+    scale = max(1.0, float(ref_in.grad.abs().max()))
+    torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_class_probability_targets_match_torch(seed, device, dtype):
+    """Targets of class probabilities (torch's soft labels): normalised or not (the loss weighs
+    lse by the row's total), every reduction, label smoothing, batch 1 and 100."""
+    for batch, classes in [(1, 7), (100, 10)]:
+        for reduction in ("mean", "sum", "none"):
+            for smoothing in (0.0, 0.15):
+                logits = (torch.randn(batch, classes, device=device) * 3).to(dtype)
+                target = torch.softmax(torch.randn(batch, classes, device=device) * 2, dim=1)
+                if smoothing:  # unnormalised, in another float dtype than the logits'
+                    target = (torch.rand(batch, classes, device=device) * 0.5).to(torch.float16)
+                _compare_probabilities(logits, target, reduction, smoothing)
+
+
+def test_class_probabilities_across_class_chunks_and_row_programs(seed, device):
+    """Several class chunks: each chunk's distances from the row maximum are rebased as the
+    maximum moves (the largest logits placed in the last chunk); large logits stay exact; a
+    non-contiguous target."""
+    logits = torch.randn(37, 70, device=device) * 4 + torch.linspace(0, 30, 70, device=device)
+    target = torch.rand(70, 37, device=device).t()  # column stride 37: copied for the kernel
+    for blocks in ((16, 16), (16, 16, True)):  # several programs; one program looping over row blocks
+        for reduction in ("mean", "none"):
+            _compare_probabilities(logits, target, reduction, 0.1, blocks=blocks)
+    _compare_probabilities(logits * 1000, target, "sum", 0.0, blocks=(16, 16), tol=dict(rtol=1e-5, atol=1e-5))
+    _compare_probabilities(logits[:, :10], target[:, :10], "mean", 0.0, blocks=(64, 16, True))  # the GPU's tile
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_unbatched_logits_are_one_example(seed, device, reduction):
     """As torch: logits (C,) with a 0-d target; a 0-d loss and a (C,) gradient."""
@@ -87,6 +136,17 @@ def test_unbatched_logits_are_one_example(seed, device, reduction):
     loss = F.cross_entropy(z, tn.Tensor(target), reduction=reduction, label_smoothing=0.1)
     assert loss.shape == ()
     F.mul_scalar(loss, 1.5).backward()
+    torch.testing.assert_close(loss.data.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad.double(), ref_in.grad, rtol=1e-5, atol=1e-6)
+    probabilities = torch.softmax(torch.randn(9, device=device), dim=0)
+    _compare_probabilities(logits[None], probabilities[None], reduction, 0.1)  # the batched twin
+    z = tn.Tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(z, probabilities, reduction=reduction)
+    loss.backward()
+    ref_in = logits.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(ref_in, probabilities.double(), reduction=reduction)
+    ref.backward()
+    assert loss.shape == () and z.grad.shape == (9,)
     torch.testing.assert_close(loss.data.double(), ref.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z.grad.double(), ref_in.grad, rtol=1e-5, atol=1e-6)
 
@@ -154,14 +214,18 @@ def test_bad_labels_are_a_value_error(device):
     runtime.raise_deferred(wait=True)  # nothing left pending
     F.cross_entropy(logits, torch.randint(0, 10, (6,), device=device)).item()  # good labels: no error
     with pytest.raises(TypeError, match="target must have dtype"):
+        F.cross_entropy(logits, torch.zeros(6, dtype=torch.int8, device=device))
+    with pytest.raises(ValueError, match=r"target of class probabilities must have logits' shape \(6, 10\)"):
         F.cross_entropy(logits, torch.zeros(6, device=device))
+    with pytest.raises(TypeError, match="target must have dtype"):
+        F.cross_entropy(logits, torch.zeros(6, 10, dtype=torch.float64, device=device))
     with pytest.raises(ValueError, match="one label per row"):
         F.cross_entropy(logits, torch.zeros(5, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="reduction"):
         F.cross_entropy(logits, torch.zeros(6, dtype=torch.long, device=device), reduction="max")
     with pytest.raises(ValueError, match=r"logits must be 2-D \(B, C\) or 1-D"):
         F.cross_entropy(logits[None], torch.zeros(6, dtype=torch.long, device=device))
-    with pytest.raises(ValueError, match="target must be a 0-d class index for 1-D"):
+    with pytest.raises(ValueError, match="target must be a 0-d class index or .* for 1-D"):
         F.cross_entropy(logits[0], torch.zeros(6, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match=r"target has 1 label\(s\) outside \[0, 10\)"):
         F.cross_entropy(logits[0], torch.tensor(10, device=device)).item()

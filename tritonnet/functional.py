@@ -141,9 +141,9 @@ def reshape(x, *shape):
 
 
 def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
-    """torch.nn.functional.cross_entropy for logits (B, C) and class indices target (B,), or one
-    unbatched example: logits (C,) and a 0-d target. reduction: "mean", "sum" or "none" (the (B,)
-    per-example losses).
+    """torch.nn.functional.cross_entropy for logits (B, C) and target class indices (B,) or class
+    probabilities (B, C), or one unbatched example: logits (C,) and a 0-d index or (C,)
+    probabilities. reduction: "mean", "sum" or "none" (the (B,) per-example losses).
 
     One kernel computes the loss and, when logits need a gradient, d(loss)/d(logits) in the same
     pass; backward only multiplies that saved gradient by the upstream gradient (a scalar, or one
@@ -159,10 +159,12 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0):
         raise ValueError(f"logits must be 2-D (B, C) or 1-D (C,) for one unbatched example, got {z.ndim}-D with "
                          f"shape {tuple(z.shape)}")
     if z.ndim == 1:
-        if getattr(t, "ndim", 0) != 0:  # (not a tensor at all: the kernel's check names the type)
-            raise ValueError(f"target must be a 0-d class index for 1-D (unbatched) logits, got shape "
-                             f"{tuple(t.shape)}")
-        data, t = data.reshape(1, -1), (t.reshape(1) if hasattr(t, "reshape") else t)
+        probabilities = getattr(t, "is_floating_point", lambda: False)()
+        if getattr(t, "ndim", 0) != (1 if probabilities else 0):  # (not a tensor: the kernel's check says so)
+            raise ValueError(f"target must be a 0-d class index or (C,) class probabilities for 1-D (unbatched) "
+                             f"logits, got shape {tuple(t.shape)}")
+        data = data.reshape(1, -1)
+        t = t.reshape(1, -1) if probabilities else (t.reshape(1) if hasattr(t, "reshape") else t)
     want_grad = z.requires_grad and is_grad_enabled()
     loss, grad_logits = _loss_kernels.cross_entropy(data, t, reduction, label_smoothing, need_grad=want_grad)
     if z.ndim == 1:

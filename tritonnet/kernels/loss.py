@@ -1,10 +1,11 @@
-"""Softmax cross-entropy in one pass: per-row loss and the logits' gradient together.
+"""Softmax cross-entropy in one pass: per-row loss and the logits' gradient together, against
+class indices or class probabilities.
 
 Forward computes, per row, the log-sum-exp with a running maximum (stable for any logit size),
 the loss with label smoothing, and -- when a gradient is wanted -- ``softmax - smoothed one-hot``
-already scaled for the reduction, so backward is one multiply by the upstream scalar (by each
-row's upstream gradient for reduction="none"). Rows are
-reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
+(``softmax * sum(t) - t`` for probabilities t) already scaled for the reduction, so backward is
+one multiply by the upstream scalar (by each row's upstream gradient for reduction="none"). Rows
+are reduced by a single program in a fixed order (deterministic, no atomics). Labels outside
 ``[0, C)`` are never used as addresses: they are counted, and the count raises ValueError
 (``runtime.check_later``: on a GPU without waiting for the device).
 """
@@ -20,17 +21,23 @@ _NEG_INF = tl.constexpr(float("-inf"))
 
 
 @triton.jit
-def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale, smoothing,
-          WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb, grad_scale, smoothing,
+          PROBS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     """Loss (fp32, 0 for bad labels), bad-label flags and -- with WRITE_GRAD -- the stored
     gradient, for the BLOCK_B rows ``rows``."""
     in_b = rows < B
-    target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
-    bad = in_b & ((target < 0) | (target >= C))
+    if PROBS:  # no labels, nothing bad
+        target = tl.zeros((BLOCK_B,), tl.int64)
+        bad = in_b & (target != 0)
+    else:
+        target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
+        bad = in_b & ((target < 0) | (target >= C))
     row_max = tl.full((BLOCK_B,), _NEG_INF, tl.float32)
     sum_exp = tl.zeros((BLOCK_B,), tl.float32)
     sum_x = tl.zeros((BLOCK_B,), tl.float32)
     x_target = tl.zeros((BLOCK_B,), tl.float32)
+    mass = tl.zeros((BLOCK_B,), tl.float32)  # PROBS: sum_j t'_j
+    distance = tl.zeros((BLOCK_B,), tl.float32)  # PROBS: sum_j t'_j * (row_max - x_j)
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         in_c = cols < C
@@ -39,13 +46,26 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, gr
         x = tl.where(in_c[None, :], x, _NEG_INF)  # padded columns add exp(-inf) = 0
         new_max = tl.maximum(row_max, tl.max(x, axis=1))
         sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
+        if PROBS:
+            t = _smoothed_probabilities(target_ptr, rows, cols, in_b, in_c, stride_tb, smoothing, C)
+            # Distances from the running maximum, all >= 0 (no cancellation at large logits): the
+            # terms so far grow by how far the maximum moved (not at all at the first chunk). The
+            # -inf of the start and of padded columns is kept out of the products (0 * inf = NaN).
+            moved = new_max - tl.where(row_max > _NEG_INF, row_max, new_max)
+            x_real = tl.where(in_c[None, :], x, new_max[:, None])
+            distance += mass * moved + tl.sum(t * (new_max[:, None] - x_real), axis=1)
+            mass += tl.sum(t, axis=1)
+        else:
+            sum_x += tl.sum(tl.where(in_c[None, :], x, 0.0), axis=1)
+            x_target += tl.sum(tl.where(cols[None, :] == target[:, None], x, 0.0), axis=1)
         row_max = new_max
-        sum_x += tl.sum(tl.where(in_c[None, :], x, 0.0), axis=1)
-        x_target += tl.sum(tl.where(cols[None, :] == target[:, None], x, 0.0), axis=1)
     # Differences from the row maximum before anything is added to it: lse = row_max + log(sum_exp)
     # rounded at a logit scale of 1e4 is 5e-4 off, and exp(x - lse) inherits that as a relative
     # error (the float64 reference saw gradients 2e-5 off); exp(x - row_max) / sum_exp does not.
-    loss = tl.log(sum_exp) + (1.0 - smoothing) * (row_max - x_target) + smoothing * (row_max - sum_x / C)
+    if PROBS:
+        loss = tl.log(sum_exp) * mass + distance
+    else:
+        loss = tl.log(sum_exp) + (1.0 - smoothing) * (row_max - x_target) + smoothing * (row_max - sum_x / C)
     if WRITE_GRAD:
         inv_sum = 1.0 / sum_exp
         for c0 in range(0, C, BLOCK_C):
@@ -54,7 +74,11 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, gr
             mask = in_b[:, None] & in_c[None, :]
             x = tl.load(logits_ptr + rows[:, None] * stride_lb + cols[None, :], mask=mask, other=0.0)
             p = tl.exp(x.to(tl.float32) - row_max[:, None]) * inv_sum[:, None]
-            g = p - smoothing / C - tl.where(cols[None, :] == target[:, None], 1.0 - smoothing, 0.0)
+            if PROBS:
+                t = _smoothed_probabilities(target_ptr, rows, cols, in_b, in_c, stride_tb, smoothing, C)
+                g = p * mass[:, None] - t
+            else:
+                g = p - smoothing / C - tl.where(cols[None, :] == target[:, None], 1.0 - smoothing, 0.0)
             g = tl.where(bad[:, None], 0.0, g * grad_scale)
             tl.store(grad_ptr + rows[:, None] * stride_gb + cols[None, :], g.to(grad_ptr.dtype.element_ty),
                      mask=mask)
@@ -62,38 +86,51 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, gr
 
 
 @triton.jit
+def _smoothed_probabilities(target_ptr, rows, cols, in_b, in_c, stride_tb, smoothing, C):
+    """(1 - smoothing) * target[rows, cols] + smoothing / C in fp32; 0 outside the (B, C) problem."""
+    t = tl.load(target_ptr + rows[:, None] * stride_tb + cols[None, :], mask=in_b[:, None] & in_c[None, :],
+                other=0.0).to(tl.float32)
+    return tl.where(in_c[None, :], (1.0 - smoothing) * t + smoothing / C, 0.0)
+
+
+@triton.jit
 def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr, loss_ptr, bad_count_ptr,
-                         B, C, stride_lb, stride_gb, grad_scale, smoothing, scale,
-                         WRITE_GRAD: tl.constexpr, SINGLE: tl.constexpr, BLOCK_B: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         B, C, stride_lb, stride_tb, stride_gb, grad_scale, smoothing, scale,
+                         PROBS: tl.constexpr, WRITE_GRAD: tl.constexpr, SINGLE: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     """Softmax cross-entropy of logits (B, C) (row stride stride_lb, unit column stride) against
-    class indices target (B,) int32/int64. Per row b, with t = target[b]:
+    class indices target (B,) int32/int64, or with PROBS class probabilities target (B, C) (row
+    stride stride_tb, unit column stride, a float dtype). Per row b, with t = target[b] and
+    t'_j = (1 - smoothing) * target[b, j] + smoothing / C:
 
     row loss = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]  (fp32)
+             = sum_j t'_j * (lse_b - x[b, j])                                     (PROBS)
     grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
         grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
+        grad_scale * (softmax_bj * sum_k t'_k - t'_j)                             (PROBS)
     A label outside [0, C) is flagged bad; its loss and gradient are 0.
 
     SINGLE: one program loops over all rows in BLOCK_B blocks and writes loss[0] = scale * sum of
     row losses (loss's dtype) and bad_count[0] (int32) itself: one launch for a whole small batch.
     Otherwise grid (cdiv(B, BLOCK_B),): row_loss (B,) (fp32, or logits' dtype where the row losses
-    are the result) and bad (B,) int32 are written per row for loss_reduce_kernel. Each row block loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
+    are the result) and bad (B,) int32 are written per row for loss_reduce_kernel. Each row block
+    loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
     """
     if SINGLE:
         total = tl.zeros((BLOCK_B,), tl.float32)
         bad_total = tl.zeros((BLOCK_B,), tl.int32)
         for b0 in range(0, B, BLOCK_B):
             rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
-            loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale,
-                              smoothing, WRITE_GRAD, BLOCK_B, BLOCK_C)
+            loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb,
+                              grad_scale, smoothing, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
             total += loss
             bad_total += bad.to(tl.int32)
         tl.store(loss_ptr, (tl.sum(total, axis=0) * scale).to(loss_ptr.dtype.element_ty))
         tl.store(bad_count_ptr, tl.sum(bad_total, axis=0))
     else:
         rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-        loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_gb, grad_scale,
-                          smoothing, WRITE_GRAD, BLOCK_B, BLOCK_C)
+        loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb,
+                          grad_scale, smoothing, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
         tl.store(row_loss_ptr + rows, loss.to(row_loss_ptr.dtype.element_ty), mask=rows < B)
         tl.store(bad_ptr + rows, bad.to(tl.int32), mask=rows < B)
 
@@ -132,17 +169,27 @@ def _blocks(B, C):
 
 def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0,
                   need_grad: bool = True, blocks=None):
-    """Softmax cross-entropy of logits (B, C) against class indices target (B,).
+    """Softmax cross-entropy of logits (B, C) against class indices target (B,) int32/int64, or
+    class probabilities target (B, C) of a float dtype (torch's two kinds of target).
 
     Returns ``(loss, grad)`` in logits' dtype: loss is 0-d for reduction "mean" and "sum", the (B,)
     row losses for "none"; grad (B, C) is d(loss)/d(logits) for "mean"/"sum", and each row's own
-    gradient d(loss[b])/d(logits[b]) for "none" (None without ``need_grad``). Labels outside [0, C) raise ValueError:
-    under the interpreter here, on a GPU once their count has reached the host, without waiting for
-    the device (``runtime.check_later``: at the next call, or the next ``Tensor.item()``/``numpy()``).
+    gradient d(loss[b])/d(logits[b]) for "none" (None without ``need_grad``). Labels outside [0, C)
+    raise ValueError: under the interpreter here, on a GPU once their count has reached the host,
+    without waiting for the device (``runtime.check_later``: at the next call, or the next
+    ``Tensor.item()``/``numpy()``).
     """
     runtime.raise_deferred()
     runtime.check_tensor(logits, "logits", ndim=2)
-    runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
+    runtime.check_tensor(target, "target", dtypes=None)
+    probs = target.dtype.is_floating_point
+    if probs:
+        runtime.check_tensor(target, "target")
+        if target.shape != logits.shape:
+            raise ValueError(f"target of class probabilities must have logits' shape {tuple(logits.shape)}, got "
+                             f"{tuple(target.shape)}")
+    else:
+        runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
@@ -154,7 +201,8 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
         raise ValueError(f"logits must have at least one row and one class, got shape {tuple(logits.shape)}")
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    target = target.contiguous()
+    if target.stride(-1) != 1:
+        target = target.contiguous()
     grad = runtime.empty((B, C), logits.dtype) if need_grad else logits
     per_row = reduction == "none"
     # "none": the row losses are the result, and the reduction's sum only goes to a scratch value
@@ -172,11 +220,13 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     size = logits.element_size()
     runtime.launch(cross_entropy_kernel, (1 if single else runtime.cdiv(B, block_b),),
                    (logits, target, row_loss, grad, bad, loss, bad_count, B, C, logits.stride(0),
-                    grad.stride(0) if need_grad else 0, float(scale), float(label_smoothing), float(scale)),
-                   {"WRITE_GRAD": bool(need_grad), "SINGLE": bool(single), "BLOCK_B": block_b, "BLOCK_C": block_c},
+                    target.stride(0) if probs else 0, grad.stride(0) if need_grad else 0, float(scale),
+                    float(label_smoothing), float(scale)),
+                   {"PROBS": probs, "WRITE_GRAD": bool(need_grad), "SINGLE": bool(single), "BLOCK_B": block_b,
+                    "BLOCK_C": block_c},
                    runtime.LaunchInfo("cross_entropy", ((B, C),), logits.dtype,
                                       flops=(10 if need_grad else 6) * B * C,
-                                      bytes=B * C * size * (2 if need_grad else 1) + B * target.element_size()))
+                                      bytes=B * C * size * (2 if need_grad else 1) + target.nbytes))
     if not single:
         runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
                        {"BLOCK": REDUCE_BLOCK},

@@ -96,6 +96,44 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def to(self, *args, device=None, dtype=None):
+        """torch's ``Module.to``: ``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or
+        ``to(tensor)`` (its device and dtype) convert every parameter and gradient in place, and
+        return the module. tritonnet runs on one device (``runtime.device()``): any other is a
+        ValueError. Build the optimizer after converting, as with torch."""
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, torch.Tensor):
+                device, dtype = arg.device, arg.dtype
+            elif isinstance(arg, (str, torch.device)):
+                device = arg
+            else:
+                raise TypeError(f"to() takes a dtype, a device or a tensor, got {type(arg).__name__}")
+        if dtype is not None and dtype not in runtime.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(map(str, runtime.FLOAT_DTYPES))}, got {dtype}")
+        if device is not None:
+            try:
+                kind = torch.device(device).type
+            except RuntimeError:  # torch's message for a string that names no device
+                kind = None
+            if kind != runtime.device().type:
+                raise ValueError(f"device must be tritonnet's device ({runtime.device().type}), got {device!r}")
+        for p in self.parameters():
+            p.data = p.data.to(dtype=dtype or p.data.dtype)
+            if p.grad is not None:
+                p.grad = p.grad.to(dtype=dtype or p.grad.dtype)
+        return self
+
+    def float(self):
+        return self.to(torch.float32)
+
+    def half(self):
+        return self.to(torch.float16)
+
+    def bfloat16(self):
+        return self.to(torch.bfloat16)
+
     def extra_repr(self) -> str:
         return ""
 
