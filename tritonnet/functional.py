@@ -275,8 +275,8 @@ def _unbatched_as_one(op):
 
 @_unbatched_as_one
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
-    """torch.nn.functional.conv2d on (N, C_in, H, W) or unbatched (C_in, H, W) input, with an optional fused ``activation``
-    (None or "relu") applied in the same kernel as the bias.
+    """torch.nn.functional.conv2d on (N, C_in, H, W) or unbatched (C_in, H, W) input, with an
+    optional fused ``activation`` (None or "relu") applied in the same kernel as the bias.
 
     Saves only what the wanted gradients need: the input (for the weight's), the weight (for the
     input's; a reference to the parameter, not a copy) and, with ReLU, a bit mask of where the

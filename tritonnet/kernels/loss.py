@@ -28,7 +28,7 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, st
     in_b = rows < B
     if PROBS:  # no labels, nothing bad
         target = tl.zeros((BLOCK_B,), tl.int64)
-        bad = in_b & (target != 0)
+        bad = tl.zeros((BLOCK_B,), tl.int1)
     else:
         target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
         bad = in_b & ((target < 0) | (target >= C))
