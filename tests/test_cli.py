@@ -25,7 +25,8 @@ def reported_accuracy(out):
 
 def test_train_then_eval_then_resume_exactly(tmp_path, capsys, seed):
     straight = str(tmp_path / "straight.safetensors")
-    out = run(capsys, "train", "--epochs", "2", "--seed", str(seed), "--checkpoint", straight, *TINY)
+    smoothing = ["--label-smoothing", "0.05"]  # saved in the sidecar: the resumed run must smooth too
+    out = run(capsys, "train", "--epochs", "2", "--seed", str(seed), "--checkpoint", straight, *smoothing, *TINY)
     percent, correct, total = reported_accuracy(out)
     assert total == 20 and abs(percent - 100 * correct / 20) < 0.01
     assert re.search(r"time: [0-9.]+ s training, [0-9.]+ s in total", out)
@@ -38,6 +39,7 @@ def test_train_then_eval_then_resume_exactly(tmp_path, capsys, seed):
         sidecar = json.load(f)
     assert sidecar["epoch"] == 2 and sidecar["config"]["model"] == "digits_cnn"
     assert sidecar["config"]["optimizer"] == "adam" and sidecar["config"]["seed"] == seed
+    assert sidecar["config"]["label_smoothing"] == 0.05 and sidecar["config"]["tf32"] is False
     assert len(sidecar["config"]["history"]) == 2
     assert abs(sidecar["test_accuracy"] * 100 - percent) < 0.01
     assert (tmp_path / "straight.optim.safetensors").exists()
@@ -48,7 +50,7 @@ def test_train_then_eval_then_resume_exactly(tmp_path, capsys, seed):
 
     # One epoch, then --resume to two: the same weights, bit for bit, as two epochs straight.
     resumed = str(tmp_path / "resumed.safetensors")
-    run(capsys, "train", "--epochs", "1", "--seed", str(seed), "--checkpoint", resumed, *TINY)
+    run(capsys, "train", "--epochs", "1", "--seed", str(seed), "--checkpoint", resumed, *smoothing, *TINY)
     out = run(capsys, "train", "--resume", "--epochs", "2", "--checkpoint", resumed, "--no-progress")
     assert reported_accuracy(out) == (percent, correct, total)
     again = load_file(resumed)

@@ -204,7 +204,9 @@ def torch_ieee_fp32():
 
 
 def test_training_losses_track_torch_step_by_step(seed, device, torch_ieee_fp32):
-    config = train.TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, seed=seed).resolved()
+    """The loop's losses and final weights against torch's, label smoothing included."""
+    config = train.TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, seed=seed,
+                               label_smoothing=0.1).resolved()
     ds = small_digits(48, 8)
     model = models.create(config.model)
     twin = models.create_torch(config.model).to(device)
@@ -217,7 +219,7 @@ def test_training_losses_track_torch_step_by_step(seed, device, torch_ieee_fp32)
     torch_opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
     for epoch in range(config.epochs):
         for x, y in data.batches(ds.train_images.to(device), ds.train_labels.to(device), 16, seed=seed, epoch=epoch):
-            loss = torch.nn.functional.cross_entropy(twin(x), y)
+            loss = torch.nn.functional.cross_entropy(twin(x), y, label_smoothing=0.1)
             torch_opt.zero_grad()
             loss.backward()
             torch_opt.step()
@@ -227,6 +229,35 @@ def test_training_losses_track_torch_step_by_step(seed, device, torch_ieee_fp32)
         assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, losses, expected)
     for name, p in twin.named_parameters():
         assert relative_error(model.state_dict()[name], p.detach()) < 1e-4, name
+
+
+def test_tf32_training_runs_tf32_dots_and_restores_the_precision(seed, device):
+    """config.tf32 (`tritonnet train --tf32`): every float32 convolution and matmul of the run,
+    evaluation included, dots in TF32; the precision the caller had comes back afterwards. The
+    CLI's flags reach the config."""
+    precisions = []
+
+    def record(kernel, grid, args, constexprs, info, run):
+        if "PRECISION" in constexprs:
+            precisions.append(constexprs["PRECISION"])
+        return run()
+
+    ds = small_digits(16, 8)
+    for tf32, expected in ((True, {"tf32"}), (False, {"ieee"})):
+        config = train.TrainConfig(epochs=1, batch_size=16, seed=seed, tf32=tf32).resolved()
+        model = models.create(config.model)
+        precisions.clear()
+        with tn.runtime.observing(record):
+            train.fit(model, train.make_optimizer(config, model.parameters()), ds, config, progress=False)
+        assert set(precisions) == expected and len(precisions) > 10, precisions
+        assert tn.get_float32_matmul_precision() == "highest"
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--tf32", "--label-smoothing", "0.2"])
+    assert (args.tf32, args.label_smoothing) == (True, 0.2)
+    assert parser.parse_args([]).tf32 is False
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        train.TrainConfig(label_smoothing=1.5).resolved()
 
 
 def test_three_channel_training_runs_channels_last_with_the_same_arithmetic(seed, device):

@@ -91,6 +91,17 @@ def get_float32_matmul_precision() -> str:
     return _FLOAT32_MATMUL_PRECISION
 
 
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str):
+    """``set_float32_matmul_precision(precision)`` inside the block, the previous setting after it."""
+    previous = _FLOAT32_MATMUL_PRECISION
+    set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        set_float32_matmul_precision(previous)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """The ``input_precision`` a kernel's ``tl.dot`` should use for operands of ``dtype``."""
     if dtype == torch.float32 and _FLOAT32_MATMUL_PRECISION == "highest":

@@ -54,11 +54,15 @@ class TrainConfig:
     test_limit: int | None = None
     channels_last: bool | None = None  # None: models.channels_last_for the model's input channels
     cuda_graph: bool | None = None    # None: on when kernels run on a GPU (TrainStep)
+    tf32: bool = False                # float32 convolutions and matmuls on TF32 tensor cores
+    label_smoothing: float = 0.0      # the training loss's (torch's CrossEntropyLoss option)
     history: list = field(default_factory=list)
 
     def resolved(self) -> "TrainConfig":
         if self.optimizer not in DEFAULT_LR:
             raise ValueError(f"optimizer must be one of {', '.join(DEFAULT_LR)}, got {self.optimizer!r}")
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
         data.parse_spec(self.dataset)
@@ -104,21 +108,23 @@ def network_input(images: torch.Tensor, channels_last: bool) -> Tensor:
     return Tensor(images)
 
 
-def forward_backward(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
+def forward_backward(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False,
+                     label_smoothing: float = 0.0):
     """Forward, cross-entropy and backward of one batch (the gradients start from zero); returns
     the loss and the logits (tn.Tensors). Every training step here is this, then the update."""
     from . import functional as F
 
     logits = model(network_input(images, channels_last))
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad()
     loss.backward()
     return loss, logits
 
 
-def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False):
+def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, channels_last: bool = False,
+               label_smoothing: float = 0.0):
     """One step; returns the loss and the logits (tn.Tensors) of this batch."""
-    loss, logits = forward_backward(model, optimizer, images, labels, channels_last)
+    loss, logits = forward_backward(model, optimizer, images, labels, channels_last, label_smoothing)
     optimizer.step()
     return loss, logits
 
@@ -149,8 +155,10 @@ class TrainStep:
     has no CUDA) leaves the reason in ``graph_error`` and every step eager.
     """
 
-    def __init__(self, model, optimizer, batch_size: int, channels_last: bool = False, cuda_graph: bool = False):
+    def __init__(self, model, optimizer, batch_size: int, channels_last: bool = False, cuda_graph: bool = False,
+                 label_smoothing: float = 0.0):
         self.model, self.optimizer, self.batch_size, self.channels_last = model, optimizer, batch_size, channels_last
+        self.label_smoothing = label_smoothing
         self.params = list(model.parameters())  # what the graph reads and writes gradients for
         self.totals = torch.zeros(2, dtype=torch.float64, device=runtime.device())  # loss sum, correct
         self.graph = None
@@ -159,7 +167,8 @@ class TrainStep:
         self._addresses = graphs.addresses(self.params)
 
     def _forward_backward(self, images, labels):
-        loss, logits = forward_backward(self.model, self.optimizer, images, labels, self.channels_last)
+        loss, logits = forward_backward(self.model, self.optimizer, images, labels, self.channels_last,
+                                        self.label_smoothing)
         self.totals += torch.stack((loss.data.double() * len(labels), correct_count(logits, labels).double()))
         return loss.data
 
@@ -343,15 +352,23 @@ def fit(model, optimizer, dataset: data.Dataset, config: TrainConfig, start_epoc
     ``on_step(step, loss_value)`` sees every step's loss (tests compare it with torch; reading it
     makes the host wait for each step); ``on_epoch(epoch, record)`` runs after each epoch
     (checkpointing). Steps run through ``TrainStep`` (CUDA-graphed with ``config.cuda_graph``);
-    a record's ``graphed_steps`` says how many of its steps were replays.
+    a record's ``graphed_steps`` says how many of its steps were replays. ``config.tf32`` holds
+    float32 matmul precision at "high" for the run (evaluation included), as it was afterwards;
+    ``config.label_smoothing`` smooths the training loss (the test loss is plain cross-entropy).
     """
+    with runtime.float32_matmul_precision("high" if config.tf32 else runtime.get_float32_matmul_precision()):
+        return _fit(model, optimizer, dataset, config, start_epoch, progress, on_step, on_epoch)
+
+
+def _fit(model, optimizer, dataset, config, start_epoch, progress, on_step, on_epoch):
     from tqdm import tqdm
 
     device = runtime.device()
     train_x, train_y = dataset.train_images.to(device), dataset.train_labels.to(device)
     test_x, test_y = dataset.test_images.to(device), dataset.test_labels.to(device)
     per_epoch = data.num_batches(len(train_y), config.batch_size)
-    train_batch = TrainStep(model, optimizer, config.batch_size, bool(config.channels_last), bool(config.cuda_graph))
+    train_batch = TrainStep(model, optimizer, config.batch_size, bool(config.channels_last), bool(config.cuda_graph),
+                            config.label_smoothing)
     records = []
     step = start_epoch * per_epoch
     model.train()
@@ -475,6 +492,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                         help="replay each full batch's forward and backward from a CUDA graph captured "
                              "once (default: on a GPU; the same arithmetic as eager steps)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 convolutions and matmuls on TF32 tensor cores (a GPU's; faster, ~1e-3 "
+                             "relative error, as torch.backends' allow_tf32)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="label smoothing of the training loss, as torch's CrossEntropyLoss (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -495,7 +517,8 @@ def main(args) -> int:
                              batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                              momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                              train_limit=args.train_limit, test_limit=args.test_limit,
-                             channels_last=args.channels_last, cuda_graph=args.cuda_graph).resolved()
+                             channels_last=args.channels_last, cuda_graph=args.cuda_graph, tf32=args.tf32,
+                             label_smoothing=args.label_smoothing).resolved()
         torch.manual_seed(config.seed)
         model = models.create(config.model)
         optimizer = make_optimizer(config, model.parameters())
@@ -504,7 +527,9 @@ def main(args) -> int:
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT.format(model=config.model)
     print(f"training {config.model} on {dataset} with {config.optimizer} (lr {config.lr}), batch "
           f"{config.batch_size}, {config.epochs} epochs, seed {config.seed}"
-          f"{', channels-last' if config.channels_last else ''}{', CUDA graph' if config.cuda_graph else ''}",
+          f"{', channels-last' if config.channels_last else ''}{', CUDA graph' if config.cuda_graph else ''}"
+          f"{', TF32' if config.tf32 else ''}"
+          f"{f', label smoothing {config.label_smoothing}' if config.label_smoothing else ''}",
           file=sys.stderr)
 
     def on_epoch(epoch, record):
