@@ -75,6 +75,51 @@ def test_reduction_none_gives_each_rows_loss_and_gradient(seed, device, dtype):
     torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"])
 
 
+# the batch of one whose only row is ignored: 1 / 0 rows and 0 * inf, as torch's NaN mean
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_ignore_index_rows_add_nothing_and_leave_the_mean(seed, device):
+    """torch's ignore_index (default -100): such rows have loss and gradient 0 and the mean
+    divides by the rows that remain (NaN loss and zero gradients when none does, as torch); each
+    kernel path counts them: one program, several programs with gradients, the reduction alone."""
+    def reference(logits, target, reduction, smoothing, ignore_index):
+        ref_in = logits.double().requires_grad_()
+        ref = torch.nn.functional.cross_entropy(ref_in, target, reduction=reduction, label_smoothing=smoothing,
+                                                ignore_index=ignore_index)
+        ref.sum().backward()
+        return ref.detach(), ref_in.grad
+
+    for batch, classes, ignore_index in [(100, 10, -100), (37, 70, 3), (1, 7, -100)]:
+        logits = torch.randn(batch, classes, device=device) * 3
+        target = torch.randint(0, classes, (batch,), device=device)
+        target[torch.rand(batch, device=device) < 0.3] = ignore_index
+        target[0] = ignore_index  # at least one; batch 1: every row
+        for reduction in ("mean", "sum", "none"):
+            for smoothing in (0.0, 0.1):
+                expected, expected_grad = reference(logits, target, reduction, smoothing, ignore_index)
+                z = tn.Tensor(logits, requires_grad=True)
+                loss = F.cross_entropy(z, target, reduction=reduction, label_smoothing=smoothing,
+                                       ignore_index=ignore_index)
+                F.sum_all(loss).backward() if reduction == "none" else loss.backward()
+                torch.testing.assert_close(loss.data.double(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+                torch.testing.assert_close(z.grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
+        for blocks in ((16, 16), (16, 16, True)):
+            value, grad = K.cross_entropy(logits, target, "mean", 0.1, blocks=blocks, ignore_index=ignore_index)
+            expected, expected_grad = reference(logits, target, "mean", 0.1, ignore_index)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+            torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
+            value, _ = K.cross_entropy(logits, target, "mean", 0.1, need_grad=False, blocks=blocks,
+                                       ignore_index=ignore_index)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    # an ignore_index no int32 label can hold ignores nothing (and is no reason to call a label bad)
+    logits, target = torch.randn(20, 5, device=device), torch.randint(0, 5, (20,), device=device, dtype=torch.int32)
+    plain, _ = K.cross_entropy(logits, target, blocks=(16, 16))
+    assert torch.equal(K.cross_entropy(logits, target, blocks=(16, 16), ignore_index=2**40 + 3)[0], plain)
+    with pytest.raises(ValueError, match="ignore_index is for class-index targets"):
+        F.cross_entropy(logits, torch.rand(20, 5, device=device), ignore_index=0)
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        F.cross_entropy(logits, target, ignore_index=True)
+
+
 def _compare_probabilities(logits, target, reduction, smoothing, blocks=None, tol=None):
     """Loss and gradient for class-probability targets against torch's float64, with a random
     upstream gradient (one per row for "none")."""

@@ -18,20 +18,23 @@ import triton.language as tl
 from .. import runtime
 
 _NEG_INF = tl.constexpr(float("-inf"))
+_COUNT_BLOCK = tl.constexpr(1024)  # labels counted a step for the mean's denominator
 
 
 @triton.jit
 def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb, grad_scale, smoothing,
-          PROBS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Loss (fp32, 0 for bad labels), bad-label flags and -- with WRITE_GRAD -- the stored
-    gradient, for the BLOCK_B rows ``rows``."""
+          ignore_index, PROBS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Loss (fp32, 0 for ignored and bad labels), bad-label flags and -- with WRITE_GRAD -- the
+    stored gradient, for the BLOCK_B rows ``rows``."""
     in_b = rows < B
-    if PROBS:  # no labels, nothing bad
+    if PROBS:  # no labels: nothing ignored, nothing bad
         target = tl.zeros((BLOCK_B,), tl.int64)
-        bad = tl.zeros((BLOCK_B,), tl.int1)
+        ignored = tl.zeros((BLOCK_B,), tl.int1)
     else:
         target = tl.load(target_ptr + rows, mask=in_b, other=0).to(tl.int64)
-        bad = in_b & ((target < 0) | (target >= C))
+        ignored = in_b & (target == ignore_index)
+    bad = in_b & ~ignored & ((target < 0) | (target >= C))
+    dropped = bad | ignored | ~in_b  # rows whose loss and gradient are 0
     row_max = tl.full((BLOCK_B,), _NEG_INF, tl.float32)
     sum_exp = tl.zeros((BLOCK_B,), tl.float32)
     sum_x = tl.zeros((BLOCK_B,), tl.float32)
@@ -79,10 +82,29 @@ def _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, st
                 g = p * mass[:, None] - t
             else:
                 g = p - smoothing / C - tl.where(cols[None, :] == target[:, None], 1.0 - smoothing, 0.0)
-            g = tl.where(bad[:, None], 0.0, g * grad_scale)
+            g = tl.where(dropped[:, None], 0.0, g * grad_scale)
             tl.store(grad_ptr + rows[:, None] * stride_gb + cols[None, :], g.to(grad_ptr.dtype.element_ty),
                      mask=mask)
-    return tl.where(bad | (rows >= B), 0.0, loss), bad
+    return tl.where(dropped, 0.0, loss), bad
+
+
+@triton.jit
+def _mean_scale(target_ptr, B, ignore_index, MEAN: tl.constexpr, PROBS: tl.constexpr):
+    """The reduction's factor: for the mean 1 / (labels other than ignore_index) (inf if none:
+    the loss is then NaN, as torch's), 1 / B for probabilities (no labels); 1 for a sum. Rounded
+    to nearest, as the host's 1 / B was (a plain fp32 division compiles to an approximate one)."""
+    scale = 1.0
+    if MEAN:
+        if PROBS:
+            scale = tl.math.div_rn(1.0, B.to(tl.float32))
+        else:
+            kept = tl.zeros((_COUNT_BLOCK,), tl.int32)
+            for start in range(0, B, _COUNT_BLOCK):
+                offsets = start + tl.arange(0, _COUNT_BLOCK)
+                label = tl.load(target_ptr + offsets, mask=offsets < B, other=0)
+                kept += ((label != ignore_index) & (offsets < B)).to(tl.int32)
+            scale = tl.math.div_rn(1.0, tl.sum(kept, axis=0).to(tl.float32))
+    return scale
 
 
 @triton.jit
@@ -95,8 +117,8 @@ def _smoothed_probabilities(target_ptr, rows, cols, in_b, in_c, stride_tb, smoot
 
 @triton.jit
 def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr, loss_ptr, bad_count_ptr,
-                         B, C, stride_lb, stride_tb, stride_gb, grad_scale, smoothing, scale,
-                         PROBS: tl.constexpr, WRITE_GRAD: tl.constexpr, SINGLE: tl.constexpr,
+                         B, C, stride_lb, stride_tb, stride_gb, smoothing, ignore_index,
+                         PROBS: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, SINGLE: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     """Softmax cross-entropy of logits (B, C) (row stride stride_lb, unit column stride) against
     class indices target (B,) int32/int64, or with PROBS class probabilities target (B, C) (row
@@ -106,23 +128,30 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
     row loss = lse_b - (1 - smoothing) * x[b, t] - smoothing / C * sum_j x[b, j]  (fp32)
              = sum_j t'_j * (lse_b - x[b, j])                                     (PROBS)
     grad[b, j] (B, C), row stride stride_gb, logits' dtype (WRITE_GRAD) =
-        grad_scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
-        grad_scale * (softmax_bj * sum_k t'_k - t'_j)                             (PROBS)
-    A label outside [0, C) is flagged bad; its loss and gradient are 0.
+        scale * (softmax_bj - (1 - smoothing) * [j == t] - smoothing / C)
+        scale * (softmax_bj * sum_k t'_k - t'_j)                                  (PROBS)
+    with scale = 1 / (labels other than ignore_index) for MEAN, else 1 (_mean_scale). A label
+    equal to ignore_index has loss and gradient 0; any other outside [0, C) is flagged bad, and
+    has loss and gradient 0 too.
 
     SINGLE: one program loops over all rows in BLOCK_B blocks and writes loss[0] = scale * sum of
     row losses (loss's dtype) and bad_count[0] (int32) itself: one launch for a whole small batch.
     Otherwise grid (cdiv(B, BLOCK_B),): row_loss (B,) (fp32, or logits' dtype where the row losses
-    are the result) and bad (B,) int32 are written per row for loss_reduce_kernel. Each row block
-    loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
+    are the result) and bad (B,) int32 are written per row for loss_reduce_kernel; for the mean,
+    each program counts the batch's labels itself (B loads), so its gradients are final. Each row
+    block loops over C in BLOCK_C chunks (twice with WRITE_GRAD).
     """
+    if SINGLE or WRITE_GRAD:
+        scale = _mean_scale(target_ptr, B, ignore_index, MEAN, PROBS)
+    else:  # row losses only: loss_reduce_kernel applies the mean's scale
+        scale = 1.0
     if SINGLE:
         total = tl.zeros((BLOCK_B,), tl.float32)
         bad_total = tl.zeros((BLOCK_B,), tl.int32)
         for b0 in range(0, B, BLOCK_B):
             rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
             loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb,
-                              grad_scale, smoothing, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
+                              scale, smoothing, ignore_index, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
             total += loss
             bad_total += bad.to(tl.int32)
         tl.store(loss_ptr, (tl.sum(total, axis=0) * scale).to(loss_ptr.dtype.element_ty))
@@ -130,16 +159,19 @@ def cross_entropy_kernel(logits_ptr, target_ptr, row_loss_ptr, grad_ptr, bad_ptr
     else:
         rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
         loss, bad = _rows(logits_ptr, target_ptr, grad_ptr, rows, B, C, stride_lb, stride_tb, stride_gb,
-                          grad_scale, smoothing, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
+                          scale, smoothing, ignore_index, PROBS, WRITE_GRAD, BLOCK_B, BLOCK_C)
         tl.store(row_loss_ptr + rows, loss.to(row_loss_ptr.dtype.element_ty), mask=rows < B)
         tl.store(bad_ptr + rows, bad.to(tl.int32), mask=rows < B)
 
 
 @triton.jit
-def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale, BLOCK: tl.constexpr):
-    """loss[0] = scale * sum(row_loss) (fp32 sum, stored in loss's dtype); bad_count[0] = sum(bad).
+def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, target_ptr, B, ignore_index,
+                       PROBS: tl.constexpr, MEAN: tl.constexpr, BLOCK: tl.constexpr):
+    """loss[0] = scale * sum(row_loss) (fp32 sum, stored in loss's dtype; scale as in
+    cross_entropy_kernel); bad_count[0] = sum(bad).
 
-    row_loss: (B,) fp32 or logits' dtype; bad: (B,) int32; one program, rows summed in a fixed order.
+    row_loss: (B,) fp32 or logits' dtype; bad: (B,) int32; target: the labels (read for the mean's
+    count); one program, rows summed in a fixed order.
     """
     acc = tl.zeros((BLOCK,), tl.float32)
     count = tl.zeros((BLOCK,), tl.int32)
@@ -148,6 +180,7 @@ def loss_reduce_kernel(row_loss_ptr, bad_ptr, loss_ptr, bad_count_ptr, B, scale,
         mask = offsets < B
         acc += tl.load(row_loss_ptr + offsets, mask=mask, other=0.0)
         count += tl.load(bad_ptr + offsets, mask=mask, other=0)
+    scale = _mean_scale(target_ptr, B, ignore_index, MEAN, PROBS)
     tl.store(loss_ptr, (tl.sum(acc, axis=0) * scale).to(loss_ptr.dtype.element_ty))
     tl.store(bad_count_ptr, tl.sum(count, axis=0))
 
@@ -168,15 +201,16 @@ def _blocks(B, C):
 
 
 def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0,
-                  need_grad: bool = True, blocks=None):
+                  need_grad: bool = True, blocks=None, ignore_index: int = -100):
     """Softmax cross-entropy of logits (B, C) against class indices target (B,) int32/int64, or
     class probabilities target (B, C) of a float dtype (torch's two kinds of target).
 
     Returns ``(loss, grad)`` in logits' dtype: loss is 0-d for reduction "mean" and "sum", the (B,)
     row losses for "none"; grad (B, C) is d(loss)/d(logits) for "mean"/"sum", and each row's own
-    gradient d(loss[b])/d(logits[b]) for "none" (None without ``need_grad``). Labels outside [0, C)
-    raise ValueError: under the interpreter here, on a GPU once their count has reached the host,
-    without waiting for the device (``runtime.check_later``: at the next call, or the next
+    gradient d(loss[b])/d(logits[b]) for "none" (None without ``need_grad``). As in torch, rows
+    labelled ``ignore_index`` add nothing and do not count in the mean. Other labels outside
+    [0, C) raise ValueError: under the interpreter here, on a GPU once their count has reached the
+    host, without waiting for the device (``runtime.check_later``: at the next call, or the next
     ``Tensor.item()``/``numpy()``).
     """
     runtime.raise_deferred()
@@ -192,6 +226,13 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
         runtime.check_tensor(target, "target", ndim=1, dtypes=(torch.int64, torch.int32))
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if probs and ignore_index != -100:
+        raise ValueError(f"ignore_index is for class-index targets (torch refuses it with probabilities too), "
+                         f"got {ignore_index} with a {str(target.dtype).replace('torch.', '')} target")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit int64, got {ignore_index}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     B, C = logits.shape
@@ -209,7 +250,6 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     # (its launch counts the bad labels)
     loss = runtime.empty((), torch.float32 if per_row else logits.dtype)
     bad_count = runtime.empty((), torch.int32)
-    scale = 1.0 / B if reduction == "mean" else 1.0
     block_b, block_c, single = blocks if blocks is not None and len(blocks) == 3 else (
         tuple(blocks) + (False,) if blocks is not None else _blocks(B, C))
     single = single and not per_row
@@ -220,25 +260,25 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     size = logits.element_size()
     runtime.launch(cross_entropy_kernel, (1 if single else runtime.cdiv(B, block_b),),
                    (logits, target, row_loss, grad, bad, loss, bad_count, B, C, logits.stride(0),
-                    target.stride(0) if probs else 0, grad.stride(0) if need_grad else 0, float(scale),
-                    float(label_smoothing), float(scale)),
-                   {"PROBS": probs, "WRITE_GRAD": bool(need_grad), "SINGLE": bool(single), "BLOCK_B": block_b,
-                    "BLOCK_C": block_c},
+                    target.stride(0) if probs else 0, grad.stride(0) if need_grad else 0, float(label_smoothing),
+                    ignore_index),
+                   {"PROBS": probs, "MEAN": reduction == "mean", "WRITE_GRAD": bool(need_grad),
+                    "SINGLE": bool(single), "BLOCK_B": block_b, "BLOCK_C": block_c},
                    runtime.LaunchInfo("cross_entropy", ((B, C),), logits.dtype,
                                       flops=(10 if need_grad else 6) * B * C,
                                       bytes=B * C * size * (2 if need_grad else 1) + target.nbytes))
     if not single:
-        runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, B, float(scale)),
-                       {"BLOCK": REDUCE_BLOCK},
+        runtime.launch(loss_reduce_kernel, (1,), (row_loss, bad, loss, bad_count, target, B, ignore_index),
+                       {"PROBS": probs, "MEAN": reduction == "mean", "BLOCK": REDUCE_BLOCK},
                        runtime.LaunchInfo("cross_entropy_reduce", ((B,),), torch.float32, flops=B, bytes=B * 8))
     # Without waiting for the device (see runtime.check_later); bad rows read nothing out of
     # bounds meanwhile, and their loss and gradient are 0.
-    runtime.check_later(bad_count, functools.partial(_bad_labels, C))
+    runtime.check_later(bad_count, functools.partial(_bad_labels, C, ignore_index))
     return (row_loss if per_row else loss), (grad if need_grad else None)
 
 
-def _bad_labels(C: int, n: int, deferred: bool) -> ValueError:
+def _bad_labels(C: int, ignore_index: int, n: int, deferred: bool) -> ValueError:
     when = (" (in an earlier cross_entropy call: on a GPU the labels are checked once the device has "
             "reached them, without waiting for it)") if deferred else ""
     return ValueError(f"target has {n} label(s) outside [0, {C}) (C = {C} classes from logits' second "
-                      f"dimension){when}")
+                      f"dimension) other than ignore_index={ignore_index}{when}")
