@@ -120,6 +120,54 @@ def test_ignore_index_rows_add_nothing_and_leave_the_mean(seed, device):
         F.cross_entropy(logits, target, ignore_index=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_class_weights_match_torch(seed, device, dtype):
+    """weight= (C,): each class's terms weighted as torch's, with label smoothing, ignored rows
+    and probabilities; the mean over labels divides by the kept labels' weights, over
+    probabilities by the batch. Every kernel path: one program, several, the reduction alone."""
+    tol = TOL[dtype]
+    for batch, classes, blocks in [(100, 10, None), (37, 70, (16, 16)), (37, 70, (16, 16, True))]:
+        logits = (torch.randn(batch, classes, device=device) * 3).to(dtype)
+        weight = (torch.rand(classes, device=device) * 2 + 0.1).to(dtype)
+        labels = torch.randint(0, classes, (batch,), device=device)
+        labels[::5] = -100
+        probabilities = torch.softmax(torch.randn(batch, classes, device=device), dim=1)
+        for target in (labels, probabilities):
+            for reduction in ("mean", "sum", "none"):
+                for smoothing in (0.0, 0.2):
+                    ref_in = logits.double().requires_grad_()
+                    ref = torch.nn.functional.cross_entropy(ref_in, target if target is labels else target.double(),
+                                                            weight=weight.double(), reduction=reduction,
+                                                            label_smoothing=smoothing)
+                    ref.sum().backward()
+                    if blocks is None:
+                        z = tn.Tensor(logits, requires_grad=True)
+                        loss = F.cross_entropy(z, target, reduction=reduction, label_smoothing=smoothing,
+                                               weight=tn.Tensor(weight))
+                        F.sum_all(loss).backward() if reduction == "none" else loss.backward()
+                        value, grad = loss.data, z.grad
+                    else:
+                        value, grad = K.cross_entropy(logits, target, reduction, smoothing, blocks=blocks,
+                                                      weight=weight)
+                    what = f"{batch}x{classes} {blocks} {'labels' if target is labels else 'probabilities'} " \
+                           f"{reduction} {smoothing}"
+                    torch.testing.assert_close(value.double(), ref.detach(), rtol=tol["rtol"], atol=tol["atol"] * 10,
+                                               msg=what)
+                    scale = max(1.0, float(ref_in.grad.abs().max()))
+                    torch.testing.assert_close(grad.double(), ref_in.grad, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                                               msg=what)
+        if blocks is not None:  # the mean's loss from the reduction alone
+            value, _ = K.cross_entropy(logits, labels, "mean", 0.2, need_grad=False, blocks=blocks[:2], weight=weight)
+            ref = torch.nn.functional.cross_entropy(logits.double(), labels, weight=weight.double(), label_smoothing=0.2)
+            torch.testing.assert_close(value.double(), ref, rtol=tol["rtol"], atol=tol["atol"] * 10)
+    with pytest.raises(ValueError, match=r"weight must have one value per class \(10\)"):
+        F.cross_entropy(torch.randn(4, 10, device=device), torch.zeros(4, dtype=torch.long, device=device),
+                        weight=torch.ones(9, device=device))
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        F.cross_entropy(torch.randn(4, 10, device=device), torch.zeros(4, dtype=torch.long, device=device),
+                        weight=torch.ones(10, dtype=torch.long, device=device))
+
+
 def _compare_probabilities(logits, target, reduction, smoothing, blocks=None, tol=None):
     """Loss and gradient for class-probability targets against torch's float64, with a random
     upstream gradient (one per row for "none")."""

@@ -140,11 +140,13 @@ def reshape(x, *shape):
     return record("reshape", data.reshape(shape), (x,), lambda grad: (grad.reshape(original),))
 
 
-def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100, weight=None):
     """torch.nn.functional.cross_entropy for logits (B, C) and target class indices (B,) or class
     probabilities (B, C), or one unbatched example: logits (C,) and a 0-d index or (C,)
     probabilities. reduction: "mean", "sum" or "none" (the (B,) per-example losses). Rows labelled
-    ``ignore_index`` (torch's default -100) add nothing and do not count in the mean.
+    ``ignore_index`` (torch's default -100) add nothing and do not count in the mean; ``weight``
+    (C,), a constant, weighs each class as torch's does (a keyword here: the third positional
+    argument is ``reduction``).
 
     One kernel computes the loss and, when logits need a gradient, d(loss)/d(logits) in the same
     pass; backward only multiplies that saved gradient by the upstream gradient (a scalar, or one
@@ -168,7 +170,8 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_
         t = t.reshape(1, -1) if probabilities else (t.reshape(1) if hasattr(t, "reshape") else t)
     want_grad = z.requires_grad and is_grad_enabled()
     loss, grad_logits = _loss_kernels.cross_entropy(data, t, reduction, label_smoothing, need_grad=want_grad,
-                                                    ignore_index=ignore_index)
+                                                    ignore_index=ignore_index,
+                                                    weight=weight.data if isinstance(weight, Tensor) else weight)
     if z.ndim == 1:
         loss = loss.reshape(())
 
