@@ -16,6 +16,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -91,33 +92,55 @@ def _worker(*flags, **pipes) -> subprocess.Popen:
 
 
 def compile_specs(specs, jobs: int = 2, timeout: float = 600.0):
-    """Compile specs for sm_90 in ``jobs`` subprocesses side by side; return the failure messages."""
+    """Compile specs for sm_90 in ``jobs`` subprocesses side by side; return the failure messages.
+
+    Each worker takes the next spec when it has answered the last (one thread per worker), so a
+    few slow kernels (a pool tile can take 5 s) do not leave one worker busy while the other idles.
+    """
     specs = list(specs)
     if not specs:
         return []
-    chunks = [chunk for chunk in (specs[i::jobs] for i in range(jobs)) if chunk]
-    procs = [_worker(stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in chunks]
+    pending = queue.SimpleQueue()
+    for spec in specs:
+        pending.put(spec)
+    procs = [_worker(stdout=subprocess.PIPE, stderr=tempfile.TemporaryFile(mode="w+"))
+             for _ in range(min(jobs, len(specs)))]
+    watchdog = threading.Timer(timeout, lambda: [proc.kill() for proc in procs])
+    watchdog.start()
 
-    def run(proc, chunk):  # one thread per worker: communicating in turn would run them in turn
-        return proc.communicate("".join(json.dumps(spec) + "\n" for spec in chunk), timeout=timeout)
-
-    try:
-        with ThreadPoolExecutor(len(procs)) as pool:
-            outputs = list(pool.map(run, procs, chunks))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    failures = []
-    for proc, (out, err) in zip(procs, outputs):
-        if proc.returncode != 0:
-            failures.append(f"compiler subprocess exited {proc.returncode}: {err[-3000:]}")
-            continue
-        for line in out.splitlines():
+    def drive(proc):
+        failures = []
+        while True:
+            try:
+                spec = pending.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                proc.stdin.write(json.dumps(spec) + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except OSError:
+                line = ""
+            if not line:  # the worker died (or the watchdog killed it)
+                proc.wait()
+                proc.stderr.seek(0)
+                return failures + [f"compiler subprocess exited {proc.returncode} at "
+                                   f"{spec['module']}.{spec['kernel']}: {proc.stderr.read()[-3000:]}"]
             result = json.loads(line)
             if not result["ok"]:
                 failures.append(f"{result['kernel']} {result['constexprs']}: {result['error']}")
-    return failures
+        proc.stdin.close()
+        proc.wait()
+        return failures
+
+    try:
+        with ThreadPoolExecutor(len(procs)) as pool:
+            return [failure for failures in pool.map(drive, procs) for failure in failures]
+    finally:
+        watchdog.cancel()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
 
 
 class BackgroundCompiler:
