@@ -51,16 +51,13 @@ def precision(dtype_name: str):
     sides are held to IEEE fp32, and for "tf32" both may use TF32.
     """
     tf32 = dtype_name == "tf32"
-    saved = (runtime.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
-    runtime.set_float32_matmul_precision("high" if tf32 else "highest")
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:
-        yield
+        with runtime.float32_matmul_precision("high" if tf32 else "highest"):
+            yield
     finally:
-        runtime.set_float32_matmul_precision(saved[0])
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def make_batches(model: str, batch: int, dtype_name: str, count: int = 4, seed: int = 0):
@@ -87,9 +84,7 @@ def tritonnet_model(model: str, dtype_name: str, seed: int = 0):
     from .layers.convert import build, spec_from_torch
 
     reference = torch_model(model, dtype_name, seed)
-    net = build(spec_from_torch(reference))
-    for p in net.parameters():
-        p.data = p.data.to(device=runtime.device(), dtype=DTYPES[dtype_name])
+    net = build(spec_from_torch(reference)).to(DTYPES[dtype_name])  # built on tritonnet's device
     net.load_state_dict(reference.state_dict())
     return net
 
